@@ -1,0 +1,3 @@
+from services.decoder.app import main
+
+main()

@@ -1,0 +1,3 @@
+from services.diffusion.app import main
+
+main()

@@ -1,0 +1,3 @@
+from services.text_encoder.app import main
+
+main()

@@ -1,0 +1,185 @@
+"""Settings for every part, from `SDSERVE_*` environment variables (pydantic-settings).
+
+`load_settings()` is what processes call at start-up: an invalid value stops the process
+with a message naming the environment variable, instead of failing later mid-request.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "SDSERVE_"
+
+FamilyName = Literal["tiny", "sd-v1", "sd-v2"]
+Toggle = Literal["auto", "on", "off"]
+Precision = Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
+Size = tuple[int, int]  # (width, height), as OpenAI's "WxH"
+
+_SIZE_RE = re.compile(r"^\s*(\d{1,5})\s*[xX]\s*(\d{1,5})\s*$")
+
+# What a family serves when SDSERVE_SIZES is not set.
+DEFAULT_SIZES: dict[str, list[Size]] = {
+    "tiny": [(64, 64), (128, 128)],
+    "sd-v1": [(512, 512)],
+    "sd-v2": [(512, 512)],
+}
+SIZE_MULTIPLE: dict[str, int] = {"tiny": 32, "sd-v1": 128, "sd-v2": 128}
+
+
+class ConfigError(Exception):
+    """Raised at start-up for invalid settings; the message names the variable."""
+
+
+def parse_size(text: str) -> Size:
+    """Parse "WxH" into (width, height)."""
+    match = _SIZE_RE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a size like 512x512")
+    return int(match.group(1)), int(match.group(2))
+
+
+def format_size(size: Size) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+class Settings(BaseSettings):
+    """Every setting of every part. Each part reads the ones it needs."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    host: str = "127.0.0.1"
+    # Each part has its own default port (central 8000, stages 8001-8003).
+    port: int | None = Field(default=None, ge=1, le=65535)
+
+    # --- model ---
+    model: FamilyName = "tiny"
+    # "random" (seeded init, for tests and offline smoke runs), "pretrained" (keras-cv's
+    # published files, downloaded once into cache_dir, sha256-checked) or a directory
+    # holding those files (sha256-checked, never downloads).
+    weights: str = "random"
+    weights_seed: int = 0
+    cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "sdserve")
+    # One file for one component overrides the source above (a fine-tuned UNet, say).
+    text_encoder_weights: Path | None = None
+    diffusion_weights: Path | None = None
+    decoder_weights: Path | None = None
+    image_encoder_weights: Path | None = None
+    # Where the CLIP BPE vocabulary is; by default it is found in the open-clip-torch or
+    # clip-anytorch wheel.
+    clip_vocab: Path | None = None
+    sizes: Annotated[list[Size], NoDecode] = Field(default_factory=list)
+
+    # --- execution strategy ("auto" picks per device, see shared.execution) ---
+    xla: Toggle = "auto"
+    batched_cfg: Toggle = "auto"
+    precision: Precision = "auto"
+
+    # --- limits ---
+    max_images_per_request: int = Field(default=4, ge=1, le=64)
+    default_steps: int = Field(default=25, ge=1, le=1000)
+    max_steps: int = Field(default=100, ge=1, le=1000)
+    max_batch: int = Field(default=8, ge=1, le=256)
+    batch_wait_ms: float = Field(default=5.0, ge=0, le=10_000)
+    queue_size: int = Field(default=64, ge=1, le=100_000)
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+
+    # --- topology (central) ---
+    text_encoder_url: str | None = None
+    diffusion_url: str | None = None
+    decoder_url: str | None = None
+    connect_timeout_s: float = Field(default=3.0, gt=0)
+    read_timeout_s: float = Field(default=300.0, gt=0)
+
+    # --- security ---
+    # Stage services require `Authorization: Bearer <token>` on model routes when set.
+    internal_token: SecretStr | None = None
+
+    @field_validator("sizes", mode="before")
+    @classmethod
+    def _parse_sizes(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [p for p in value.split(",") if p.strip()]
+            return [parse_size(p) for p in parts]
+        return value
+
+    @field_validator("weights")
+    @classmethod
+    def _check_weights(cls, value: str) -> str:
+        if value in ("random", "pretrained"):
+            return value
+        path = Path(value).expanduser()
+        if not path.is_dir():
+            raise ValueError(f"{value!r} is neither 'random', 'pretrained' nor a directory")
+        return str(path)
+
+    @field_validator(
+        "text_encoder_weights", "diffusion_weights", "decoder_weights", "image_encoder_weights"
+    )
+    @classmethod
+    def _check_weights_file(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        if not value.is_file():
+            raise ValueError(f"{value} is not a file")
+        if not value.name.endswith((".h5", ".safetensors")):
+            raise ValueError(f"{value} must be .h5, .weights.h5 or .safetensors")
+        return value
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Settings:
+        if not self.sizes:
+            self.sizes = list(DEFAULT_SIZES[self.model])
+        multiple = SIZE_MULTIPLE[self.model]
+        for width, height in self.sizes:
+            if width <= 0 or height <= 0 or width % multiple or height % multiple:
+                raise ValueError(
+                    f"sizes: {width}x{height} is not a multiple of {multiple}, "
+                    f"which the {self.model} family needs"
+                )
+        if self.default_steps > self.max_steps:
+            raise ValueError("default_steps: must not exceed max_steps")
+        if self.environment == "production":
+            if self.weights == "random":
+                raise ValueError("weights: random weights are refused in production")
+            if self.internal_token is None:
+                raise ValueError("internal_token: must be set in production")
+        return self
+
+    @property
+    def weights_label(self) -> str:
+        """How the weights are described in /v1/info and logs."""
+        if self.weights == "random":
+            return f"random (seed {self.weights_seed}; NOT trained weights)"
+        return self.weights
+
+    def component_weights_file(self, component: str) -> Path | None:
+        return {
+            "text_encoder": self.text_encoder_weights,
+            "diffusion_model": self.diffusion_weights,
+            "decoder": self.decoder_weights,
+            "image_encoder": self.image_encoder_weights,
+        }[component]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; raise ConfigError naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = [str(p) for p in err["loc"]]
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            if loc:
+                lines.append(f"{ENV_PREFIX}{loc[0].upper()}: {msg}")
+            else:
+                # Model-level checks say "field: message"; name the variable from it.
+                field, _, rest = msg.partition(": ")
+                lines.append(f"{ENV_PREFIX}{field.upper()}: {rest or msg}")
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,59 @@
+"""How models run on this device: XLA, batched classifier-free guidance, precision.
+
+These are per-device choices, not constants: on the 2-core CPU we develop on, XLA made a
+keras-cv UNet step slower and batching the two CFG passes slower than two batch-1 calls,
+while on GPUs both usually pay. `auto` takes the choice measured fastest for the device
+kind (benchmarks/stages.py writes the measurements to benchmarks/results/stages.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import cache
+from typing import Any, Literal
+
+from shared.config import Settings
+
+DeviceKind = Literal["cpu", "gpu"]
+
+
+@dataclass(frozen=True)
+class ExecutionStrategy:
+    xla: bool
+    batched_cfg: bool
+    precision: str  # a Keras dtype policy name
+    device: DeviceKind
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Measured defaults per device kind. CPU: benchmarks/results/stages.md. GPU: the usual
+# result on CUDA devices (re-measure with `python benchmarks/stages.py` on yours).
+AUTO_STRATEGY: dict[DeviceKind, dict[str, Any]] = {
+    "cpu": {"xla": False, "batched_cfg": False, "precision": "float32"},
+    "gpu": {"xla": True, "batched_cfg": True, "precision": "mixed_float16"},
+}
+
+
+@cache
+def detect_device() -> DeviceKind:
+    import tensorflow as tf
+
+    return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
+
+
+def resolve_strategy(settings: Settings, device: DeviceKind | None = None) -> ExecutionStrategy:
+    device = device or detect_device()
+    auto = AUTO_STRATEGY[device]
+
+    def toggle(value: str, key: str) -> bool:
+        return bool(auto[key]) if value == "auto" else value == "on"
+
+    precision = auto["precision"] if settings.precision == "auto" else settings.precision
+    return ExecutionStrategy(
+        xla=toggle(settings.xla, "xla"),
+        batched_cfg=toggle(settings.batched_cfg, "batched_cfg"),
+        precision=str(precision),
+        device=device,
+    )

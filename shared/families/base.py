@@ -1,0 +1,85 @@
+"""The one interface every model family implements.
+
+A family is a set of Keras model builders plus the constants the stages agree on. The
+builders return *uninitialised-weights* models (seeded random init); `shared.weights`
+then loads or keeps those weights. Builders never download anything.
+
+Model contracts (all float32 unless the execution strategy says otherwise):
+
+- text encoder: {"tokens": int32 (B, max_tokens), "positions": int32 (B, max_tokens)}
+  -> context (B, max_tokens, context_dim)
+- diffusion model: {"latent": (B, h, w, C), "timestep_embedding": (B, 320),
+  "context": (B, max_tokens, context_dim)} -> predicted noise (B, h, w, C)
+- decoder: latent (B, h, w, C) -> image in [-1, 1] (B, h*f, w*f, 3)
+- image encoder: image in [-1, 1] (B, H, W, 3) -> scaled latent (B, H/f, W/f, C)
+
+where h = H / f, f = downsampling factor, C = latent channels. The decoder and image
+encoder are fully convolutional, so one built model serves every configured size.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import keras
+
+Component = Literal["text_encoder", "diffusion_model", "decoder", "image_encoder"]
+COMPONENTS: tuple[Component, ...] = ("text_encoder", "diffusion_model", "decoder", "image_encoder")
+
+TIMESTEP_EMBEDDING_DIM = 320
+
+
+@dataclass(frozen=True)
+class PublishedWeights:
+    """A weights file keras-cv publishes: where it lives and the sha256 it must have."""
+
+    filename: str
+    url: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    name: str
+    context_dim: int
+    latent_channels: int
+    downsampling_factor: int
+    max_tokens: int
+    # Served sizes must be multiples of this (the UNet's total downsampling).
+    size_multiple: int
+    # The padding token after the end-of-text token, as keras-cv pads prompts.
+    pad_token: int = 49407
+
+
+class ModelFamily(ABC):
+    spec: FamilySpec
+    # Component -> the file keras-cv publishes for it; empty for families with none.
+    published_weights: dict[Component, PublishedWeights]
+
+    @abstractmethod
+    def build_text_encoder(self) -> keras.Model: ...
+
+    @abstractmethod
+    def build_diffusion_model(self, height: int, width: int) -> keras.Model: ...
+
+    @abstractmethod
+    def build_decoder(self, height: int, width: int) -> keras.Model: ...
+
+    @abstractmethod
+    def build_image_encoder(self) -> keras.Model: ...
+
+    def build(self, component: Component, height: int, width: int) -> keras.Model:
+        if component == "text_encoder":
+            return self.build_text_encoder()
+        if component == "diffusion_model":
+            return self.build_diffusion_model(height, width)
+        if component == "decoder":
+            return self.build_decoder(height, width)
+        return self.build_image_encoder()
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        f = self.spec.downsampling_factor
+        return (height // f, width // f, self.spec.latent_channels)

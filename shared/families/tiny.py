@@ -1,0 +1,288 @@
+"""The project's own tiny latent-diffusion family.
+
+A deliberately small model with exactly the stage contracts of keras-cv's Stable
+Diffusion components (see `shared.families.base`), so the whole serving stack can be
+exercised end to end in seconds on a CPU. It has no published weights: its weights are
+the seeded random initialisation (or whatever `shared.weights` saves and loads).
+
+Everything here is built with the Keras functional API from layers with explicit, stable
+names, and only with initialisers that draw their seed from Python's `random` module at
+construction time; so `keras.utils.set_random_seed(s)` followed by a build gives the same
+weights in any process, and `.weights.h5` files move between two builds of a component.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+from shared.families.base import (
+    TIMESTEP_EMBEDDING_DIM,
+    Component,
+    FamilySpec,
+    ModelFamily,
+    PublishedWeights,
+)
+
+# The CLIP BPE vocabulary size keras-cv's tokenizer produces ids for.
+VOCAB_SIZE = 49408
+# Latent scale factor of the Stable Diffusion VAE (keras-cv's ImageEncoder uses it too).
+LATENT_SCALE = 0.18215
+
+# Text encoder sizes.
+_TEXT_HEADS = 4
+_TEXT_LAYERS = 2
+_TEXT_MLP_RATIO = 4
+
+# UNet sizes: channels per resolution level (latent, latent/2, latent/4).
+_UNET_CHANNELS = (32, 64, 64)
+_UNET_TIME_DIM = 128
+_UNET_HEADS = 4
+
+# VAE sizes.
+_DECODER_CHANNELS = (64, 32, 16)  # after each of the three 2x upsampling stages
+_ENCODER_CHANNELS = (16, 32, 64)  # after each of the three stride-2 convs
+
+
+@keras.saving.register_keras_serializable(package="sdserve")
+class LatentScale(keras.layers.Layer):  # type: ignore[misc]
+    """Keeps the first `channels` channels (the VAE mean) and multiplies by `scale`."""
+
+    def __init__(self, channels: int, scale: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.channels = channels
+        self.scale = scale
+
+    def call(self, inputs: Any) -> Any:
+        return inputs[..., : self.channels] * self.scale
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return (*input_shape[:-1], self.channels)
+
+    def get_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = super().get_config()
+        config.update({"channels": self.channels, "scale": self.scale})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="sdserve")
+class FlattenSpatial(keras.layers.Layer):  # type: ignore[misc]
+    """(B, H, W, C) -> (B, H*W, C), with H and W read at call time.
+
+    A fixed-shape Reshape would tie the layer to one image size; this way the same layers
+    (and weights) serve every configured size.
+    """
+
+    def call(self, inputs: Any) -> Any:
+        shape = keras.ops.shape(inputs)
+        return keras.ops.reshape(inputs, (shape[0], shape[1] * shape[2], shape[3]))
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        batch, height, width, channels = input_shape
+        flat = height * width if height is not None and width is not None else None
+        return (batch, flat, channels)
+
+
+@keras.saving.register_keras_serializable(package="sdserve")
+class UnflattenLike(keras.layers.Layer):  # type: ignore[misc]
+    """(B, H*W, C) -> (B, H, W, C), taking H and W from a reference feature map."""
+
+    def call(self, inputs: Any) -> Any:
+        flat, like = inputs
+        shape = keras.ops.shape(like)
+        return keras.ops.reshape(flat, (shape[0], shape[1], shape[2], keras.ops.shape(flat)[-1]))
+
+    def compute_output_shape(self, input_shape: Any) -> tuple[int | None, ...]:
+        flat_shape, like_shape = input_shape
+        return (*like_shape[:3], flat_shape[-1])
+
+
+def _groups(channels: int) -> int:
+    for groups in (8, 4, 2):
+        if channels % groups == 0:
+            return groups
+    return 1
+
+
+def _norm(name: str, channels: int) -> keras.layers.Layer:
+    return keras.layers.GroupNormalization(groups=_groups(channels), epsilon=1e-5, name=name)
+
+
+def _conv(channels: int, kernel: int, name: str, strides: int = 1) -> keras.layers.Layer:
+    return keras.layers.Conv2D(channels, kernel, strides=strides, padding="same", name=name)
+
+
+def _res_block(x: Any, channels: int, name: str, time_emb: Any = None) -> Any:
+    """GroupNorm -> swish -> conv (+ time embedding) -> GroupNorm -> swish -> conv, residual."""
+    in_channels = x.shape[-1]
+    h = _norm(f"{name}_norm1", in_channels)(x)
+    h = keras.layers.Activation("swish", name=f"{name}_act1")(h)
+    h = _conv(channels, 3, f"{name}_conv1")(h)
+    if time_emb is not None:
+        t = keras.layers.Activation("swish", name=f"{name}_time_act")(time_emb)
+        t = keras.layers.Dense(channels, name=f"{name}_time_proj")(t)
+        t = keras.layers.Reshape((1, 1, channels), name=f"{name}_time_reshape")(t)
+        h = keras.layers.Add(name=f"{name}_time_add")([h, t])
+    h = _norm(f"{name}_norm2", channels)(h)
+    h = keras.layers.Activation("swish", name=f"{name}_act2")(h)
+    h = _conv(channels, 3, f"{name}_conv2")(h)
+    if in_channels != channels:
+        x = _conv(channels, 1, f"{name}_skip")(x)
+    return keras.layers.Add(name=f"{name}_add")([x, h])
+
+
+def _spatial_transformer(x: Any, context: Any, name: str) -> Any:
+    """Self-attention, cross-attention to the context and a feed-forward, on a feature map."""
+    channels = x.shape[-1]
+    key_dim = channels // _UNET_HEADS
+    h = _norm(f"{name}_norm", channels)(x)
+    h = _conv(channels, 1, f"{name}_proj_in")(h)
+    spatial = h
+    h = FlattenSpatial(name=f"{name}_flatten")(h)
+
+    a = keras.layers.LayerNormalization(epsilon=1e-5, name=f"{name}_ln1")(h)
+    a = keras.layers.MultiHeadAttention(_UNET_HEADS, key_dim, name=f"{name}_attn1")(a, a)
+    h = keras.layers.Add(name=f"{name}_add1")([h, a])
+
+    a = keras.layers.LayerNormalization(epsilon=1e-5, name=f"{name}_ln2")(h)
+    a = keras.layers.MultiHeadAttention(_UNET_HEADS, key_dim, name=f"{name}_attn2")(a, context)
+    h = keras.layers.Add(name=f"{name}_add2")([h, a])
+
+    a = keras.layers.LayerNormalization(epsilon=1e-5, name=f"{name}_ln3")(h)
+    a = keras.layers.Dense(channels * 4, activation="gelu", name=f"{name}_ff1")(a)
+    a = keras.layers.Dense(channels, name=f"{name}_ff2")(a)
+    h = keras.layers.Add(name=f"{name}_add3")([h, a])
+
+    h = UnflattenLike(name=f"{name}_unflatten")([h, spatial])
+    h = _conv(channels, 1, f"{name}_proj_out")(h)
+    return keras.layers.Add(name=f"{name}_add")([x, h])
+
+
+def _upsample(x: Any, channels: int, name: str) -> Any:
+    x = keras.layers.UpSampling2D(2, interpolation="nearest", name=f"{name}_upsample")(x)
+    return _conv(channels, 3, f"{name}_conv")(x)
+
+
+class TinyFamily(ModelFamily):
+    """A few-million-parameter latent diffusion model with keras-cv's stage contracts."""
+
+    spec = FamilySpec(
+        name="tiny",
+        context_dim=128,
+        latent_channels=4,
+        downsampling_factor=8,
+        max_tokens=77,
+        size_multiple=32,
+    )
+    # Tiny has no published files; this dict is never mutated.
+    published_weights: dict[Component, PublishedWeights] = {}  # noqa: RUF012
+
+    def build_text_encoder(self) -> keras.Model:
+        """A 2-layer pre-LayerNorm causal transformer, like a very small CLIP text model."""
+        n, dim = self.spec.max_tokens, self.spec.context_dim
+        tokens = keras.Input((n,), dtype="int32", name="tokens")
+        positions = keras.Input((n,), dtype="int32", name="positions")
+        tok = keras.layers.Embedding(VOCAB_SIZE, dim, name="token_embedding")(tokens)
+        pos = keras.layers.Embedding(n, dim, name="position_embedding")(positions)
+        x = keras.layers.Add(name="embedding_add")([tok, pos])
+        for i in range(_TEXT_LAYERS):
+            name = f"block{i}"
+            h = keras.layers.LayerNormalization(epsilon=1e-5, name=f"{name}_ln1")(x)
+            h = keras.layers.MultiHeadAttention(
+                _TEXT_HEADS, dim // _TEXT_HEADS, name=f"{name}_attn"
+            )(h, h, use_causal_mask=True)
+            x = keras.layers.Add(name=f"{name}_add1")([x, h])
+            h = keras.layers.LayerNormalization(epsilon=1e-5, name=f"{name}_ln2")(x)
+            h = keras.layers.Dense(dim * _TEXT_MLP_RATIO, activation="gelu", name=f"{name}_fc1")(h)
+            h = keras.layers.Dense(dim, name=f"{name}_fc2")(h)
+            x = keras.layers.Add(name=f"{name}_add2")([x, h])
+        x = keras.layers.LayerNormalization(epsilon=1e-5, name="final_layer_norm")(x)
+        return keras.Model({"tokens": tokens, "positions": positions}, x, name="tiny_text_encoder")
+
+    def build_diffusion_model(self, height: int, width: int) -> keras.Model:
+        """A two-level UNet with time-conditioned ResBlocks and spatial transformers."""
+        self._check_size(height, width)
+        lh, lw, lc = self.latent_shape(height, width)
+        c0, c1, c2 = _UNET_CHANNELS
+        latent = keras.Input((lh, lw, lc), name="latent")
+        t_in = keras.Input((TIMESTEP_EMBEDDING_DIM,), name="timestep_embedding")
+        context = keras.Input((self.spec.max_tokens, self.spec.context_dim), name="context")
+
+        t = keras.layers.Dense(_UNET_TIME_DIM, activation="swish", name="time_fc1")(t_in)
+        t = keras.layers.Dense(_UNET_TIME_DIM, name="time_fc2")(t)
+
+        x = _conv(c0, 3, "conv_in")(latent)
+        # Down: latent resolution, then /2 and /4.
+        x = _res_block(x, c0, "down0_res", t)
+        skip0 = x
+        x = _conv(c1, 3, "down0_downsample", strides=2)(x)
+        x = _res_block(x, c1, "down1_res", t)
+        x = _spatial_transformer(x, context, "down1_attn")
+        skip1 = x
+        x = _conv(c2, 3, "down1_downsample", strides=2)(x)
+        # Middle, at latent/4.
+        x = _res_block(x, c2, "mid_res1", t)
+        x = _spatial_transformer(x, context, "mid_attn")
+        x = _res_block(x, c2, "mid_res2", t)
+        # Up, with skip connections.
+        x = _upsample(x, c1, "up1")
+        x = keras.layers.Concatenate(name="up1_concat")([x, skip1])
+        x = _res_block(x, c1, "up1_res", t)
+        x = _spatial_transformer(x, context, "up1_attn")
+        x = _upsample(x, c0, "up0")
+        x = keras.layers.Concatenate(name="up0_concat")([x, skip0])
+        x = _res_block(x, c0, "up0_res", t)
+
+        x = _norm("out_norm", c0)(x)
+        x = keras.layers.Activation("swish", name="out_act")(x)
+        # Default (random) init, not zeros: a fresh model's output depends on its inputs.
+        noise = _conv(lc, 3, "conv_out")(x)
+        return keras.Model(
+            {"latent": latent, "timestep_embedding": t_in, "context": context},
+            noise,
+            name="tiny_diffusion_model",
+        )
+
+    def build_decoder(self, height: int, width: int) -> keras.Model:
+        """VAE decoder; fully convolutional, so one model serves every size (args unused)."""
+        c0, c1, c2 = _DECODER_CHANNELS
+        latent = keras.Input((None, None, self.spec.latent_channels), name="latent")
+        x = keras.layers.Rescaling(1.0 / LATENT_SCALE, name="unscale")(latent)
+        x = _conv(c0, 3, "conv_in")(x)
+        x = _res_block(x, c0, "mid_res")
+        x = _upsample(x, c0, "up0")
+        x = _res_block(x, c0, "up0_res")
+        x = _upsample(x, c1, "up1")
+        x = _res_block(x, c1, "up1_res")
+        x = _upsample(x, c2, "up2")
+        x = _norm("out_norm", c2)(x)
+        x = keras.layers.Activation("swish", name="out_act")(x)
+        image = _conv(3, 3, "conv_out")(x)
+        return keras.Model(latent, image, name="tiny_decoder")
+
+    def build_image_encoder(self) -> keras.Model:
+        """VAE encoder: three stride-2 convs, 8 moment channels, scaled mean kept."""
+        c0, c1, c2 = _ENCODER_CHANNELS
+        lc = self.spec.latent_channels
+        image = keras.Input((None, None, 3), name="image")
+        x = _conv(c0, 3, "conv_in")(image)
+        x = _conv(c0, 3, "down0", strides=2)(x)
+        x = _res_block(x, c1, "down0_res")
+        x = _conv(c1, 3, "down1", strides=2)(x)
+        x = _res_block(x, c2, "down1_res")
+        x = _conv(c2, 3, "down2", strides=2)(x)
+        x = _res_block(x, c2, "mid_res")
+        x = _norm("out_norm", c2)(x)
+        x = keras.layers.Activation("swish", name="out_act")(x)
+        x = _conv(2 * lc, 3, "conv_out")(x)
+        x = _conv(2 * lc, 1, "quant_conv")(x)
+        latent = LatentScale(lc, LATENT_SCALE, name="latent_scale")(x)
+        return keras.Model(image, latent, name="tiny_image_encoder")
+
+    def _check_size(self, height: int, width: int) -> None:
+        m = self.spec.size_multiple
+        if height <= 0 or width <= 0 or height % m or width % m:
+            raise ValueError(
+                f"{self.spec.name}: image size {height}x{width} must be positive multiples of {m}"
+            )

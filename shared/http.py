@@ -1,0 +1,260 @@
+"""The HTTP app factory every part uses: health, readiness, info, errors, body limits.
+
+Models load in a background task started by the lifespan, so `/healthz` answers at once
+and `/readyz` says 503 until the models are loaded and warmed. A load failure is logged
+and stops the process with a non-zero exit, so a supervisor (or Kubernetes) restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.config import Settings
+from shared.errors import (
+    Forbidden,
+    InvalidInput,
+    PayloadTooLarge,
+    SdserveError,
+    Unauthorized,
+    UnsupportedMediaType,
+    error_body,
+    http_status_for,
+)
+from shared.wire import MEDIA_TYPE, TensorSpec, decode_npz
+
+log = logging.getLogger(__name__)
+
+NPZ_REQUEST_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+def npz_responses(description: str) -> dict[int | str, dict[str, Any]]:
+    return {
+        200: {
+            "description": description,
+            "content": {MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+        }
+    }
+
+
+class Service(Protocol):
+    """What the app factory needs from the part it serves."""
+
+    name: str
+
+    def load(self) -> None:
+        """Build, load and warm the models (blocking; runs in a thread)."""
+
+    def describe(self) -> Mapping[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+class BodySizeLimit:
+    """Refuse bodies over the cap with 413 before the route reads them into memory."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await _send_error(send, PayloadTooLarge(self._message(), param="body"))
+            return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise PayloadTooLarge(self._message(), param="body")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _message(self) -> str:
+        return f"request body exceeds {self.max_bytes} bytes"
+
+
+async def _send_error(send: Send, error: SdserveError) -> None:
+    response = error_response(error)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status_code,
+            "headers": response.raw_headers,
+        }
+    )
+    await send({"type": "http.response.body", "body": response.body})
+
+
+def error_response(error: SdserveError) -> JSONResponse:
+    return JSONResponse(
+        error_body(error.error_type, error.message, error.param),
+        status_code=http_status_for(error),
+        headers=error.headers(),
+    )
+
+
+def _validation_param(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """The one place domain errors and framework errors become HTTP responses."""
+
+    @app.exception_handler(SdserveError)
+    async def _domain(_: Request, exc: SdserveError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        param = _validation_param(tuple(first.get("loc", ())))
+        return error_response(InvalidInput(f"{param}: {first.get('msg')}", param=param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(
+            error_body(kind, str(exc.detail)),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            error_body("internal_error", "internal error; see the server log"), status_code=500
+        )
+
+
+def require_internal_token(settings: Settings) -> Callable[[Request], None]:
+    """A dependency checking `Authorization: Bearer <SDSERVE_INTERNAL_TOKEN>` when set."""
+
+    def check(request: Request) -> None:
+        if settings.internal_token is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthorized("this stage requires its internal token")
+        expected = settings.internal_token.get_secret_value().encode()
+        if not hmac.compare_digest(token.strip().encode(), expected):
+            raise Forbidden("wrong internal token")
+
+    return check
+
+
+async def read_npz(
+    request: Request, spec: Mapping[str, TensorSpec], settings: Settings
+) -> dict[str, Any]:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip()
+    if content_type != MEDIA_TYPE:
+        raise UnsupportedMediaType(f"body must be {MEDIA_TYPE}", param="body")
+    body = await request.body()
+    return decode_npz(body, spec, max_bytes=settings.max_body_bytes)
+
+
+def npz_response(content: bytes, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(content=content, media_type=MEDIA_TYPE, headers=dict(headers or {}))
+
+
+def create_app(service: Service, settings: Settings, *, title: str, version: str) -> FastAPI:
+    state: dict[str, Any] = {"ready": False, "error": None}
+
+    async def load_in_background() -> None:
+        try:
+            await asyncio.to_thread(service.load)
+        except Exception as exc:
+            state["error"] = f"{exc.__class__.__name__}: {exc}"
+            log.critical("%s failed to load: %s", service.name, state["error"])
+            # Exit non-zero so the supervisor restarts us (see `serve`).
+            signal.raise_signal(signal.SIGTERM)
+            return
+        state["ready"] = True
+        log.info("%s is ready", service.name)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(load_in_background())
+        try:
+            yield
+        finally:
+            task.cancel()
+            service.close()
+
+    app = FastAPI(title=title, version=version, lifespan=lifespan)
+    app.state.service = service
+    app.state.settings = settings
+    app.state.load_state = state
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """Alive: the process answers (models may still be loading)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> JSONResponse:
+        """Ready: models are loaded and warmed (503 until then)."""
+        if state["ready"]:
+            return JSONResponse({"status": "ready"})
+        status = "failed" if state["error"] else "loading"
+        body = {"status": status, **({"error": state["error"]} if state["error"] else {})}
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+
+    @app.get("/v1/info", tags=["health"])
+    async def info() -> dict[str, Any]:
+        """What this part serves: model family, weights (random ones say so), sizes."""
+        return {
+            "service": service.name,
+            "version": version,
+            "ready": state["ready"],
+            **service.describe(),
+        }
+
+    return app
+
+
+def serve(app: FastAPI, host: str, port: int) -> None:
+    """Run the app with uvicorn; exit non-zero if its models failed to load."""
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False)
+    uvicorn.Server(config).run()
+    if app.state.load_state.get("error"):
+        sys.exit(1)
+
+
+def configure_logging(name: str) -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )

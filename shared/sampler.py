@@ -1,0 +1,161 @@
+"""DDIM exactly as keras-cv's `StableDiffusionBase.generate_image`, one row at a time.
+
+keras-cv runs every image of a batch at the same timestep. Here each row carries its own
+schedule position, context, unconditional context and guidance scale, so rows at
+different steps (and from different requests) can share one UNet call; the arithmetic is
+the same float32 sequence keras-cv performs, so a request served this way matches
+keras-cv's output for the same components, context and initial noise.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+
+import numpy as np
+
+NUM_TRAIN_TIMESTEPS = 1000
+MAX_SEED = 2**32 - 1
+
+# (latent, timestep_embedding, context) -> predicted noise, all batched on axis 0.
+NoisePredictor = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+@cache
+def alphas_cumprod() -> tuple[float, ...]:
+    # keras-cv's table (SD's linear-beta schedule) is the reference, so take it verbatim.
+    from keras_cv.src.models.stable_diffusion.constants import _ALPHAS_CUMPROD
+
+    return tuple(float(a) for a in _ALPHAS_CUMPROD)
+
+
+def ddim_timesteps(num_steps: int) -> np.ndarray:
+    """Ascending timesteps `round(arange(n) * 999 / (n - 1))`, as keras-cv computes them."""
+    if num_steps < 1:
+        raise ValueError("num_steps must be at least 1")
+    ratio = (NUM_TRAIN_TIMESTEPS - 1) / (num_steps - 1) if num_steps > 1 else NUM_TRAIN_TIMESTEPS
+    return (np.arange(0, num_steps) * ratio).round().astype(np.int64)
+
+
+def ddim_alphas(timesteps: np.ndarray) -> tuple[list[float], list[float]]:
+    """alpha_cumprod at each timestep and at the previous one (1.0 before the first)."""
+    table = alphas_cumprod()
+    alphas = [table[int(t)] for t in timesteps]
+    return alphas, [1.0, *alphas[:-1]]
+
+
+@cache
+def _timestep_embedding_row(timestep: int, dim: int = 320, max_period: int = 10000) -> np.ndarray:
+    # Same keras ops keras-cv uses, so the embedding is bit-identical to its own.
+    from keras import ops
+
+    half = dim // 2
+    freqs = ops.exp(-math.log(max_period) * ops.cast(ops.arange(0, half), "float32") / half)
+    args = ops.convert_to_tensor([timestep], dtype="float32") * freqs
+    embedding = ops.concatenate([ops.cos(args), ops.sin(args)], 0)
+    row = np.asarray(ops.convert_to_numpy(embedding), dtype=np.float32)
+    row.setflags(write=False)
+    return row
+
+
+def timestep_embedding(timesteps: Sequence[int]) -> np.ndarray:
+    """(B, 320) sinusoidal embeddings, one row per (possibly different) timestep."""
+    return np.stack([_timestep_embedding_row(int(t)) for t in timesteps])
+
+
+def draw_seed() -> int:
+    return secrets.randbelow(MAX_SEED + 1)
+
+
+def initial_noise(seed: int, latent_shape: tuple[int, int, int]) -> np.ndarray:
+    """The starting latent of one image: standard normal from its own seed.
+
+    Image i of a request with seed s uses seed s + i, so an image does not depend on how
+    many images were asked for or what it was batched with.
+    """
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((1, *latent_shape), dtype=np.float32)
+
+
+@dataclass
+class Row:
+    """One image's sampling state."""
+
+    latent: np.ndarray  # (1, h, w, c) float32, the current x_t
+    context: np.ndarray  # (1, T, D)
+    unconditional_context: np.ndarray  # (1, T, D)
+    guidance_scale: float
+    timesteps: np.ndarray  # ascending, as ddim_timesteps gives
+    # Index into `timesteps` of the next step to run; sampling runs from the top down.
+    position: int = field(init=False)
+    alphas: list[float] = field(init=False)
+    alphas_prev: list[float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.position = len(self.timesteps) - 1
+        self.alphas, self.alphas_prev = ddim_alphas(self.timesteps)
+
+    @property
+    def done(self) -> bool:
+        return self.position < 0
+
+    @property
+    def steps_done(self) -> int:
+        return len(self.timesteps) - 1 - self.position
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return tuple(self.latent.shape[1:])
+
+
+def guided_noise(predict: NoisePredictor, rows: Sequence[Row], *, batched_cfg: bool) -> np.ndarray:
+    """Classifier-free-guided noise for each row at its own current timestep."""
+    latent = np.concatenate([r.latent for r in rows])
+    t_emb = timestep_embedding([int(r.timesteps[r.position]) for r in rows])
+    context = np.concatenate([r.context for r in rows])
+    unconditional = np.concatenate([r.unconditional_context for r in rows])
+    if batched_cfg:
+        both = predict(
+            np.concatenate([latent, latent]),
+            np.concatenate([t_emb, t_emb]),
+            np.concatenate([unconditional, context]),
+        )
+        eps_uncond, eps_cond = both[: len(rows)], both[len(rows) :]
+    else:
+        # keras-cv's order: the unconditional pass first, then the conditional one.
+        eps_uncond = predict(latent, t_emb, unconditional)
+        eps_cond = predict(latent, t_emb, context)
+    guidance = _per_row([r.guidance_scale for r in rows])
+    return eps_uncond + guidance * (eps_cond - eps_uncond)
+
+
+def ddim_update(rows: Sequence[Row], eps: np.ndarray) -> None:
+    """Advance each row one DDIM step (eta = 0) given its guided noise prediction."""
+    a_t = [r.alphas[r.position] for r in rows]
+    a_prev = [r.alphas_prev[r.position] for r in rows]
+    latent_prev = np.concatenate([r.latent for r in rows])
+    eps = eps.astype(latent_prev.dtype, copy=False)
+    # Coefficients are computed in double then rounded to float32, exactly as TF converts
+    # keras-cv's Python-float scalars, so the update is bit-identical to keras-cv's.
+    pred_x0 = (latent_prev - _per_row([math.sqrt(1 - a) for a in a_t]) * eps) / _per_row(
+        [math.sqrt(a) for a in a_t]
+    )
+    latent = (
+        eps * _per_row([math.sqrt(1.0 - a) for a in a_prev])
+        + _per_row([math.sqrt(a) for a in a_prev]) * pred_x0
+    )
+    for i, row in enumerate(rows):
+        row.latent = latent[i : i + 1]
+        row.position -= 1
+
+
+def sample_step(predict: NoisePredictor, rows: Sequence[Row], *, batched_cfg: bool) -> None:
+    """One UNet evaluation (two without batched CFG) advancing every row by one step."""
+    ddim_update(rows, guided_noise(predict, rows, batched_cfg=batched_cfg))
+
+
+def _per_row(values: Sequence[float]) -> np.ndarray:
+    return np.asarray(values, dtype=np.float32).reshape(-1, 1, 1, 1)

@@ -155,7 +155,7 @@ class Settings(BaseSettings):
     def weights_label(self) -> str:
         """How the weights are described in /v1/info and logs."""
         if self.weights == "random":
-            return f"random (seed {self.weights_seed}; NOT trained weights)"
+            return f"random (seed {self.weights_seed}, not trained)"
         return self.weights
 
     def component_weights_file(self, component: str) -> Path | None:

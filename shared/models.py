@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     import keras
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# TensorFlow's C++ start-up chatter (CPU features, oneDNN notes) buries our own logs.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 log = logging.getLogger(__name__)
 
 # Each component gets its own seed offset, so its random weights do not depend on which

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -149,7 +150,11 @@ def load_weights_file(model: keras.Model, path: Path, *, what: str) -> None:
         if name.endswith(".safetensors"):
             _load_safetensors(model, path)
         elif name.endswith(".h5"):
-            model.load_weights(str(path))
+            with warnings.catch_warnings():
+                # Keras only warns when parts of a file do not match the model and keeps
+                # those layers randomly initialised; a partial load must not pass as a load.
+                warnings.filterwarnings("error", message=".*(Skipping|retain).*")
+                model.load_weights(str(path))
         else:
             raise WeightsError(f"{what}: {path} is not .h5, .weights.h5 or .safetensors")
     except WeightsError:

@@ -1,0 +1,556 @@
+"""A small process supervisor: what `sdserve up` runs its four processes with.
+
+It starts child processes (name, argv, env), prints every line they write prefixed with
+their name in a fixed-width, optionally coloured column (``text-encoder | ...``), waits
+for each child's ``/readyz`` to answer 200, restarts a child that dies unexpectedly, and
+stops everything on Ctrl-C, SIGTERM or SIGHUP. Plain asyncio, POSIX only, no dependency
+beyond httpx (already one of the project's).
+
+Behaviour, in the order it matters:
+
+* **Output.** A child's stdout and stderr are merged into one pipe (so their relative
+  order is kept) and re-printed line by line on the supervisor's output, flushed per
+  line, so it works when that output is a file or a pipe. Colour is used only when the
+  output is a TTY, ``NO_COLOR`` is unset and ``TERM`` is not ``dumb``; ``color=False``
+  (``--no-color``) turns it off. A carriage-return progress bar is shown as its last
+  state. ``PYTHONUNBUFFERED=1`` is added to the children's environment (unless set) so
+  Python children do not hold their logs back in a pipe buffer.
+* **Readiness.** A child with a ``ready_url`` is polled (GET, no proxy) after every
+  (re)start until it answers 200; :meth:`Supervisor.wait_ready` waits for all of them
+  with a deadline and, when it passes, raises :class:`NotReadyError` naming each part
+  that is not ready and what it last answered (503 body, connection refused, or how it
+  last exited). A child without a ``ready_url`` counts as ready once started.
+* **Restarts.** A child that exits while the supervisor is not stopping is restarted
+  after a back-off delay: 1 s, doubling up to 30 s. A child that ran for at least
+  ``healthy_after_s`` (60 s) before dying starts again from 1 s. Each exit is logged
+  with how the child ended (exit code, or the signal that killed it) and how long it ran.
+  A child that keeps crashing during start-up (a model that fails to load, a stage that
+  cannot be reached) keeps being retried with back-off; the gateway reports the missing
+  stage meanwhile.
+* **Fatal exits (the choice made for configuration errors).** Some exits cannot be
+  fixed by restarting. The services report a bad setting with ``SystemExit(message)``
+  (exit code 1, within about a second, before the model loads), argparse exits 2, and a
+  port that is already taken makes uvicorn exit 1 at once; a generic exit code does not
+  tell these apart from a crash. So the rule is: **a child that exits within
+  ``early_exit_s`` (2 s) of starting, with the same exit status, ``fatal_early_exits``
+  (3) times in a row is fatal** -- a crash that a restart could fix rarely repeats that
+  fast and that identically. In addition a child may exit with ``EX_CONFIG`` (78, from
+  BSD ``sysexits.h``) to say "configuration error" explicitly, which is fatal at once.
+  A fatal exit, or a child whose program cannot be executed at all, stops every child
+  and makes :meth:`Supervisor.run` return 1 with a message naming the child, how it
+  exited and its last lines of output.
+* **Stopping.** Every child runs in its own session (process group), so a Ctrl-C in
+  the terminal reaches only the supervisor, which then stops the children itself:
+  SIGTERM to each child's process group, up to ``grace_s`` (10 s) to exit, then
+  SIGKILL; a second Ctrl-C/SIGTERM kills at once. After a child exits its process group
+  is sent SIGKILL as well, so no grandchild survives it (and no port stays taken).
+  :meth:`Supervisor.run` returns 0 after a requested stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TextIO
+
+import httpx
+
+EX_CONFIG = 78  # sysexits.h: "configuration error"; fatal at once
+
+_OWN_NAME = "sdserve"
+_COLORS = ("36", "33", "32", "35", "34", "91", "96", "93", "92", "95")
+_RESET = "\x1b[0m"
+_TAIL_LINES = 8
+_MAX_LINE_BYTES = 64 * 1024
+_OUTPUT_DRAIN_S = 2.0
+_PROGRESS_EVERY_S = 15.0
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """One process to run.
+
+    ``env`` is the child's whole environment (``None``: inherit the supervisor's).
+    ``ready_url`` is polled until it answers 200 (``None``: ready once started).
+    """
+
+    name: str
+    argv: Sequence[str]
+    env: Mapping[str, str] | None = None
+    ready_url: str | None = None
+    cwd: str | None = None
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When and how fast children are restarted; see the module docstring."""
+
+    initial_backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
+    healthy_after_s: float = 60.0
+    early_exit_s: float = 2.0
+    fatal_early_exits: int = 3
+
+
+class NotReadyError(Exception):
+    """Some children did not become ready before the deadline; the message names them."""
+
+    def __init__(self, message: str, names: Sequence[str]) -> None:
+        super().__init__(message)
+        self.names = list(names)
+
+
+def describe_exit(returncode: int) -> str:
+    """Say how a process ended: "exited with code 1" or "was killed by SIGKILL (9)"."""
+    if returncode < 0:
+        signum = -returncode
+        try:
+            signame = signal.Signals(signum).name
+        except ValueError:
+            signame = f"signal {signum}"
+        return f"was killed by {signame} ({signum})"
+    return f"exited with code {returncode}"
+
+
+def _color_wanted(out: TextIO) -> bool:
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    isatty = getattr(out, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except (OSError, ValueError):
+        return False
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    """Signal a child's process group (its pid: each child leads its own session)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signum)
+
+
+@dataclass
+class _Child:
+    spec: ChildSpec
+    label: str
+    process: asyncio.subprocess.Process | None = None
+    pids: list[int] = field(default_factory=list)
+    restarts: int = 0
+    started_at: float = 0.0
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    ready_status: str = "not started"
+    last_exit: str | None = None
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=_TAIL_LINES))
+    pump: asyncio.Task[None] | None = None
+
+
+class Supervisor:
+    """Run, watch, restart and stop a set of child processes (see module docstring).
+
+    Typical use is ``exit_code = asyncio.run(Supervisor(specs).run(ready_timeout_s=600,
+    on_ready=print_banner))``; :meth:`start`, :meth:`wait_ready` and :meth:`stop` are
+    there for finer control (tests use them).
+    """
+
+    def __init__(
+        self,
+        specs: Sequence[ChildSpec],
+        *,
+        policy: RestartPolicy | None = None,
+        color: bool | None = None,
+        out: TextIO | None = None,
+        grace_s: float = 10.0,
+        poll_interval_s: float = 0.25,
+    ) -> None:
+        names = [spec.name for spec in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"child names must be unique: {names}")
+        if not specs:
+            raise ValueError("nothing to supervise")
+        self.policy = policy or RestartPolicy()
+        self.grace_s = grace_s
+        self.poll_interval_s = poll_interval_s
+        self._out = out if out is not None else sys.stdout
+        self._color = _color_wanted(self._out) if color is None else color
+        self._width = max(len(name) for name in [*names, _OWN_NAME])
+        self._children = {
+            spec.name: _Child(spec, self._label(spec.name, _COLORS[i % len(_COLORS)]))
+            for i, spec in enumerate(specs)
+        }
+        self._own_label = self._label(_OWN_NAME, "1")
+        self._stopping = asyncio.Event()
+        self._kill_now = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._client: httpx.AsyncClient | None = None
+        self._broken_output = False
+        self._signals_seen = 0
+        self.fatal: str | None = None
+
+    # ------------------------------------------------------------------ output
+
+    def _label(self, name: str, color: str) -> str:
+        text = f"{name:<{self._width}} |"
+        return f"\x1b[{color}m{text}{_RESET}" if self._color else text
+
+    def write(self, text: str) -> None:
+        """Write text as is (no prefix), e.g. a banner; flushed at once."""
+        if self._broken_output:
+            return
+        try:
+            self._out.write(text)
+            self._out.flush()
+        except (BrokenPipeError, ValueError):
+            self._broken_output = True
+
+    def log(self, message: str, *, error: bool = False) -> None:
+        """A line from the supervisor itself, in the same prefixed column."""
+        if error and self._color:
+            message = f"\x1b[1;31m{message}{_RESET}"
+        for line in message.splitlines() or [""]:
+            self.write(f"{self._own_label} {line}\n")
+
+    def _emit(self, child: _Child, raw: bytes) -> None:
+        text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+        if "\r" in text:  # a progress bar redrawn with \r: show what a terminal would
+            text = next((part for part in reversed(text.split("\r")) if part), "")
+        child.tail.append(text)
+        self.write(f"{child.label} {text}\n")
+
+    async def _pump(self, child: _Child, stream: asyncio.StreamReader) -> None:
+        buffer = b""
+        while True:
+            chunk = await stream.read(65536)
+            if not chunk:
+                break
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                self._emit(child, line)
+            while len(buffer) > _MAX_LINE_BYTES:
+                self._emit(child, buffer[:_MAX_LINE_BYTES])
+                buffer = buffer[_MAX_LINE_BYTES:]
+        if buffer:
+            self._emit(child, buffer)
+
+    # ------------------------------------------------------------- inspection
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def pids(self) -> dict[str, int | None]:
+        """The pid of each child's current process (None while it is not running)."""
+        return {
+            name: (c.process.pid if c.process and c.process.returncode is None else None)
+            for name, c in self._children.items()
+        }
+
+    def spawned_pids(self, name: str) -> list[int]:
+        """Every pid this child has had, oldest first."""
+        return list(self._children[name].pids)
+
+    def restart_count(self, name: str) -> int:
+        return self._children[name].restarts
+
+    def is_ready(self, name: str) -> bool:
+        return self._children[name].ready.is_set()
+
+    # ------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Start every child (returns at once; they are watched in the background)."""
+        if self._tasks:
+            raise RuntimeError("already started")
+        self._client = httpx.AsyncClient(timeout=2.0, trust_env=False)
+        self._tasks = [
+            asyncio.create_task(self._supervise(child), name=f"supervise {name}")
+            for name, child in self._children.items()
+        ]
+
+    def request_stop(self) -> None:
+        """Ask every child to stop; :meth:`stop` waits for it."""
+        self._stopping.set()
+
+    def kill_now(self) -> None:
+        """Skip the grace period: SIGKILL whatever is still running."""
+        self._stopping.set()
+        self._kill_now.set()
+
+    async def stop(self) -> None:
+        """Stop every child (SIGTERM, grace period, SIGKILL) and wait until all are gone."""
+        self._stopping.set()
+        if self._tasks:
+            results = await asyncio.gather(*self._tasks, return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException) and not isinstance(
+                    result, asyncio.CancelledError
+                ):
+                    self.log(f"supervisor error: {result!r}", error=True)
+        for child in self._children.values():  # safety net: nothing may outlive stop()
+            proc = child.process
+            if proc is not None and proc.returncode is None:
+                _signal_group(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def wait_stopped(self) -> None:
+        """Wait until a stop is requested (signal, fatal child, or request_stop)."""
+        await self._stopping.wait()
+
+    async def wait_ready(self, timeout_s: float | None = None) -> bool:
+        """Wait until every child is ready.
+
+        Returns True when all are ready, False when the supervisor began stopping first
+        (a signal or a fatal child: see :attr:`fatal`). Raises NotReadyError, naming the
+        children that are not ready and why, when ``timeout_s`` passes (None: no limit).
+        """
+        start = time.monotonic()
+        next_progress = start + _PROGRESS_EVERY_S
+        while True:
+            if self._stopping.is_set():
+                return False
+            waiting = [c for c in self._children.values() if not c.ready.is_set()]
+            if not waiting:
+                return True
+            now = time.monotonic()
+            if timeout_s is not None and now - start >= timeout_s:
+                detail = "; ".join(self._why_not_ready(c) for c in waiting)
+                noun = "part is" if len(waiting) == 1 else "parts are"
+                raise NotReadyError(
+                    f"not ready after {timeout_s:g} s: {len(waiting)} {noun} not ready: {detail}",
+                    [c.spec.name for c in waiting],
+                )
+            if now >= next_progress:
+                next_progress = now + _PROGRESS_EVERY_S
+                self.log(
+                    f"still waiting ({now - start:.0f} s) for: "
+                    + "; ".join(self._why_not_ready(c) for c in waiting)
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), 0.05)
+
+    def _why_not_ready(self, child: _Child) -> str:
+        parts = [child.ready_status]
+        if child.last_exit:
+            parts.append(f"restarted {child.restarts} times, last {child.last_exit}")
+        return f"{child.spec.name} ({', '.join(parts)})"
+
+    async def run(
+        self,
+        *,
+        ready_timeout_s: float | None = None,
+        on_ready: Callable[[], None] | None = None,
+        handle_signals: bool = True,
+    ) -> int:
+        """Start, wait until ready (then call ``on_ready``), supervise until a signal.
+
+        Returns 0 after a requested stop (Ctrl-C, SIGTERM, SIGHUP), 1 when a child was
+        fatal or the parts were not ready in time. Always stops every child first.
+        """
+        loop = asyncio.get_running_loop()
+        installed: list[int] = []
+        if handle_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                try:
+                    loop.add_signal_handler(sig, self._on_signal, int(sig))
+                except (ValueError, RuntimeError, NotImplementedError):
+                    continue  # not the main thread, or no signal support
+                installed.append(int(sig))
+        code = 0
+        try:
+            await self.start()
+            try:
+                if await self.wait_ready(ready_timeout_s) and on_ready is not None:
+                    on_ready()
+            except NotReadyError as exc:
+                self.log(f"{exc}; stopping", error=True)
+                code = 1
+                self.request_stop()
+            await self._stopping.wait()
+        finally:
+            await self.stop()
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+        if self.fatal:
+            self.log(self.fatal, error=True)
+            return 1
+        self.log("stopped")
+        return code
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals_seen += 1
+        name = signal.Signals(signum).name
+        if self._signals_seen == 1:
+            self.log(f"received {name}: stopping (send it again to kill at once)")
+            self.request_stop()
+        else:
+            self.log(f"received {name} again: killing")
+            self.kill_now()
+
+    # ------------------------------------------------------------ one child
+
+    def _spawn_env(self, spec: ChildSpec) -> dict[str, str]:
+        env = dict(os.environ if spec.env is None else spec.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def _fail(self, message: str) -> None:
+        if self.fatal is None:
+            self.fatal = message
+        self.request_stop()
+
+    async def _supervise(self, child: _Child) -> None:
+        try:
+            await self._supervise_loop(child)
+        except Exception as exc:  # a bug here must still stop everything cleanly
+            self._fail(f"FATAL: supervisor error while running {child.spec.name}: {exc!r}")
+
+    async def _supervise_loop(self, child: _Child) -> None:
+        policy = self.policy
+        backoff = policy.initial_backoff_s
+        streak, streak_code = 0, None
+        name = child.spec.name
+        while not self._stopping.is_set():
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *child.spec.argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                    env=self._spawn_env(child.spec),
+                    cwd=child.spec.cwd,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                self._fail(f"cannot start {name} ({' '.join(child.spec.argv)}): {exc}")
+                return
+            child.process = proc
+            child.pids.append(proc.pid)
+            child.started_at = time.monotonic()
+            child.ready.clear()
+            child.ready_status = "starting"
+            assert proc.stdout is not None
+            child.pump = asyncio.create_task(self._pump(child, proc.stdout))
+            self.log(f"started {name} (pid {proc.pid})")
+            watcher = asyncio.create_task(self._watch_ready(child, proc))
+            exited = asyncio.create_task(proc.wait())
+            stop = asyncio.create_task(self._stopping.wait())
+            try:
+                await asyncio.wait({exited, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+                watcher.cancel()
+            if not exited.done():
+                await self._terminate(child, proc)
+                return
+            returncode = proc.returncode if proc.returncode is not None else -1
+            runtime = time.monotonic() - child.started_at
+            child.ready.clear()
+            await self._cleanup(child, proc)
+            if self._stopping.is_set():
+                return
+            how = describe_exit(returncode)
+            child.last_exit = how
+            child.ready_status = f"{how} after {runtime:.1f} s"
+            if runtime >= policy.healthy_after_s:
+                backoff = policy.initial_backoff_s
+            if runtime < policy.early_exit_s:
+                streak = streak + 1 if returncode == streak_code else 1
+                streak_code = returncode
+            else:
+                streak, streak_code = 0, None
+            if returncode == EX_CONFIG or streak >= policy.fatal_early_exits:
+                self._fail(self._fatal_message(child, how, streak, returncode))
+                return
+            self.log(
+                f"{name} {how} after {runtime:.1f} s; "
+                f"restarting in {backoff:g} s (restart #{child.restarts + 1})",
+                error=True,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), backoff)
+            if self._stopping.is_set():
+                return
+            child.restarts += 1
+            backoff = min(backoff * 2, policy.max_backoff_s)
+
+    def _fatal_message(self, child: _Child, how: str, streak: int, returncode: int) -> str:
+        name = child.spec.name
+        if returncode == EX_CONFIG:
+            why = f"{name} {how} (EX_CONFIG: a configuration error)"
+        else:
+            why = (
+                f"{name} {how} within {self.policy.early_exit_s:g} s of starting "
+                f"{streak} times in a row: this looks like a configuration error "
+                "(a bad setting, a port in use, a missing module), which restarting "
+                "will not fix"
+            )
+        tail = "\n".join(f"    {line}" for line in child.tail)
+        last = f"\nlast output of {name}:\n{tail}" if tail else ""
+        return f"FATAL: {why}. Stopped everything.{last}"
+
+    async def _watch_ready(self, child: _Child, proc: asyncio.subprocess.Process) -> None:
+        url = child.spec.ready_url
+        if url is None:
+            child.ready_status = "running"
+            child.ready.set()
+            return
+        assert self._client is not None
+        while proc.returncode is None:
+            try:
+                response = await self._client.get(url)
+            except httpx.ConnectError:
+                child.ready_status = f"{url}: connection refused (not listening yet)"
+            except httpx.HTTPError as exc:
+                child.ready_status = f"{url}: {exc.__class__.__name__} {exc}".rstrip()
+            else:
+                if response.status_code == 200:
+                    took = time.monotonic() - child.started_at
+                    child.ready_status = "ready"
+                    child.ready.set()
+                    self.log(f"{child.spec.name} is ready ({took:.1f} s)")
+                    return
+                body = " ".join(response.text.split())[:200]
+                child.ready_status = f"{url} answered {response.status_code} {body}".rstrip()
+            await asyncio.sleep(self.poll_interval_s)
+
+    async def _terminate(self, child: _Child, proc: asyncio.subprocess.Process) -> None:
+        if proc.returncode is None:
+            if self._kill_now.is_set():
+                _signal_group(proc.pid, signal.SIGKILL)
+            else:
+                _signal_group(proc.pid, signal.SIGTERM)
+            exited = asyncio.ensure_future(proc.wait())
+            kill = asyncio.ensure_future(self._kill_now.wait())
+            try:
+                await asyncio.wait({exited, kill}, timeout=self.grace_s)
+            finally:
+                kill.cancel()
+            if proc.returncode is None:
+                if not self._kill_now.is_set():
+                    self.log(
+                        f"{child.spec.name} did not stop within {self.grace_s:g} s; killing it"
+                    )
+                _signal_group(proc.pid, signal.SIGKILL)
+            await exited
+        await self._cleanup(child, proc)
+
+    async def _cleanup(self, child: _Child, proc: asyncio.subprocess.Process) -> None:
+        """After the child exited: kill what is left of its group, drain its output."""
+        _signal_group(proc.pid, signal.SIGKILL)
+        if child.pump is not None:
+            try:
+                await asyncio.wait_for(child.pump, _OUTPUT_DRAIN_S)
+            except TimeoutError:
+                pass  # someone outside the group holds the pipe; wait_for cancelled it
+            except Exception as exc:  # a broken pipe must not stop the supervisor
+                self.log(f"lost output of {child.spec.name}: {exc!r}")
+            child.pump = None

@@ -1,0 +1,10 @@
+"""Settings the tiny stage services are started with in these tests."""
+
+TINY_ENV = {
+    "SDSERVE_MODEL": "tiny",
+    "SDSERVE_WEIGHTS": "random",
+    "SDSERVE_SIZES": "64x64,128x128",
+}
+TOKEN = "secret"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+SMALL_BODY_BYTES = 200_000

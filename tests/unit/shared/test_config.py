@@ -1,0 +1,81 @@
+import pytest
+
+from shared.config import ConfigError, Settings, load_settings, parse_size
+
+
+def test_defaults_are_the_embedded_tiny_model(monkeypatch):
+    for name in ("SDSERVE_MODEL", "SDSERVE_WEIGHTS", "SDSERVE_SIZES"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings()
+    assert settings.model == "tiny"
+    assert settings.weights == "random"
+    assert settings.sizes == [(64, 64), (128, 128)]
+    assert "not trained" in settings.weights_label
+
+
+def test_sizes_parse_from_the_environment(monkeypatch):
+    monkeypatch.setenv("SDSERVE_MODEL", "sd-v1")
+    monkeypatch.setenv("SDSERVE_SIZES", "128x128, 256X128")
+    assert load_settings().sizes == [(128, 128), (256, 128)]
+
+
+def test_family_default_sizes(monkeypatch):
+    monkeypatch.delenv("SDSERVE_SIZES", raising=False)
+    assert load_settings(model="sd-v2").sizes == [(512, 512)]
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "named"),
+    [
+        ("SDSERVE_SIZES", "100x100", "SDSERVE_SIZES"),
+        ("SDSERVE_SIZES", "big", "SDSERVE_SIZES"),
+        ("SDSERVE_MODEL", "sd-xl", "SDSERVE_MODEL"),
+        ("SDSERVE_WEIGHTS", "/no/such/dir", "SDSERVE_WEIGHTS"),
+        ("SDSERVE_MAX_STEPS", "0", "SDSERVE_MAX_STEPS"),
+        ("SDSERVE_QUEUE_SIZE", "many", "SDSERVE_QUEUE_SIZE"),
+        ("SDSERVE_XLA", "maybe", "SDSERVE_XLA"),
+        ("SDSERVE_DIFFUSION_WEIGHTS", "/no/unet.h5", "SDSERVE_DIFFUSION_WEIGHTS"),
+    ],
+)
+def test_invalid_settings_name_the_variable(monkeypatch, env, value, named):
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert named in str(info.value)
+
+
+def test_sd_sizes_must_be_multiples_of_128(monkeypatch):
+    monkeypatch.setenv("SDSERVE_MODEL", "sd-v1")
+    monkeypatch.setenv("SDSERVE_SIZES", "192x192")
+    with pytest.raises(ConfigError, match="SDSERVE_SIZES.*multiple of 128"):
+        load_settings()
+
+
+def test_production_refuses_unsafe_defaults(monkeypatch, tmp_path):
+    monkeypatch.setenv("SDSERVE_ENVIRONMENT", "production")
+    with pytest.raises(ConfigError, match="SDSERVE_WEIGHTS"):
+        load_settings()
+    monkeypatch.setenv("SDSERVE_WEIGHTS", str(tmp_path))
+    with pytest.raises(ConfigError, match="SDSERVE_INTERNAL_TOKEN"):
+        load_settings()
+    monkeypatch.setenv("SDSERVE_INTERNAL_TOKEN", "s3cret")
+    settings = load_settings()
+    assert settings.internal_token is not None
+    assert "s3cret" not in repr(settings)
+
+
+def test_weights_file_must_be_a_safe_format(tmp_path):
+    pickle_file = tmp_path / "unet.ckpt"
+    pickle_file.write_bytes(b"\x80\x04")
+    with pytest.raises(ConfigError, match="SDSERVE_DIFFUSION_WEIGHTS"):
+        load_settings(diffusion_weights=pickle_file)
+    ok = tmp_path / "unet.safetensors"
+    ok.write_bytes(b"{}")
+    assert load_settings(diffusion_weights=ok).component_weights_file("diffusion_model") == ok
+
+
+def test_parse_size():
+    assert parse_size("512x768") == (512, 768)
+    with pytest.raises(ValueError):
+        parse_size("512")
+    assert isinstance(Settings().sizes, list)

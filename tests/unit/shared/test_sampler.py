@@ -1,0 +1,115 @@
+import math
+
+import numpy as np
+import pytest
+
+from shared.sampler import (
+    Row,
+    alphas_cumprod,
+    ddim_alphas,
+    ddim_timesteps,
+    initial_noise,
+    sample_step,
+    timestep_embedding,
+)
+
+
+def test_timesteps_match_keras_cv_formula():
+    # keras-cv: round(arange(n) * 999 / (n - 1)), visited in reverse.
+    assert ddim_timesteps(3).tolist() == [0, 500, 999]
+    assert ddim_timesteps(50)[[0, 1, -1]].tolist() == [0, 20, 999]
+    assert ddim_timesteps(1).tolist() == [0]
+    assert ddim_timesteps(1000).tolist() == list(range(1000))
+    with pytest.raises(ValueError):
+        ddim_timesteps(0)
+
+
+def test_alphas_come_from_keras_cv_table():
+    from keras_cv.src.models.stable_diffusion.constants import _ALPHAS_CUMPROD
+
+    table = alphas_cumprod()
+    assert len(table) == 1000
+    assert table[0] == pytest.approx(0.99915)
+    assert table[999] == _ALPHAS_CUMPROD[999]
+    alphas, prev = ddim_alphas(np.array([0, 500, 999]))
+    assert alphas == [table[0], table[500], table[999]]
+    assert prev == [1.0, table[0], table[500]]
+
+
+def test_timestep_embedding_matches_keras_cv_bit_for_bit():
+    from keras_cv.src.models.stable_diffusion.stable_diffusion import StableDiffusion
+
+    reference = StableDiffusion(128, 128, jit_compile=False)
+    for t in (0, 1, 500, 999):
+        expected = np.asarray(reference._get_timestep_embedding(t, 1))
+        np.testing.assert_array_equal(timestep_embedding([t]), expected)
+    mixed = timestep_embedding([999, 0])
+    assert mixed.shape == (2, 320)
+    assert not np.array_equal(mixed[0], mixed[1])
+
+
+def test_initial_noise_is_per_seed_and_deterministic():
+    a = initial_noise(7, (8, 8, 4))
+    assert a.shape == (1, 8, 8, 4) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, initial_noise(7, (8, 8, 4)))
+    assert not np.array_equal(a, initial_noise(8, (8, 8, 4)))
+    assert abs(float(a.std()) - 1.0) < 0.2
+
+
+def _linear_predictor(calls):
+    """A deterministic stand-in UNet: eps = 0.1 * latent + mean(context) + t_emb[0]."""
+
+    def predict(latent, t_emb, context):
+        calls.append(len(latent))
+        bias = context.mean(axis=(1, 2)).reshape(-1, 1, 1, 1) + t_emb[:, :1].reshape(-1, 1, 1, 1)
+        return (0.1 * latent + bias).astype(np.float32)
+
+    return predict
+
+
+def _row(seed, steps, ctx_value=1.0, guidance=7.5):
+    return Row(
+        latent=initial_noise(seed, (4, 4, 4)),
+        context=np.full((1, 77, 8), ctx_value, np.float32),
+        unconditional_context=np.zeros((1, 77, 8), np.float32),
+        guidance_scale=guidance,
+        timesteps=ddim_timesteps(steps),
+    )
+
+
+def _reference_ddim(row_seed, steps, ctx_value=1.0, guidance=7.5):
+    """keras-cv's loop written out with scalars, one image."""
+    latent = initial_noise(row_seed, (4, 4, 4))
+    timesteps = ddim_timesteps(steps)
+    alphas, alphas_prev = ddim_alphas(timesteps)
+    for index, t in list(enumerate(timesteps))[::-1]:
+        t_emb = timestep_embedding([t])
+        eps_u = 0.1 * latent + 0.0 + t_emb[:, :1].reshape(-1, 1, 1, 1)
+        eps_c = 0.1 * latent + np.float32(ctx_value) + t_emb[:, :1].reshape(-1, 1, 1, 1)
+        eps = (eps_u + guidance * (eps_c - eps_u)).astype(np.float32)
+        a_t, a_prev = alphas[index], alphas_prev[index]
+        pred_x0 = (latent - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+        latent = eps * math.sqrt(1.0 - a_prev) + math.sqrt(a_prev) * pred_x0
+    return latent
+
+
+@pytest.mark.parametrize("batched_cfg", [False, True])
+def test_rows_at_different_timesteps_share_one_call(batched_cfg):
+    calls = []
+    predict = _linear_predictor(calls)
+    long_row, short_row = _row(1, 5), _row(2, 3, ctx_value=-0.5, guidance=3.0)
+    # Run the long row alone for two steps, then both together: different timesteps.
+    sample_step(predict, [long_row], batched_cfg=batched_cfg)
+    sample_step(predict, [long_row], batched_cfg=batched_cfg)
+    assert long_row.steps_done == 2
+    while not short_row.done:
+        sample_step(predict, [long_row, short_row], batched_cfg=batched_cfg)
+    assert long_row.done and short_row.done
+    # Rows per UNet call: two solo steps, then three shared ones; CFG doubles the rows
+    # of one call when batched, and makes two calls of the same rows when not.
+    expected = [2, 2, 4, 4, 4] if batched_cfg else [1, 1, 1, 1, 2, 2, 2, 2, 2, 2]
+    assert calls == expected
+    np.testing.assert_allclose(long_row.latent, _reference_ddim(1, 5), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        short_row.latent, _reference_ddim(2, 3, -0.5, 3.0), rtol=1e-5, atol=1e-5
+    )

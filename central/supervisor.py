@@ -380,7 +380,7 @@ class Supervisor:
             for signum in installed:
                 loop.remove_signal_handler(signum)
         if self.fatal:
-            self.log(self.fatal, error=True)
+            self.log(f"{self.fatal}\nstopped everything", error=True)
             return 1
         self.log("stopped")
         return code
@@ -405,6 +405,8 @@ class Supervisor:
     def _fail(self, message: str) -> None:
         if self.fatal is None:
             self.fatal = message
+            self.log(message.splitlines()[0], error=True)
+            self.log("stopping everything")
         self.request_stop()
 
     async def _supervise(self, child: _Child) -> None:
@@ -434,6 +436,7 @@ class Supervisor:
                 return
             child.process = proc
             child.pids.append(proc.pid)
+            child.tail.clear()
             child.started_at = time.monotonic()
             child.ready.clear()
             child.ready_status = "starting"
@@ -495,7 +498,7 @@ class Supervisor:
             )
         tail = "\n".join(f"    {line}" for line in child.tail)
         last = f"\nlast output of {name}:\n{tail}" if tail else ""
-        return f"FATAL: {why}. Stopped everything.{last}"
+        return f"FATAL: {why}.{last}"
 
     async def _watch_ready(self, child: _Child, proc: asyncio.subprocess.Process) -> None:
         url = child.spec.ready_url

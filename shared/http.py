@@ -12,7 +12,7 @@ import hmac
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -186,7 +186,18 @@ def npz_response(content: bytes, headers: Mapping[str, str] | None = None) -> Re
     return Response(content=content, media_type=MEDIA_TYPE, headers=dict(headers or {}))
 
 
-def create_app(service: Service, settings: Settings, *, title: str, version: str) -> FastAPI:
+ReadinessCheck = Callable[[], Awaitable[tuple[bool, dict[str, str]]]]
+
+
+def create_app(
+    service: Service,
+    settings: Settings,
+    *,
+    title: str,
+    version: str,
+    readiness: ReadinessCheck | None = None,
+    description: str = "",
+) -> FastAPI:
     state: dict[str, Any] = {"ready": False, "error": None}
 
     async def load_in_background() -> None:
@@ -210,7 +221,7 @@ def create_app(service: Service, settings: Settings, *, title: str, version: str
             task.cancel()
             service.close()
 
-    app = FastAPI(title=title, version=version, lifespan=lifespan)
+    app = FastAPI(title=title, version=version, lifespan=lifespan, description=description)
     app.state.service = service
     app.state.settings = settings
     app.state.load_state = state
@@ -224,11 +235,23 @@ def create_app(service: Service, settings: Settings, *, title: str, version: str
 
     @app.get("/readyz", tags=["health"])
     async def readyz() -> JSONResponse:
-        """Ready: models are loaded and warmed (503 until then)."""
-        if state["ready"]:
-            return JSONResponse({"status": "ready"})
-        status = "failed" if state["error"] else "loading"
-        body = {"status": status, **({"error": state["error"]} if state["error"] else {})}
+        """Ready: models are loaded and warmed, and any stage it calls is ready (else 503)."""
+        body: dict[str, Any] = {}
+        ok = bool(state["ready"])
+        if readiness is not None:
+            stages_ok, body["stages"] = await readiness()
+            ok = ok and stages_ok
+        if ok:
+            return JSONResponse({"status": "ready", **body})
+        body["status"] = (
+            "failed"
+            if state["error"]
+            else "loading"
+            if not state["ready"]
+            else ("waiting for stages")
+        )
+        if state["error"]:
+            body["error"] = state["error"]
         return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
 
     @app.get("/v1/info", tags=["health"])

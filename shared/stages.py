@@ -161,13 +161,12 @@ class LocalTextEncoder(_LocalStage):
         self.tokenizer = tokenizer
 
     def warm_up(self, models: LoadedModels) -> None:
-        self.models = models
         for batch in (1, 2):
-            self.encode_sync(["warm up"] * batch, [""] * batch)
-        self.models = None
+            self.encode_sync(models, ["warm up"] * batch, [""] * batch)
 
-    def encode_sync(self, prompts: list[str], negative_prompts: list[str]) -> EncodedPrompts:
-        models = self._ready_models()
+    def encode_sync(
+        self, models: LoadedModels, prompts: list[str], negative_prompts: list[str]
+    ) -> EncodedPrompts:
         assert models.text_encoder is not None
         positive = [self.tokenizer.tokenize(p, param="prompts") for p in prompts]
         negative = [self.tokenizer.tokenize(p, param="negative_prompts") for p in negative_prompts]
@@ -200,8 +199,10 @@ class LocalTextEncoder(_LocalStage):
             )
         # keras-cv's unconditional context is the encoding of the empty prompt.
         negative_text = [n or "" for n in negatives]
-        self._ready_models()
-        result, timing = await self.worker.run(lambda: self.encode_sync(prompts, negative_text))
+        models = self._ready_models()
+        result, timing = await self.worker.run(
+            lambda: self.encode_sync(models, prompts, negative_text)
+        )
         result.timing = timing
         return result
 
@@ -212,14 +213,12 @@ class LocalDiffusion(_LocalStage):
     components = ("diffusion_model",)
 
     def warm_up(self, models: LoadedModels) -> None:
-        self.models = models
         shape = (1, self.family.spec.max_tokens, self.family.spec.context_dim)
         zeros = np.zeros(shape, dtype=np.float32)
         for width, height in self.settings.sizes:
             for n in (1, 2):
                 params = DenoiseParams(width, height, steps=1, guidance_scale=7.5, n=n)
-                self.denoise_sync(zeros, zeros, params, list(range(n)))
-        self.models = None
+                self.denoise_sync(models, zeros, zeros, params, list(range(n)))
 
     def check_contexts(
         self, context: np.ndarray, unconditional_context: np.ndarray, n: int
@@ -239,6 +238,7 @@ class LocalDiffusion(_LocalStage):
 
     def denoise_sync(
         self,
+        models: LoadedModels,
         context: np.ndarray,
         unconditional_context: np.ndarray,
         params: DenoiseParams,
@@ -246,7 +246,6 @@ class LocalDiffusion(_LocalStage):
     ) -> np.ndarray:
         from shared.sampler import ddim_timesteps
 
-        models = self._ready_models()
         runner = models.diffusion[(params.width, params.height)]
         latent_shape = self.family.latent_shape(params.height, params.width)
         timesteps = ddim_timesteps(params.steps)
@@ -275,11 +274,11 @@ class LocalDiffusion(_LocalStage):
     ) -> DenoiseResult:
         check_denoise_params(self.settings, params)
         self.check_contexts(context, unconditional_context, params.n)
-        self._ready_models()
+        models = self._ready_models()
         base_seed = draw_seed() if params.seed is None else params.seed
         seeds = [base_seed + i for i in range(params.n)]
         latent, timing = await self.worker.run(
-            lambda: self.denoise_sync(context, unconditional_context, params, seeds)
+            lambda: self.denoise_sync(models, context, unconditional_context, params, seeds)
         )
         return DenoiseResult(latent=latent, seeds=seeds, timing=timing)
 
@@ -296,12 +295,10 @@ class LocalDecoder(_LocalStage):
     components = ("decoder",)
 
     def warm_up(self, models: LoadedModels) -> None:
-        self.models = models
         for size in self.settings.sizes:
             for n in (1, 2):
                 latent = np.zeros((n, *self.family.latent_shape(size[1], size[0])), np.float32)
-                self.decode_sync(latent, size)
-        self.models = None
+                self.decode_sync(models, latent, size)
 
     def size_of_latent(self, latent: np.ndarray) -> Size:
         f = self.family.spec.downsampling_factor
@@ -317,14 +314,13 @@ class LocalDecoder(_LocalStage):
             )
         return check_size(self.settings, latent.shape[2] * f, latent.shape[1] * f, param="latent")
 
-    def decode_sync(self, latent: np.ndarray, size: Size) -> np.ndarray:
-        models = self._ready_models()
+    def decode_sync(self, models: LoadedModels, latent: np.ndarray, size: Size) -> np.ndarray:
         return latent_to_images(models.decoder[size](latent.astype(np.float32)))
 
     async def decode(self, latent: np.ndarray) -> DecodeResult:
         size = self.size_of_latent(latent)
-        self._ready_models()
-        images, timing = await self.worker.run(lambda: self.decode_sync(latent, size))
+        models = self._ready_models()
+        images, timing = await self.worker.run(lambda: self.decode_sync(models, latent, size))
         return DecodeResult(images=images, timing=timing)
 
 

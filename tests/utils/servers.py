@@ -23,8 +23,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 

@@ -71,9 +71,7 @@ def assert_error(
     assert response.status_code == status, (
         f"expected HTTP {status}, got {response.status_code}: {response.text[:500]}"
     )
-    assert response.headers.get("content-type", "").startswith("application/json"), (
-        response.headers
-    )
+    assert response.headers.get("content-type", "").startswith("application/json"), response.headers
     body = response.json()
     assert set(body) == {"error"}, body
     inner = body["error"]

@@ -54,9 +54,7 @@ def client() -> Iterator[httpx.Client]:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Iterator[None]:
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """On failure, show the tail of every service process log the test used."""
     report = yield
     if report.failed:

@@ -37,9 +37,7 @@ class StageContract:
     def oversize_request(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def post(
-        self, client: httpx.Client, svc: ServiceProcess, **kwargs: Any
-    ) -> httpx.Response:
+    def post(self, client: httpx.Client, svc: ServiceProcess, **kwargs: Any) -> httpx.Response:
         return client.post(f"{svc.url}{self.route}", **kwargs)
 
     def with_auth(self, request: dict[str, Any], auth: dict[str, str]) -> dict[str, Any]:
@@ -155,9 +153,7 @@ class StageContract:
         response = self.post(client, restricted, content=iter(chunks), **request)
         assert_error(response, 413, param="body")
 
-    def test_body_under_cap_is_fine(
-        self, client: httpx.Client, restricted: ServiceProcess
-    ) -> None:
+    def test_body_under_cap_is_fine(self, client: httpx.Client, restricted: ServiceProcess) -> None:
         request = self.with_auth(self.good_request(), AUTH)
         assert len(request.get("content") or b"") < SMALL_BODY_BYTES
         assert self.post(client, restricted, **request).status_code == 200

@@ -57,6 +57,16 @@ def denoise(
     )
 
 
+def assert_same_image(actual: np.ndarray, expected: np.ndarray, rel: float = 1e-4) -> None:
+    """Equal up to float32 noise from batch-size-dependent kernels (oneDNN, cuDNN).
+
+    A wrong seed or context gives a wholly different latent, orders of magnitude away.
+    """
+    scale = float(np.abs(expected).max())
+    diff = float(np.abs(actual - expected).max())
+    assert diff <= rel * scale, f"max |diff| {diff} > {rel} * max |expected| {scale}"
+
+
 def latent_of(response: httpx.Response) -> np.ndarray:
     assert response.status_code == 200, response.text
     arrays = read_npz(response.content)
@@ -107,9 +117,7 @@ def test_different_seeds_differ(client: httpx.Client, service: ServiceProcess) -
     assert not np.array_equal(a, b)
 
 
-def test_omitted_seed_is_drawn_and_returned(
-    client: httpx.Client, service: ServiceProcess
-) -> None:
+def test_omitted_seed_is_drawn_and_returned(client: httpx.Client, service: ServiceProcess) -> None:
     query = params(n=3)
     del query["seed"]
     body = npz(contexts())
@@ -133,7 +141,7 @@ def test_image_i_equals_image_0_of_seed_plus_i(
     batch = latent_of(denoise(client, service, body, seed=1000, n=3))
     for i in range(3):
         single = latent_of(denoise(client, service, body, seed=1000 + i, n=1))
-        np.testing.assert_allclose(batch[i], single[0], rtol=1e-5, atol=1e-5)
+        assert_same_image(batch[i], single[0])
 
 
 def test_context_batch_one_broadcasts_to_n(client: httpx.Client, service: ServiceProcess) -> None:
@@ -142,7 +150,7 @@ def test_context_batch_one_broadcasts_to_n(client: httpx.Client, service: Servic
     repeated = {k: np.repeat(v, 3, axis=0) for k, v in one.items()}
     explicit = latent_of(denoise(client, service, npz(repeated), n=3))
     assert broadcast.shape == (3, 8, 8, 4)
-    np.testing.assert_allclose(broadcast, explicit, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(broadcast, explicit)
 
 
 def test_context_per_row(client: httpx.Client, service: ServiceProcess) -> None:
@@ -151,7 +159,7 @@ def test_context_per_row(client: httpx.Client, service: ServiceProcess) -> None:
     batch = latent_of(denoise(client, service, npz(two), n=2, seed=9))
     row1 = {k: v[1:2] for k, v in two.items()}
     single = latent_of(denoise(client, service, npz(row1), n=1, seed=10))
-    np.testing.assert_allclose(batch[1], single[0], rtol=1e-5, atol=1e-5)
+    assert_same_image(batch[1], single[0])
 
 
 def test_fp16_response(client: httpx.Client, service: ServiceProcess) -> None:
@@ -309,9 +317,7 @@ def test_non_finite_fp16_is_422(client: httpx.Client, service: ServiceProcess) -
 
 
 @pytest.mark.parametrize("missing", ["context", "unconditional_context"])
-def test_missing_member_is_422(
-    client: httpx.Client, service: ServiceProcess, missing: str
-) -> None:
+def test_missing_member_is_422(client: httpx.Client, service: ServiceProcess, missing: str) -> None:
     ctx = contexts()
     del ctx[missing]
     assert_error(denoise(client, service, npz(ctx)), 422, param=missing)
@@ -328,7 +334,5 @@ def test_compressed_member_is_422(client: httpx.Client, service: ServiceProcess)
     assert_error(denoise(client, service, body), 422, param="context")
 
 
-def test_service_still_good_after_bad_calls(
-    client: httpx.Client, service: ServiceProcess
-) -> None:
+def test_service_still_good_after_bad_calls(client: httpx.Client, service: ServiceProcess) -> None:
     assert latent_of(denoise(client, service)).shape == (1, 8, 8, 4)

@@ -1,0 +1,44 @@
+# Two entry points for a fresh machine: `make up` (the whole stack) and `make test`.
+# Each creates .venv and installs what it needs on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CLIP BPE vocabulary ships inside this wheel (same bytes keras-cv downloads); its
+# torch dependency is not needed, so it is installed on its own with --no-deps.
+CLIP_VOCAB_WHEEL := open-clip-torch==3.3.0
+EXTRAS ?= cpu,dev
+
+.PHONY: install up test lint unit integration benchmark clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install --quiet --no-deps "$(CLIP_VOCAB_WHEEL)"
+	touch $@
+
+install: $(BIN)/.installed
+
+up: install
+	$(BIN)/sdserve up $(ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check shared services central
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+unit: install
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+integration: install
+	$(BIN)/python -m pytest tests/integration tests/e2e $(PYTEST_ARGS)
+
+benchmark: install
+	$(BIN)/python benchmarks/stages.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

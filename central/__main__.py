@@ -1,0 +1,3 @@
+from central.app import main
+
+main()

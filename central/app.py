@@ -1,0 +1,128 @@
+"""The public gateway: validates requests, chains the stages, encodes images. Routes only."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import Response
+
+from central.api import (
+    HfTextToImageRequest,
+    ImageGenerationRequest,
+    encode_png,
+    generation_response,
+)
+from central.chain import Chain, GenerationParams, GenerationResult
+from shared.config import ConfigError, Settings, format_size, load_settings
+from shared.http import configure_logging, create_app, serve
+
+VERSION = "0.1.0"
+DEFAULT_PORT = 8000
+
+DESCRIPTION = """
+Stable Diffusion behind an OpenAI-compatible Images API.
+
+* `POST /v1/images/generations` — OpenAI `images.generate` shape plus `negative_prompt`,
+  `steps`, `guidance_scale`, `seed`.
+* `POST /` — Hugging Face text-to-image (`{"inputs": ..., "parameters": {...}}`) → PNG.
+"""
+
+
+class GatewayService:
+    """Adapts the chain to the app factory's service interface."""
+
+    name = "central"
+
+    def __init__(self, chain: Chain) -> None:
+        self.chain = chain
+
+    def load(self) -> None:
+        self.chain.load()
+
+    def describe(self) -> Mapping[str, Any]:
+        settings = self.chain.settings
+        return {
+            "family": settings.model,
+            "weights": settings.weights_label,
+            "random_weights": self.chain.random_weights(),
+            "topology": self.chain.topology,
+            "sizes": [format_size(s) for s in settings.sizes],
+            "limits": {
+                "max_images_per_request": settings.max_images_per_request,
+                "max_steps": settings.max_steps,
+                "default_steps": settings.default_steps,
+            },
+        }
+
+    def close(self) -> None:
+        """Remote clients are closed in the app's shutdown hook (they are async)."""
+
+
+def create_central_app(settings: Settings, chain: Chain | None = None) -> FastAPI:
+    chain = chain or Chain(settings)
+    service = GatewayService(chain)
+    app = create_app(
+        service,
+        settings,
+        title="sdserve",
+        version=VERSION,
+        readiness=chain.readiness,
+        description=DESCRIPTION,
+    )
+    app.router.on_shutdown.append(chain.aclose)
+    chain_info = {"model": settings.model, "weights": settings.weights_label}
+
+    async def run(params: GenerationParams) -> tuple[GenerationResult, list[bytes]]:
+        result = await chain.generate(params)
+        pngs = await asyncio.to_thread(lambda: [encode_png(image) for image in result.images])
+        return result, pngs
+
+    @app.get("/v1/stages", tags=["health"])
+    async def stages() -> dict[str, Any]:
+        """Each stage: local or remote, and what it reports about itself."""
+        return await chain.describe_stages()
+
+    @app.post("/v1/images/generations", tags=["images"])
+    async def generations(body: ImageGenerationRequest) -> dict[str, Any]:
+        """Text to image, in the OpenAI Images API shape (plus per-image seeds and timings)."""
+        result, pngs = await run(body.to_params(settings))
+        return generation_response(result, pngs, body.response_format, chain_info)
+
+    @app.post(
+        "/",
+        tags=["images"],
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}, "description": "The image as PNG."}},
+    )
+    async def hugging_face_text_to_image(body: HfTextToImageRequest) -> Response:
+        """What `huggingface_hub.InferenceClient(model=URL).text_to_image()` sends."""
+        result, pngs = await run(body.to_params(settings))
+        return Response(pngs[0], media_type="image/png", headers={"X-Seed": str(result.seeds[0])})
+
+    return app
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="sdserve-central")
+    parser.add_argument("--host", help="default: SDSERVE_HOST or 127.0.0.1")
+    parser.add_argument("--port", type=int, help=f"default: SDSERVE_PORT or {DEFAULT_PORT}")
+    args = parser.parse_args()
+    configure_logging("central")
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        raise SystemExit(f"central: {exc}") from None
+    serve(
+        create_central_app(settings),
+        args.host or settings.host,
+        args.port or settings.port or DEFAULT_PORT,
+    )
+
+
+if __name__ == "__main__":
+    main()

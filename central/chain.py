@@ -1,0 +1,396 @@
+"""The chain text encoder -> diffusion -> decoder, each stage local or remote.
+
+Every stage has one interface (`TextEncoderStage`, `DiffusionStage`, `DecoderStage`) with
+two implementations: the in-process objects of `shared.stages` (the very ones the stage
+services wrap) and the httpx clients below. Settings pick one per stage, so the three
+topologies (all-in-one, three endpoints, hybrid) are one code path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+import numpy as np
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from shared.batching import Timing
+from shared.config import Settings
+from shared.errors import (
+    SdserveError,
+    UpstreamBadResponse,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    error_from_body,
+)
+from shared.families import get_family
+from shared.stages import (
+    DecodeResult,
+    DenoiseParams,
+    DenoiseResult,
+    EncodedPrompts,
+    check_denoise_params,
+    make_decoder,
+    make_diffusion,
+    make_text_encoder,
+)
+from shared.wire import MEDIA_TYPE, TensorSpec, decode_npz, encode_npz
+
+log = logging.getLogger(__name__)
+
+# A connection that was refused never reached the stage, so retrying it is always safe.
+_CONNECT_RETRIES = 3
+
+
+class TextEncoderStage(Protocol):
+    async def encode(
+        self, prompts: list[str], negative_prompts: list[str | None] | None = None
+    ) -> EncodedPrompts: ...
+
+
+class DiffusionStage(Protocol):
+    async def denoise(
+        self, context: np.ndarray, unconditional_context: np.ndarray, params: DenoiseParams
+    ) -> DenoiseResult: ...
+
+
+class DecoderStage(Protocol):
+    async def decode(self, latent: np.ndarray) -> DecodeResult: ...
+
+
+@dataclass(frozen=True)
+class StageTiming:
+    """Where one stage's share of a request went, in milliseconds."""
+
+    queue_ms: float
+    compute_ms: float
+    transfer_ms: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "queue_ms": round(self.queue_ms, 2),
+            "compute_ms": round(self.compute_ms, 2),
+            "transfer_ms": round(self.transfer_ms, 2),
+        }
+
+
+def _stage_timing(timing: Timing | None, wall_ms: float) -> StageTiming:
+    queue = timing.queue_ms if timing else 0.0
+    compute = timing.compute_ms if timing else wall_ms
+    return StageTiming(queue, compute, max(0.0, wall_ms - queue - compute))
+
+
+def _timing_from_headers(headers: httpx.Headers) -> Timing | None:
+    try:
+        return Timing(float(headers["x-queue-ms"]), float(headers["x-compute-ms"]))
+    except (KeyError, ValueError):
+        return None
+
+
+class RemoteStage:
+    """An httpx client of one stage service: pooled, with explicit timeouts."""
+
+    def __init__(self, stage: str, base_url: str, settings: Settings) -> None:
+        self.stage = stage
+        self.base_url = base_url.rstrip("/")
+        self.settings = settings
+        headers = {}
+        if settings.internal_token is not None:
+            headers["Authorization"] = f"Bearer {settings.internal_token.get_secret_value()}"
+        self.timeout = httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s)
+        self.client = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=self.timeout,
+            headers=headers,
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+        )
+
+    async def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        """POST with retries on connection failures only; errors name the stage."""
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(_CONNECT_RETRIES),
+                wait=wait_exponential(multiplier=0.1, max=1.0),
+                retry=retry_if_exception_type((httpx.ConnectError, httpx.ConnectTimeout)),
+                reraise=True,
+            ):
+                with attempt:
+                    response = await self.client.post(path, **kwargs)
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            raise UpstreamUnavailable(
+                f"{self.stage} stage at {self.base_url} is unreachable"
+            ) from None
+        except httpx.TimeoutException:
+            raise UpstreamTimeout(
+                f"{self.stage} stage at {self.base_url} did not answer within "
+                f"{self.settings.read_timeout_s:g}s"
+            ) from None
+        except httpx.TransportError as exc:
+            raise UpstreamUnavailable(
+                f"{self.stage} stage at {self.base_url} dropped the connection "
+                f"({exc.__class__.__name__})"
+            ) from None
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            raise error_from_body(response.status_code, body, stage=self.stage)
+        return response
+
+    def read_npz(self, response: httpx.Response, spec: Mapping[str, TensorSpec]) -> dict[str, Any]:
+        if response.headers.get("content-type", "").split(";")[0] != MEDIA_TYPE:
+            raise UpstreamBadResponse(f"{self.stage} stage answered without an npz body")
+        try:
+            return decode_npz(response.content, spec, max_bytes=self.settings.max_body_bytes)
+        except SdserveError as exc:
+            raise UpstreamBadResponse(f"{self.stage} stage sent a bad payload: {exc}") from None
+
+    async def ready(self) -> tuple[bool, str]:
+        try:
+            response = await self.client.get("/readyz", timeout=self.settings.connect_timeout_s)
+        except httpx.HTTPError as exc:
+            return False, f"unreachable at {self.base_url} ({exc.__class__.__name__})"
+        if response.status_code == 200:
+            return True, "ready"
+        return False, f"not ready (HTTP {response.status_code})"
+
+    async def info(self) -> dict[str, Any]:
+        try:
+            response = await self.client.get("/v1/info", timeout=self.settings.connect_timeout_s)
+            return dict(response.json())
+        except (httpx.HTTPError, ValueError) as exc:
+            return {"error": f"{exc.__class__.__name__}"}
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+class RemoteTextEncoder(RemoteStage):
+    def __init__(self, base_url: str, settings: Settings, context_dim: int, max_tokens: int):
+        super().__init__("text encoder", base_url, settings)
+        context = TensorSpec("float32", (None, max_tokens, context_dim), allow_fp16=True)
+        self.spec = {
+            "context": context,
+            "unconditional_context": context,
+            "token_count": TensorSpec("int32", (None,)),
+            "truncated": TensorSpec("bool", (None,)),
+        }
+
+    async def encode(
+        self, prompts: list[str], negative_prompts: list[str | None] | None = None
+    ) -> EncodedPrompts:
+        body = {"prompts": prompts, "negative_prompts": negative_prompts}
+        response = await self.post("/v1/encode", json=body)
+        arrays = self.read_npz(response, self.spec)
+        return EncodedPrompts(
+            context=arrays["context"],
+            unconditional_context=arrays["unconditional_context"],
+            token_counts=[int(c) for c in arrays["token_count"]],
+            truncated=[bool(t) for t in arrays["truncated"]],
+            timing=_timing_from_headers(response.headers),
+        )
+
+
+class RemoteDiffusion(RemoteStage):
+    def __init__(self, base_url: str, settings: Settings, latent_channels: int):
+        super().__init__("diffusion", base_url, settings)
+        self.spec = {
+            "latent": TensorSpec("float32", (None, None, None, latent_channels), allow_fp16=True)
+        }
+
+    async def denoise(
+        self, context: np.ndarray, unconditional_context: np.ndarray, params: DenoiseParams
+    ) -> DenoiseResult:
+        query: dict[str, Any] = {
+            "width": params.width,
+            "height": params.height,
+            "steps": params.steps,
+            "guidance_scale": params.guidance_scale,
+            "n": params.n,
+        }
+        if params.seed is not None:
+            query["seed"] = params.seed
+        body = encode_npz({"context": context, "unconditional_context": unconditional_context})
+        response = await self.post(
+            "/v1/denoise", params=query, content=body, headers={"content-type": MEDIA_TYPE}
+        )
+        latent = self.read_npz(response, self.spec)["latent"]
+        try:
+            seeds = [int(s) for s in response.headers["x-seeds"].split(",")]
+        except (KeyError, ValueError):
+            raise UpstreamBadResponse("diffusion stage answered without X-Seeds") from None
+        if len(seeds) != params.n or len(latent) != params.n:
+            raise UpstreamBadResponse(f"diffusion stage returned {len(latent)} of {params.n}")
+        return DenoiseResult(latent, seeds, _timing_from_headers(response.headers))
+
+
+class RemoteDecoder(RemoteStage):
+    def __init__(self, base_url: str, settings: Settings):
+        super().__init__("decoder", base_url, settings)
+        self.spec = {"images": TensorSpec("uint8", (None, None, None, 3))}
+
+    async def decode(self, latent: np.ndarray) -> DecodeResult:
+        response = await self.post(
+            "/v1/decode",
+            content=encode_npz({"latent": latent}),
+            headers={"content-type": MEDIA_TYPE},
+        )
+        images = self.read_npz(response, self.spec)["images"]
+        if len(images) != len(latent):
+            raise UpstreamBadResponse(f"decoder stage returned {len(images)} of {len(latent)}")
+        return DecodeResult(images, _timing_from_headers(response.headers))
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    prompt: str
+    negative_prompt: str | None
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    seed: int | None
+    n: int
+
+
+@dataclass
+class GenerationResult:
+    images: np.ndarray  # (n, H, W, 3) uint8
+    seeds: list[int]
+    timings: dict[str, StageTiming] = field(default_factory=dict)
+    prompt_truncated: bool = False
+    prompt_tokens: int = 0
+
+
+class Chain:
+    """Builds the configured stages and runs requests through them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.family = get_family(settings.model)
+        spec = self.family.spec
+        self.local: dict[str, Any] = {}
+        self.remote: dict[str, RemoteStage] = {}
+
+        self.text_encoder: TextEncoderStage
+        self.diffusion: DiffusionStage
+        self.decoder: DecoderStage
+        if settings.text_encoder_url:
+            self.text_encoder = self.remote["text_encoder"] = RemoteTextEncoder(
+                settings.text_encoder_url, settings, spec.context_dim, spec.max_tokens
+            )
+        else:
+            self.text_encoder = self.local["text_encoder"] = make_text_encoder(settings)
+        if settings.diffusion_url:
+            self.diffusion = self.remote["diffusion"] = RemoteDiffusion(
+                settings.diffusion_url, settings, spec.latent_channels
+            )
+        else:
+            self.diffusion = self.local["diffusion"] = make_diffusion(settings)
+        if settings.decoder_url:
+            self.decoder = self.remote["decoder"] = RemoteDecoder(settings.decoder_url, settings)
+        else:
+            self.decoder = self.local["decoder"] = make_decoder(settings)
+
+    @property
+    def topology(self) -> str:
+        if not self.remote:
+            return "all-in-one"
+        if not self.local:
+            return "three-endpoints"
+        if set(self.remote) == {"diffusion"}:
+            return "hybrid"
+        return "custom"
+
+    def load(self) -> None:
+        """Load and warm the local stages (blocking)."""
+        for stage in self.local.values():
+            stage.load()
+
+    async def readiness(self) -> tuple[bool, dict[str, str]]:
+        status: dict[str, str] = {}
+        for name, local in self.local.items():
+            status[name] = "ready (local)" if local.models is not None else "loading (local)"
+        results = await asyncio.gather(*(r.ready() for r in self.remote.values()))
+        for (name, _), (_ok, text) in zip(self.remote.items(), results, strict=True):
+            status[name] = f"{text} (remote)"
+        ok = all(s.startswith("ready") for s in status.values())
+        return ok, status
+
+    async def describe_stages(self) -> dict[str, Any]:
+        stages: dict[str, Any] = {}
+        for name, local in self.local.items():
+            stages[name] = {"location": "local", **local.describe()}
+        infos = await asyncio.gather(*(r.info() for r in self.remote.values()))
+        for (name, remote), info in zip(self.remote.items(), infos, strict=True):
+            stages[name] = {"location": "remote", "url": remote.base_url, **info}
+        return stages
+
+    def random_weights(self) -> bool:
+        return self.settings.weights == "random"
+
+    async def generate(self, params: GenerationParams) -> GenerationResult:
+        denoise_params = DenoiseParams(
+            width=params.width,
+            height=params.height,
+            steps=params.steps,
+            guidance_scale=params.guidance_scale,
+            seed=params.seed,
+            n=params.n,
+        )
+        # Refuse bad parameters before any stage spends compute on the request.
+        check_denoise_params(self.settings, denoise_params)
+        timings: dict[str, StageTiming] = {}
+
+        started = time.perf_counter()
+        encoded = await self.text_encoder.encode([params.prompt], [params.negative_prompt])
+        timings["text_encoder"] = _stage_timing(
+            encoded.timing, (time.perf_counter() - started) * 1000
+        )
+
+        started = time.perf_counter()
+        denoised = await self.diffusion.denoise(
+            encoded.context,
+            encoded.unconditional_context,
+            denoise_params,
+        )
+        timings["diffusion"] = _stage_timing(
+            denoised.timing, (time.perf_counter() - started) * 1000
+        )
+
+        started = time.perf_counter()
+        chunks = []
+        queue = compute = 0.0
+        for i in range(0, len(denoised.latent), self.settings.max_batch):
+            decoded = await self.decoder.decode(denoised.latent[i : i + self.settings.max_batch])
+            chunks.append(decoded.images)
+            if decoded.timing:
+                queue += decoded.timing.queue_ms
+                compute += decoded.timing.compute_ms
+        timings["decoder"] = _stage_timing(
+            Timing(queue, compute), (time.perf_counter() - started) * 1000
+        )
+        return GenerationResult(
+            images=np.concatenate(chunks),
+            seeds=denoised.seeds,
+            timings=timings,
+            prompt_truncated=encoded.truncated[0],
+            prompt_tokens=encoded.token_counts[0],
+        )
+
+    async def aclose(self) -> None:
+        for remote in self.remote.values():
+            await remote.aclose()
+        for local in self.local.values():
+            local.close()

@@ -1,0 +1,203 @@
+"""The gateway over real processes: three topologies, same bytes; faults named by stage."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.utils.servers import ServiceProcess, free_port, run_services
+
+TINY = {"SDSERVE_MODEL": "tiny", "SDSERVE_WEIGHTS": "random", "SDSERVE_SIZES": "64x64,128x128"}
+REQUEST = {
+    "prompt": "a lighthouse in a storm",
+    "negative_prompt": "blurry",
+    "n": 2,
+    "size": "64x64",
+    "steps": 4,
+    "guidance_scale": 6.0,
+    "seed": 1234,
+    "response_format": "b64_json",
+}
+
+
+@pytest.fixture(scope="module")
+def gateways(tmp_path_factory) -> Iterator[dict[str, ServiceProcess]]:
+    logs = tmp_path_factory.mktemp("topologies")
+    stages = {
+        name: ServiceProcess(f"services.{name}", TINY, log_path=logs / f"{name}.log")
+        for name in ("text_encoder", "diffusion", "decoder")
+    }
+    with run_services(*stages.values()):
+        urls = {f"SDSERVE_{name.upper()}_URL": svc.url for name, svc in stages.items()}
+        centrals = {
+            "all-in-one": ServiceProcess("central", TINY, log_path=logs / "all-in-one.log"),
+            "three-endpoints": ServiceProcess(
+                "central", {**TINY, **urls}, log_path=logs / "three.log"
+            ),
+            "hybrid": ServiceProcess(
+                "central",
+                {**TINY, "SDSERVE_DIFFUSION_URL": urls["SDSERVE_DIFFUSION_URL"]},
+                log_path=logs / "hybrid.log",
+            ),
+        }
+        with run_services(*centrals.values()):
+            yield centrals
+
+
+def _pngs(response: httpx.Response) -> list[bytes]:
+    assert response.status_code == 200, response.text
+    return [base64.b64decode(item["b64_json"]) for item in response.json()["data"]]
+
+
+def test_three_topologies_return_byte_identical_pngs(gateways):
+    results = {}
+    for topology, gateway in gateways.items():
+        info = httpx.get(f"{gateway.url}/v1/info").json()
+        assert info["topology"] == topology
+        response = httpx.post(f"{gateway.url}/v1/images/generations", json=REQUEST, timeout=120)
+        body = response.json()
+        assert [item["seed"] for item in body["data"]] == [1234, 1235]
+        assert set(body["timings"]) == {"text_encoder", "diffusion", "decoder"}
+        assert body["model"] == "tiny" and "random" in body["weights"]
+        results[topology] = _pngs(response)
+    first = results["all-in-one"]
+    assert first[0] != first[1]  # different seeds, different images
+    for topology, pngs in results.items():
+        assert pngs == first, f"{topology} differs from all-in-one"
+    image = Image.open(io.BytesIO(first[0]))
+    assert image.size == (64, 64) and image.mode == "RGB"
+
+
+def test_hugging_face_route_is_identical_across_topologies(gateways):
+    payload = {
+        "inputs": "a red bicycle",
+        "parameters": {"height": 128.0, "width": 128.0, "num_inference_steps": 3, "seed": 9},
+    }
+    bodies = []
+    for gateway in gateways.values():
+        response = httpx.post(gateway.url + "/", json=payload, timeout=120)
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "image/png"
+        assert response.headers["x-seed"] == "9"
+        bodies.append(response.content)
+    assert bodies[0] == bodies[1] == bodies[2]
+    assert Image.open(io.BytesIO(bodies[0])).size == (128, 128)
+
+
+def test_openai_client_gets_pngs(gateways):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=gateways["three-endpoints"].url + "/v1", api_key="unused")
+    result = client.images.generate(
+        prompt="a cat in a hat", size="64x64", n=2, response_format="b64_json"
+    )
+    assert len(result.data) == 2
+    for item in result.data:
+        assert Image.open(io.BytesIO(base64.b64decode(item.b64_json))).size == (64, 64)
+    # The openai client sends model and omits SD fields: defaults apply, extras ignored.
+    client.images.generate(model="dall-e-2", prompt="x", size="64x64", n=1)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"prompt": "x", "size": "100x100"}, "size"),
+        ({"prompt": "x", "size": "huge"}, "size"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": "x", "n": 0}, "n"),
+        ({"prompt": "x", "n": 50}, "n"),
+        ({"prompt": "x", "steps": 10_000}, "steps"),
+        ({"prompt": "x", "guidance_scale": -1}, "guidance_scale"),
+        ({"prompt": "x", "seed": -5}, "seed"),
+        ({"prompt": "x", "response_format": "jpeg"}, "response_format"),
+        ({"n": 1}, "prompt"),
+    ],
+)
+def test_bad_requests_are_4xx_naming_the_field(gateways, body, param):
+    response = httpx.post(f"{gateways['hybrid'].url}/v1/images/generations", json=body)
+    assert 400 <= response.status_code < 500, response.text
+    assert response.json()["error"]["param"] == param
+
+
+def test_readyz_reports_each_stage(gateways):
+    body = httpx.get(f"{gateways['hybrid'].url}/readyz").json()
+    assert body["status"] == "ready"
+    assert body["stages"]["diffusion"].endswith("(remote)")
+    assert body["stages"]["text_encoder"].endswith("(local)")
+
+
+@pytest.fixture
+def lone_diffusion(tmp_path) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
+    """A diffusion service of its own (on a fixed port, so it can come back) + a gateway."""
+    port = free_port()
+    diffusion = ServiceProcess(
+        "services.diffusion", TINY, port=port, log_path=tmp_path / "diffusion.log"
+    )
+    gateway = ServiceProcess(
+        "central",
+        {
+            **TINY,
+            "SDSERVE_DIFFUSION_URL": f"http://127.0.0.1:{port}",
+            "SDSERVE_READ_TIMEOUT_S": "3",
+            "SDSERVE_CONNECT_TIMEOUT_S": "1",
+        },
+        log_path=tmp_path / "central.log",
+    )
+    with run_services(diffusion, gateway):
+        yield diffusion, gateway
+
+
+SLOW_REQUEST = {"prompt": "slow", "size": "128x128", "steps": 100, "seed": 1}
+
+
+def _post_while(gateway: ServiceProcess, during) -> tuple[httpx.Response, float]:
+    import threading
+
+    timer = threading.Timer(0.5, during)
+    timer.start()
+    started = time.monotonic()
+    try:
+        response = httpx.post(
+            f"{gateway.url}/v1/images/generations", json=SLOW_REQUEST, timeout=60
+        )
+    finally:
+        timer.cancel()
+    return response, time.monotonic() - started
+
+
+def test_killed_stage_is_named_then_recovers(lone_diffusion):
+    diffusion, gateway = lone_diffusion
+    response, elapsed = _post_while(gateway, lambda: os.kill(diffusion.proc.pid, signal.SIGKILL))
+    assert response.status_code in (502, 503), response.text
+    error = response.json()["error"]
+    assert "diffusion" in error["message"]
+    assert elapsed < 10
+
+    # While it is down: a clear 503 naming the stage, quickly.
+    down = httpx.post(f"{gateway.url}/v1/images/generations", json={"prompt": "x"}, timeout=30)
+    assert down.status_code == 503 and "diffusion" in down.json()["error"]["message"]
+    assert httpx.get(f"{gateway.url}/readyz").status_code == 503
+
+    diffusion.stop()
+    with ServiceProcess("services.diffusion", TINY, port=diffusion.port):  # back, same port
+        ok = httpx.post(f"{gateway.url}/v1/images/generations", json={"prompt": "x"}, timeout=60)
+        assert ok.status_code == 200, ok.text
+
+
+def test_stalled_stage_times_out_with_504(lone_diffusion):
+    diffusion, gateway = lone_diffusion
+    pid = diffusion.proc.pid
+    try:
+        response, elapsed = _post_while(gateway, lambda: os.kill(pid, signal.SIGSTOP))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert response.status_code == 504, response.text
+    assert "diffusion" in response.json()["error"]["message"]
+    assert elapsed < 3 + 5  # the read timeout, plus slack for a loaded machine

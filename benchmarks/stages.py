@@ -438,6 +438,21 @@ def fmt(stats: Record | None, spread: bool = True) -> str:
     return text
 
 
+def verdict(
+    candidate: tuple[str, bool, str, Record], best: tuple[str, bool, str, Record], what: str
+) -> str:
+    """Whether `candidate` is the fastest, within the fastest's spread, or clearly slower."""
+    if candidate is best:
+        return f"agrees (it is the {what})"
+    ratio = candidate[3]["median_ms"] / best[3]["median_ms"]
+    if candidate[3]["median_ms"] <= best[3]["p90_ms"]:
+        return (
+            f"is within noise of the {what} ({ratio:.2f}x its median, inside its p10-p90), "
+            "so this run does not tell them apart"
+        )
+    return f"does not agree: it is {ratio:.2f}x the {what}'s median"
+
+
 def render_markdown(report: Record) -> str:
     m = report["machine"]
     auto = report["auto_strategy"]
@@ -540,6 +555,12 @@ def render_markdown(report: Record) -> str:
                 f"**Fastest UNet step for {name}: {strategy_label(*best[:3])}** "
                 f"({best[3]['median_ms']:.1f} ms median)."
             )
+        best_min = min(rows, key=lambda r: r[3]["min_ms"]) if rows else None
+        if best_min and best and best_min[:3] != best[:3]:
+            lines.append(
+                f"By the best single run (min, least affected by other load) it is "
+                f"{strategy_label(*best_min[:3])} ({best_min[3]['min_ms']:.1f} ms)."
+            )
         if best32 and best32 is not best:
             lines.append(
                 f"Fastest in float32 (numerically the reference): "
@@ -556,16 +577,15 @@ def render_markdown(report: Record) -> str:
             ]
             label = strategy_label(auto_xla, bool(auto_cpu["batched_cfg"]), auto_cpu["precision"])
             if match and best:
-                ratio = match[0][3]["median_ms"] / best[3]["median_ms"]
-                verdict = (
-                    "agrees"
-                    if match[0] is best
-                    else f"does not agree (it is {ratio:.2f}x the fastest)"
-                )
                 lines.append(
                     f'`AUTO_STRATEGY["{m["device"]}"]` ({label}): '
-                    f"{match[0][3]['median_ms']:.1f} ms; {verdict}."
+                    f"{match[0][3]['median_ms']:.1f} ms; {verdict(match[0], best, 'fastest')}."
                 )
+                if best32 and best32 is not best and match[0][2] == "float32":
+                    lines.append(
+                        f"Among float32 strategies it "
+                        f"{verdict(match[0], best32, 'fastest float32 strategy')}."
+                    )
         lines.append("")
 
     lines += [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,7 +17,7 @@ from central.api import (
     generation_response,
 )
 from central.chain import Chain, GenerationParams, GenerationResult
-from shared.config import ConfigError, Settings, format_size, load_settings
+from shared.config import EXIT_CONFIG, ConfigError, Settings, format_size, load_settings
 from shared.http import configure_logging, create_app, serve
 
 VERSION = "0.1.0"
@@ -116,7 +117,8 @@ def main() -> None:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        raise SystemExit(f"central: {exc}") from None
+        print(f"central: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
     serve(
         create_central_app(settings),
         args.host or settings.host,

@@ -534,7 +534,9 @@ class Supervisor:
             exited = asyncio.ensure_future(proc.wait())
             kill = asyncio.ensure_future(self._kill_now.wait())
             try:
-                await asyncio.wait({exited, kill}, timeout=self.grace_s)
+                await asyncio.wait(
+                    {exited, kill}, timeout=self.grace_s, return_when=asyncio.FIRST_COMPLETED
+                )
             finally:
                 kill.cancel()
             if proc.returncode is None:

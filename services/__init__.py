@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 
 from fastapi import FastAPI
 
-from shared.config import ConfigError, Settings, load_settings
+from shared.config import EXIT_CONFIG, ConfigError, Settings, load_settings
 
 VERSION = "0.1.0"
 
@@ -24,7 +25,8 @@ def run_service(name: str, factory: Callable[[Settings], FastAPI], default_port:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        raise SystemExit(f"{name}: {exc}") from None
+        print(f"{name}: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
     host = args.host or settings.host
     port = args.port or settings.port or default_port
     serve(factory(settings), host, port)

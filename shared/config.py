@@ -14,6 +14,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "SDSERVE_"
+# sysexits' EX_CONFIG: a supervisor stops at once instead of restarting a bad config.
+EXIT_CONFIG = 78
 
 FamilyName = Literal["tiny", "sd-v1", "sd-v2"]
 Toggle = Literal["auto", "on", "off"]

@@ -281,3 +281,5 @@ def configure_logging(name: str) -> None:
         format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # httpx logs every request at INFO; readiness polls would drown the useful lines.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

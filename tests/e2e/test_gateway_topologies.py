@@ -164,9 +164,7 @@ def _post_while(gateway: ServiceProcess, during) -> tuple[httpx.Response, float]
     timer.start()
     started = time.monotonic()
     try:
-        response = httpx.post(
-            f"{gateway.url}/v1/images/generations", json=SLOW_REQUEST, timeout=60
-        )
+        response = httpx.post(f"{gateway.url}/v1/images/generations", json=SLOW_REQUEST, timeout=60)
     finally:
         timer.cancel()
     return response, time.monotonic() - started

@@ -46,11 +46,17 @@ class RecordingDecoder:
 @pytest.fixture(scope="module")
 def stages():
     settings = Settings(
-        model="sd-v1", weights="random", sizes=[(SIZE, SIZE)], xla="off", batched_cfg="off",
+        model="sd-v1",
+        weights="random",
+        sizes=[(SIZE, SIZE)],
+        xla="off",
+        batched_cfg="off",
         precision="float32",
     )
     text_encoder, diffusion, decoder = (
-        make_text_encoder(settings), make_diffusion(settings), make_decoder(settings)
+        make_text_encoder(settings),
+        make_diffusion(settings),
+        make_decoder(settings),
     )
     for stage in (text_encoder, diffusion, decoder):
         stage.load()

@@ -202,7 +202,11 @@ def test_wait_ready_times_out_naming_what_is_not_ready() -> None:
     specs = [
         ready_server("fine", 0.0),
         ready_server("loading", float("inf")),
-        ChildSpec("deaf", py("import time; time.sleep(60)"), ready_url=f"http://127.0.0.1:{free_port()}/readyz"),
+        ChildSpec(
+            "deaf",
+            py("import time; time.sleep(60)"),
+            ready_url=f"http://127.0.0.1:{free_port()}/readyz",
+        ),
     ]
     sup = Supervisor(specs, color=False, out=out, policy=FAST, poll_interval_s=0.05)
 
@@ -401,7 +405,7 @@ def test_stop_terminates_children_and_grandchildren_then_kills_stragglers() -> N
     async def scenario() -> None:
         await sup.start()
         await until(lambda: "ignoring SIGTERM" in out.getvalue() and "grandchild" in out.getvalue())
-        await until(lambda: "polite    | up" in out.getvalue())
+        await until(lambda: "polite   | up" in out.getvalue())
         started = time.monotonic()
         await sup.stop()
         assert time.monotonic() - started < 5
@@ -430,7 +434,9 @@ sys.exit(asyncio.run(sup.run(on_ready=lambda: sup.write("READY\\n"))))
 """
 
 
-def start_supervisor_process(tmp_path: Path, grace_s: float) -> tuple[subprocess.Popen[bytes], Path]:
+def start_supervisor_process(
+    tmp_path: Path, grace_s: float
+) -> tuple[subprocess.Popen[bytes], Path]:
     log = tmp_path / "supervisor.log"
     with log.open("wb") as sink:
         proc = subprocess.Popen(

@@ -47,7 +47,7 @@ def test_invalid_settings_name_the_variable(monkeypatch, env, value, named):
 def test_sd_sizes_must_be_multiples_of_128(monkeypatch):
     monkeypatch.setenv("SDSERVE_MODEL", "sd-v1")
     monkeypatch.setenv("SDSERVE_SIZES", "192x192")
-    with pytest.raises(ConfigError, match="SDSERVE_SIZES.*multiple of 128"):
+    with pytest.raises(ConfigError, match=r"SDSERVE_SIZES.*multiple of 128"):
         load_settings()
 
 

@@ -82,16 +82,22 @@ def test_safetensors_for_another_model_is_refused(tiny, tmp_path):
     path = tmp_path / "decoder.safetensors"
     save_safetensors(_build(tiny, "decoder", 1), path)
     with pytest.raises(WeightsError, match="do not match"):
-        _load(_build(tiny, "diffusion_model", 1), tiny, "diffusion_model", source="random",
-              override=path)
+        _load(
+            _build(tiny, "diffusion_model", 1),
+            tiny,
+            "diffusion_model",
+            source="random",
+            override=path,
+        )
 
 
 def test_h5_of_the_wrong_shape_is_a_weights_error(tiny, tmp_path):
     path = tmp_path / "bad.weights.h5"
     _build(tiny, "decoder", 1).save_weights(path)
     with pytest.raises(WeightsError, match="cannot load"):
-        _load(_build(tiny, "image_encoder", 1), tiny, "image_encoder", source="random",
-              override=path)
+        _load(
+            _build(tiny, "image_encoder", 1), tiny, "image_encoder", source="random", override=path
+        )
 
 
 def test_pretrained_for_a_family_without_published_files(tiny):
@@ -132,8 +138,7 @@ def test_sd_v1_published_file_layout_from_directory_and_cache(tmp_path):
 
     # The real table: a locally made file is not keras-cv's, and is refused as such.
     with pytest.raises(WeightsError, match="sha256"):
-        _load(_build(family, "decoder", 6, (128, 128)), family, "decoder",
-              source=str(weights_dir))
+        _load(_build(family, "decoder", 6, (128, 128)), family, "decoder", source=str(weights_dir))
 
     # With the table pointing at this file, the same code path loads it.
     real = family.published_weights["decoder"]

@@ -199,3 +199,22 @@ def test_stalled_stage_times_out_with_504(lone_diffusion):
     assert response.status_code == 504, response.text
     assert "diffusion" in response.json()["error"]["message"]
     assert elapsed < 3 + 5  # the read timeout, plus slack for a loaded machine
+
+
+def test_hugging_face_inference_client_gets_an_image(gateways):
+    hub = pytest.importorskip("huggingface_hub")
+    client = hub.InferenceClient(model=gateways["all-in-one"].url)
+    image = client.text_to_image(
+        "a red bicycle", height=128, width=128, num_inference_steps=3, seed=9
+    )
+    assert image.size == (128, 128)
+    # Same request as the raw-route test above: same pixels.
+    raw = httpx.post(
+        gateways["all-in-one"].url + "/",
+        json={
+            "inputs": "a red bicycle",
+            "parameters": {"height": 128, "width": 128, "num_inference_steps": 3, "seed": 9},
+        },
+        timeout=120,
+    )
+    assert image.tobytes() == Image.open(io.BytesIO(raw.content)).convert("RGB").tobytes()

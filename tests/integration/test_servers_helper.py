@@ -36,7 +36,7 @@ def test_start_fails_fast_with_log_tail(tmp_path: Path) -> None:
         pass
     assert time.monotonic() - started < 30
     message = str(info.value)
-    assert "exited with code 1" in message
+    assert f"exited with code {proc.returncode}" in message
     assert "SDSERVE_SIZES" in message
-    assert proc.returncode == 1
+    assert proc.returncode not in (None, 0)
     assert "SDSERVE_SIZES" in proc.log_tail()

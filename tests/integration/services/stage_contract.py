@@ -179,7 +179,7 @@ class StageContract:
             code = proc.wait_exit(SETTINGS_FAILURE_TIMEOUT_S)
         finally:
             proc.stop()
-        assert code != 0
+        assert code > 0, f"exit status {code} (negative: killed by signal {-code})"
         assert time.monotonic() - started < SETTINGS_FAILURE_TIMEOUT_S
         assert variable in proc.log_text(), proc.log_tail()
 
@@ -213,5 +213,8 @@ class StageContract:
         "shutdown, so the process dies by signal (-15 / 143) and serve()'s sys.exit(1) "
         "never runs",
     )
-    def test_empty_weights_dir_exits_with_status_1(self, failed_load: ServiceProcess) -> None:
-        assert failed_load.returncode == 1
+    def test_empty_weights_dir_exits_with_a_status(self, failed_load: ServiceProcess) -> None:
+        """An exit status (serve's sys.exit(1)), not death by SIGTERM: systemd counts a
+        SIGTERM death as a clean stop and does not restart on-failure."""
+        assert failed_load.returncode is not None
+        assert failed_load.returncode > 0, f"returncode {failed_load.returncode}"

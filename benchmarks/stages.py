@@ -29,12 +29,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import gc
+import inspect
 import json
 import os
 import platform
 import shlex
+import signal
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -154,6 +157,16 @@ def machine_description() -> Record:
 # --------------------------------------------------------------------------- one family
 
 
+def call_sync(stage: Any, method: str, models: Any, *args: Any) -> Any:
+    """Call a stage's `*_sync` method with these models, whether it takes them as its
+    first argument or reads them from `stage.models`."""
+    fn = getattr(stage, method)
+    if "models" in inspect.signature(fn).parameters:
+        return fn(models, *args)
+    stage.models = models
+    return fn(*args)
+
+
 class FamilyBench:
     """Builds one family at one precision and measures it under XLA off and on."""
 
@@ -234,15 +247,15 @@ class FamilyBench:
     # -- the three measured calls
 
     def text_call(self, models: Any) -> Callable[[], Any]:
-        self.text_stage.models = models
-        return lambda: self.text_stage.encode_sync([PROMPT], [NEGATIVE_PROMPT])
+        return lambda: call_sync(
+            self.text_stage, "encode_sync", models, [PROMPT], [NEGATIVE_PROMPT]
+        )
 
     def decoder_call(self, models: Any) -> Callable[[], Any]:
-        self.decoder_stage.models = models
         latent = np.random.default_rng(1).standard_normal(
             (1, *self.family.latent_shape(self.size[1], self.size[0])), dtype=np.float32
         )
-        return lambda: self.decoder_stage.decode_sync(latent, self.size)
+        return lambda: call_sync(self.decoder_stage, "decode_sync", models, latent, self.size)
 
     def unet_step(
         self, models: Any, context: np.ndarray, uncond: np.ndarray
@@ -290,7 +303,7 @@ class FamilyBench:
         result["first_call_ms"]["text_encoder"] = round(first * 1000, 1)
         result["text_encoder"] = stats
 
-        encoded = self.text_stage.encode_sync([PROMPT], [NEGATIVE_PROMPT])
+        encoded = call_sync(self.text_stage, "encode_sync", models, [PROMPT], [NEGATIVE_PROMPT])
         context = encoded.context[:1].astype(np.float32)
         uncond = encoded.unconditional_context[:1].astype(np.float32)
 
@@ -330,9 +343,92 @@ class FamilyBench:
         return float(np.median([step(False) for _ in range(calls)]))
 
 
-def bench_family(family_name: str, args: argparse.Namespace, report: Record) -> None:
-    import keras
+def bench_precision(
+    family_name: str,
+    precision: str,
+    *,
+    repeats: int,
+    warmup: int,
+    xla_settings: list[bool],
+    fp16_reference_ms: float | None,
+    args: argparse.Namespace,
+    save: Callable[[Record], None],
+) -> Record:
+    """Everything for one family at one precision, in this process."""
+    from shared.execution import detect_device
 
+    entry: Record = {"status": "ok", "xla": {}}
+    log(f"{family_name} {precision}: building")
+    bench = FamilyBench(family_name, precision, args)
+    try:
+        entry["build_s"] = round(bench.build(), 1)
+        log(f"{family_name} {precision}: built in {entry['build_s']} s")
+        if precision == "mixed_float16" and detect_device() == "cpu":
+            seconds = bench.probe_unet_seconds()
+            entry["probe_unet_step_ms"] = round(seconds * 1000, 1)
+            reason = fp16_cpu_skip_reason(seconds, fp16_reference_ms, args)
+            if reason:
+                entry["status"] = f"skipped: {reason}"
+                log(f"{family_name} {precision}: {entry['status']}")
+                return entry
+        for xla in xla_settings:
+            key = "on" if xla else "off"
+            try:
+                entry["xla"][key] = bench.run_xla(xla, repeats=repeats, warmup=warmup)
+            except Exception as exc:
+                log(f"{family_name} {precision} xla={key} failed: {exc!r}")
+                entry["xla"][key] = {
+                    "error": f"{type(exc).__name__}: {exc}"[:500],
+                    "traceback": traceback.format_exc()[-2000:],
+                }
+            save(entry)  # keep what is measured if a later configuration dies
+    finally:
+        bench.close()
+    return entry
+
+
+def fp16_cpu_skip_reason(
+    seconds: float, reference_ms: float | None, args: argparse.Namespace
+) -> str:
+    """CPUs mostly emulate float16: give up on it if a UNet step is far too slow."""
+    if reference_ms is not None and seconds * 1000 > args.fp16_max_slowdown * reference_ms:
+        return (
+            f"float16 looks emulated on this CPU: a warm CFG step took {seconds * 1000:.0f} ms "
+            f"vs {reference_ms:.0f} ms in float32 (> {args.fp16_max_slowdown:g}x)"
+        )
+    if reference_ms is None and seconds > args.fp16_max_step_s:
+        return (
+            f"float16 looks emulated on this CPU: a warm CFG step took {seconds:.1f} s "
+            f"(> {args.fp16_max_step_s:g} s)"
+        )
+    return ""
+
+
+def worker_main(args: argparse.Namespace) -> int:
+    """`--worker FAMILY:PRECISION`: measure one family at one precision, write JSON."""
+    family_name, precision = args.worker.split(":", 1)
+    out = Path(args.worker_out)
+
+    def save(entry: Record) -> None:
+        out.write_text(json.dumps(entry, indent=2) + "\n")
+
+    entry = bench_precision(
+        family_name,
+        precision,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        xla_settings=[False] if family_name in args.skip_xla_for else [False, True],
+        fp16_reference_ms=args.fp16_reference_ms,
+        args=args,
+        save=save,
+    )
+    save(entry)
+    return 0
+
+
+def bench_family(family_name: str, args: argparse.Namespace, report: Record) -> None:
+    """Each precision in its own process: a fresh TensorFlow (no XLA or oneDNN caches
+    from the previous configuration) and all of an sd-v1 build's memory given back."""
     repeats = args.repeats or (QUICK_REPEATS if args.quick else DEFAULT_REPEATS)[family_name]
     warmup = 1 if args.quick else args.warmup
     fam: Record = {
@@ -342,69 +438,54 @@ def bench_family(family_name: str, args: argparse.Namespace, report: Record) -> 
         "precisions": {},
     }
     report["families"][family_name] = fam
-    skip_xla = family_name in args.skip_xla_for
-    xla_settings = [False] if skip_xla else [False, True]
-    if skip_xla:
+    if family_name in args.skip_xla_for:
         fam["xla_skipped"] = "--skip-xla-for " + family_name
 
-    for precision in args.precisions:
-        entry: Record = {"status": "ok", "xla": {}}
-        fam["precisions"][precision] = entry
-        bench: FamilyBench | None = None
-        try:
-            log(f"{family_name} {precision}: building")
-            bench = FamilyBench(family_name, precision, args)
-            entry["build_s"] = round(bench.build(), 1)
-            log(f"{family_name} {precision}: built in {entry['build_s']} s")
-            if precision == "mixed_float16" and bench.device == "cpu":
-                reason = fp16_cpu_skip_reason(bench, fam, args)
-                if reason:
-                    entry["status"] = f"skipped: {reason}"
-                    log(f"{family_name} {precision}: {entry['status']}")
-                    continue
-            for xla in xla_settings:
-                key = "on" if xla else "off"
-                try:
-                    entry["xla"][key] = bench.run_xla(xla, repeats=repeats, warmup=warmup)
-                except Exception as exc:
-                    log(f"{family_name} {precision} xla={key} failed: {exc!r}")
-                    entry["xla"][key] = {
-                        "error": f"{type(exc).__name__}: {exc}"[:500],
-                        "traceback": traceback.format_exc()[-2000:],
-                    }
-                write_outputs(report, args)  # keep partial results if a later config dies
-        except Exception as exc:
-            log(f"{family_name} {precision} failed: {exc!r}")
-            entry["status"] = f"error: {type(exc).__name__}: {exc}"[:500]
-            entry["traceback"] = traceback.format_exc()[-2000:]
-        finally:
-            if bench is not None:
-                bench.close()
-            del bench
-            keras.backend.clear_session()
-            gc.collect()
+    with tempfile.TemporaryDirectory(prefix="sdserve-bench-") as tmp:
+        for precision in args.precisions:
+            worker_out = Path(tmp) / f"{family_name}-{precision}.json"
+            command = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--worker",
+                f"{family_name}:{precision}",
+                "--worker-out",
+                str(worker_out),
+                "--repeats",
+                str(repeats),
+                "--warmup",
+                str(warmup),
+                "--skip-xla-for",
+                ",".join(sorted(args.skip_xla_for)),
+                "--fp16-max-slowdown",
+                str(args.fp16_max_slowdown),
+                "--fp16-max-step-s",
+                str(args.fp16_max_step_s),
+            ]
+            f32 = fam["precisions"].get("float32", {}).get("xla", {}).get("off", {})
+            if "unet_step" in f32:
+                reference = f32["unet_step"]["separate_cfg"]["median_ms"]
+                command += ["--fp16-reference-ms", str(reference)]
+            started = time.perf_counter()
+            rc = subprocess.run(command, check=False).returncode
+            entry: Record = (
+                json.loads(worker_out.read_text())
+                if worker_out.exists()
+                else {"status": "ok", "xla": {}}
+            )
+            entry["process_s"] = round(time.perf_counter() - started, 1)
+            if rc != 0:
+                why = (
+                    "killed by SIGKILL (out of memory?)"
+                    if rc == -signal.SIGKILL
+                    else f"exited with status {rc}"
+                )
+                entry["status"] = f"error: measuring process {why}; see the log"
+                done = ", ".join(f"xla {k}" for k in entry.get("xla", {})) or "nothing"
+                entry["status"] += f"; measured before that: {done}"
+                log(f"{family_name} {precision}: {entry['status']}")
+            fam["precisions"][precision] = entry
             write_outputs(report, args)
-
-
-def fp16_cpu_skip_reason(bench: FamilyBench, fam: Record, args: argparse.Namespace) -> str:
-    """CPUs mostly emulate float16; measure one step and give up if it is far too slow."""
-    seconds = bench.probe_unet_seconds()
-    reference = None
-    f32 = fam["precisions"].get("float32", {}).get("xla", {}).get("off", {})
-    if "unet_step" in f32:
-        reference = f32["unet_step"]["separate_cfg"]["median_ms"] / 1000
-    fam["precisions"]["mixed_float16"]["probe_unet_step_ms"] = round(seconds * 1000, 1)
-    if reference is not None and seconds > args.fp16_max_slowdown * reference:
-        return (
-            f"float16 looks emulated on this CPU: a warm CFG step took {seconds * 1000:.0f} ms "
-            f"vs {reference * 1000:.0f} ms in float32 (> {args.fp16_max_slowdown:g}x)"
-        )
-    if reference is None and seconds > args.fp16_max_step_s:
-        return (
-            f"float16 looks emulated on this CPU: a warm CFG step took {seconds:.1f} s "
-            f"(> {args.fp16_max_step_s:g} s)"
-        )
-    return ""
 
 
 # --------------------------------------------------------------------------- report
@@ -659,6 +740,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="on CPU without a float32 reference, skip mixed_float16 above this step time",
     )
     parser.add_argument("--out", default="benchmarks/results/stages.md")
+    # Internal: one family at one precision in a child process.
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-out", help=argparse.SUPPRESS)
+    parser.add_argument("--fp16-reference-ms", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.families = [f.strip() for f in args.families.split(",") if f.strip()]
     args.precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
@@ -678,6 +763,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.worker:
+        return worker_main(args)
     started = time.perf_counter()
     from shared.execution import AUTO_STRATEGY
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -120,7 +119,10 @@ def error_response(error: SdserveError) -> JSONResponse:
     )
 
 
-def _validation_param(loc: tuple[Any, ...]) -> str:
+def _validation_param(error: Mapping[str, Any]) -> str:
+    if error.get("type") == "json_invalid":
+        return "body"  # its location is a character offset, not a field
+    loc = error.get("loc", ())
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     return ".".join(parts) or "body"
 
@@ -135,11 +137,15 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        param = _validation_param(tuple(first.get("loc", ())))
+        param = _validation_param(first)
         return error_response(InvalidInput(f"{param}: {first.get('msg')}", param=param))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI wraps errors raised while it reads a JSON body (our 413) in a 400.
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, SdserveError):
+            return error_response(cause)
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(
             error_body(kind, str(exc.detail)),
@@ -206,8 +212,10 @@ def create_app(
         except Exception as exc:
             state["error"] = f"{exc.__class__.__name__}: {exc}"
             log.critical("%s failed to load: %s", service.name, state["error"])
-            # Exit non-zero so the supervisor restarts us (see `serve`).
-            signal.raise_signal(signal.SIGTERM)
+            # Stop serving; `serve` then exits non-zero so a supervisor restarts us.
+            server = getattr(app.state, "uvicorn_server", None)
+            if server is not None:
+                server.should_exit = True
             return
         state["ready"] = True
         log.info("%s is ready", service.name)
@@ -270,7 +278,9 @@ def create_app(
 def serve(app: FastAPI, host: str, port: int) -> None:
     """Run the app with uvicorn; exit non-zero if its models failed to load."""
     config = uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False)
-    uvicorn.Server(config).run()
+    server = uvicorn.Server(config)
+    app.state.uvicorn_server = server
+    server.run()
     if app.state.load_state.get("error"):
         sys.exit(1)
 

@@ -207,12 +207,6 @@ class StageContract:
         assert f"{self.component}.weights.h5" in log, failed_load.log_tail()
         assert "SHA256SUMS" in log
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="shared/http.py: a load failure raises SIGTERM, which uvicorn re-raises after "
-        "shutdown, so the process dies by signal (-15 / 143) and serve()'s sys.exit(1) "
-        "never runs",
-    )
     def test_empty_weights_dir_exits_with_a_status(self, failed_load: ServiceProcess) -> None:
         """An exit status (serve's sys.exit(1)), not death by SIGTERM: systemd counts a
         SIGTERM death as a clean stop and does not restart on-failure."""

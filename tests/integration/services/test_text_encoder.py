@@ -55,12 +55,6 @@ class TestTextEncoderContract(StageContract):
         payload = {"prompts": ["a" * 3000] * 80}
         return {"content": body_of(payload), "headers": dict(JSON_HEADERS)}
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="shared/http.py: BodySizeLimit raises PayloadTooLarge from receive(); on a "
-        "JSON route FastAPI's body parsing catches it and answers 400 'There was an error "
-        "parsing the body' (type http_error) instead of 413",
-    )
     def test_oversize_streamed_body_is_413(
         self, client: httpx.Client, restricted: ServiceProcess
     ) -> None:
@@ -213,11 +207,6 @@ def test_invalid_json_is_422(client: httpx.Client, service: ServiceProcess) -> N
     assert_error(response, 422, error_type="invalid_request_error")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="shared/http.py _validation_param: for a JSON decode error the loc is "
-    "('body', <char offset>), so param becomes the offset ('13') instead of 'body'",
-)
 def test_invalid_json_param_is_body(client: httpx.Client, service: ServiceProcess) -> None:
     response = client.post(f"{service.url}{ROUTE}", content=b'{"prompts": [', headers=JSON_HEADERS)
     assert_error(response, 422, param="body")

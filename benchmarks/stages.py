@@ -33,6 +33,7 @@ import inspect
 import json
 import os
 import platform
+import resource
 import shlex
 import signal
 import subprocess
@@ -410,6 +411,8 @@ def worker_main(args: argparse.Namespace) -> int:
     out = Path(args.worker_out)
 
     def save(entry: Record) -> None:
+        # Linux reports ru_maxrss in KiB.
+        entry["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         out.write_text(json.dumps(entry, indent=2) + "\n")
 
     entry = bench_precision(

@@ -13,16 +13,20 @@ from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from central.chain import GenerationParams, GenerationResult
+from central.chain import EditInputs, GenerationParams, GenerationResult
 from shared.config import Settings, parse_size
-from shared.errors import InvalidInput
+from shared.errors import InvalidInput, PayloadTooLarge
 from shared.sampler import MAX_SEED
-from shared.stages import MAX_GUIDANCE_SCALE
+from shared.stages import MAX_GUIDANCE_SCALE, MAX_RESAMPLES
 from shared.tokenizer import MAX_PROMPT_CHARS
 
 DEFAULT_GUIDANCE_SCALE = 7.5
+# Uploaded images are decoded only if their header says they are at most this big.
+MAX_UPLOAD_PIXELS = 4096 * 4096
+UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP")
+MAX_MASK_BLUR = 8
 
 
 class ImageGenerationRequest(BaseModel):
@@ -63,6 +67,136 @@ class ImageGenerationRequest(BaseModel):
             seed=self.seed,
             n=self.n,
         )
+
+
+class ImageEditFields(BaseModel):
+    """The fields of an edit besides the image and mask (multipart sends them as strings)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    n: int = Field(default=1, ge=1)
+    size: str | None = Field(default=None, description='"WxH"; default: the image\'s size.')
+    response_format: Literal["b64_json", "url"] = "b64_json"
+    negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    strength: float = Field(default=0.8, gt=0, le=1, description="How far to move from the image.")
+    steps: int | None = Field(default=None, ge=1)
+    guidance_scale: float = Field(default=DEFAULT_GUIDANCE_SCALE, ge=0, le=MAX_GUIDANCE_SCALE)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    num_resamples: int = Field(default=1, ge=1, le=MAX_RESAMPLES, description="RePaint resamples.")
+    mask_blur: int = Field(default=0, ge=0, le=MAX_MASK_BLUR, description="Feather, latent cells.")
+
+    def to_params(self, settings: Settings, width: int, height: int) -> GenerationParams:
+        return GenerationParams(
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt,
+            width=width,
+            height=height,
+            steps=self.steps or settings.default_steps,
+            guidance_scale=self.guidance_scale,
+            seed=self.seed,
+            n=self.n,
+            strength=self.strength,
+            num_resamples=self.num_resamples,
+        )
+
+
+class ImageEditJson(ImageEditFields):
+    """The JSON form of an edit: base64 image and an optional greyscale mask (white = repaint,
+    as in diffusers)."""
+
+    image: str = Field(min_length=1, description="Base64 PNG/JPEG/WebP.")
+    mask: str | None = Field(default=None, description="Base64 greyscale; white = repaint.")
+
+
+def validated(model: type[BaseModel], data: Any) -> Any:
+    """pydantic validation outside FastAPI's own, with the same 422 naming the field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or "body"
+        raise InvalidInput(f"{param}: {first['msg']}", param=param) from None
+
+
+def b64_bytes(text: str, *, param: str) -> bytes:
+    try:
+        return base64.b64decode(
+            text.split(",", 1)[-1] if text.startswith("data:") else text, validate=True
+        )
+    except ValueError:
+        raise InvalidInput(f"{param} is not valid base64", param=param) from None
+
+
+def open_image(data: bytes, *, param: str) -> Image.Image:
+    """Decode an uploaded image, refusing non-images and oversize ones before decoding."""
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Exception:
+        raise InvalidInput(f"{param} is not an image (PNG, JPEG or WebP)", param=param) from None
+    if image.format not in UPLOAD_FORMATS:
+        raise InvalidInput(f"{param} must be PNG, JPEG or WebP, not {image.format}", param=param)
+    if image.width * image.height > MAX_UPLOAD_PIXELS:
+        raise PayloadTooLarge(
+            f"{param} is {image.width}x{image.height}; at most {MAX_UPLOAD_PIXELS} pixels",
+            param=param,
+        )
+    try:
+        image.load()
+    except Exception:
+        raise InvalidInput(f"{param} is truncated or corrupt", param=param) from None
+    return image
+
+
+def edit_inputs(
+    fields: ImageEditFields,
+    settings: Settings,
+    image_bytes: bytes,
+    mask_bytes: bytes | None,
+    *,
+    mask_polarity: Literal["openai-alpha", "white-repaints"],
+) -> tuple[GenerationParams, EditInputs]:
+    image = open_image(image_bytes, param="image")
+    mask_image = open_image(mask_bytes, param="mask") if mask_bytes is not None else None
+    if mask_image is not None and mask_image.size != image.size:
+        raise InvalidInput(
+            f"mask is {mask_image.width}x{mask_image.height} but image is "
+            f"{image.width}x{image.height}",
+            param="mask",
+        )
+    if fields.size is None:
+        width, height = image.size
+    else:
+        try:
+            width, height = parse_size(fields.size)
+        except ValueError:
+            raise InvalidInput(f"size {fields.size!r} is not like 512x512", param="size") from None
+    if (width, height) not in settings.sizes:
+        served = ", ".join(f"{w}x{h}" for w, h in settings.sizes)
+        which = "size" if fields.size is not None else "image"
+        raise InvalidInput(
+            f"{width}x{height} is not a served size ({served}); send one or set size",
+            param=which,
+        )
+    rgb = image.convert("RGB")
+    if rgb.size != (width, height):
+        rgb = rgb.resize((width, height), Image.Resampling.LANCZOS)
+    mask = None
+    if mask_image is not None:
+        if mask_polarity == "openai-alpha":
+            if "A" not in mask_image.getbands() and "transparency" not in mask_image.info:
+                raise InvalidInput(
+                    "mask needs an alpha channel: fully transparent pixels are repainted",
+                    param="mask",
+                )
+            alpha = mask_image.convert("RGBA").getchannel("A")
+            repaint = np.asarray(alpha.resize((width, height), Image.Resampling.NEAREST)) == 0
+        else:
+            grey = mask_image.convert("L").resize((width, height), Image.Resampling.NEAREST)
+            repaint = np.asarray(grey) > 127
+        mask = repaint.astype(np.float32)
+    params = fields.to_params(settings, width, height)
+    return params, EditInputs(np.asarray(rgb, dtype=np.uint8), mask, fields.mask_blur)
 
 
 class HfParameters(BaseModel):

@@ -7,17 +7,24 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from starlette.datastructures import UploadFile
 
 from central.api import (
     HfTextToImageRequest,
+    ImageEditFields,
+    ImageEditJson,
     ImageGenerationRequest,
+    b64_bytes,
+    edit_inputs,
     encode_png,
     generation_response,
+    validated,
 )
-from central.chain import Chain, GenerationParams, GenerationResult
+from central.chain import Chain, EditInputs, GenerationParams, GenerationResult
 from shared.config import EXIT_CONFIG, ConfigError, Settings, format_size, load_settings
+from shared.errors import InvalidInput, UnsupportedMediaType
 from shared.http import configure_logging, create_app, serve
 
 VERSION = "0.1.0"
@@ -28,6 +35,9 @@ Stable Diffusion behind an OpenAI-compatible Images API.
 
 * `POST /v1/images/generations` — OpenAI `images.generate` shape plus `negative_prompt`,
   `steps`, `guidance_scale`, `seed`.
+* `POST /v1/images/edits` — OpenAI `images.edit` (multipart; mask alpha 0 = repaint) or
+  JSON with base64 `image` and greyscale `mask` (white = repaint): inpainting with a mask,
+  image-to-image without one; plus `strength`, `num_resamples`, `mask_blur`.
 * `POST /` — Hugging Face text-to-image (`{"inputs": ..., "parameters": {...}}`) → PNG.
 """
 
@@ -76,8 +86,10 @@ def create_central_app(settings: Settings, chain: Chain | None = None) -> FastAP
     app.router.on_shutdown.append(chain.aclose)
     chain_info = {"model": settings.model, "weights": settings.weights_label}
 
-    async def run(params: GenerationParams) -> tuple[GenerationResult, list[bytes]]:
-        result = await chain.generate(params)
+    async def run(
+        params: GenerationParams, edit: EditInputs | None = None
+    ) -> tuple[GenerationResult, list[bytes]]:
+        result = await chain.generate(params, edit)
         pngs = await asyncio.to_thread(lambda: [encode_png(image) for image in result.images])
         return result, pngs
 
@@ -90,6 +102,73 @@ def create_central_app(settings: Settings, chain: Chain | None = None) -> FastAP
     async def generations(body: ImageGenerationRequest) -> dict[str, Any]:
         """Text to image, in the OpenAI Images API shape (plus per-image seeds and timings)."""
         result, pngs = await run(body.to_params(settings))
+        return generation_response(result, pngs, body.response_format, chain_info)
+
+    edit_body_doc = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        **ImageEditFields.model_json_schema(),
+                        "properties": {
+                            **ImageEditFields.model_json_schema()["properties"],
+                            "image": {"type": "string", "format": "binary"},
+                            "mask": {"type": "string", "format": "binary"},
+                        },
+                        "required": ["image", "prompt"],
+                    }
+                },
+                "application/json": {"schema": ImageEditJson.model_json_schema()},
+            },
+        }
+    }
+
+    @app.post("/v1/images/edits", tags=["images"], openapi_extra=edit_body_doc)
+    async def edits(request: Request) -> dict[str, Any]:
+        """Inpainting (with a mask) or image to image (without), OpenAI `images.edit` shape."""
+        content_type = request.headers.get("content-type", "").split(";")[0].strip()
+        if content_type == "application/json":
+            try:
+                payload = await request.json()
+            except ValueError:
+                raise InvalidInput("body is not valid JSON", param="body") from None
+            body = validated(ImageEditJson, payload)
+            params, edit = edit_inputs(
+                body,
+                settings,
+                b64_bytes(body.image, param="image"),
+                b64_bytes(body.mask, param="mask") if body.mask else None,
+                mask_polarity="white-repaints",
+            )
+        elif content_type == "multipart/form-data":
+            form = await request.form(max_files=2, max_fields=32)
+            image, mask = form.get("image"), form.get("mask")
+            if not isinstance(image, UploadFile):
+                raise InvalidInput("image file is required", param="image")
+            if mask is not None and not isinstance(mask, UploadFile):
+                raise InvalidInput("mask must be a file", param="mask")
+            fields = validated(
+                ImageEditFields,
+                {
+                    k: v
+                    for k, v in form.items()
+                    if k not in ("image", "mask") and isinstance(v, str)
+                },
+            )
+            params, edit = edit_inputs(
+                fields,
+                settings,
+                await image.read(),
+                await mask.read() if mask is not None else None,
+                mask_polarity="openai-alpha",
+            )
+            body = fields
+        else:
+            raise UnsupportedMediaType(
+                "send multipart/form-data (OpenAI) or application/json", param="body"
+            )
+        result, pngs = await run(params, edit)
         return generation_response(result, pngs, body.response_format, chain_info)
 
     @app.post(

@@ -34,11 +34,13 @@ from shared.errors import (
     error_from_body,
 )
 from shared.families import get_family
+from shared.sampler import mask_to_latent_grid
 from shared.stages import (
     DecodeResult,
     DenoiseParams,
     DenoiseResult,
     EncodedPrompts,
+    EncodeImageResult,
     check_denoise_params,
     make_decoder,
     make_diffusion,
@@ -60,12 +62,20 @@ class TextEncoderStage(Protocol):
 
 class DiffusionStage(Protocol):
     async def denoise(
-        self, context: np.ndarray, unconditional_context: np.ndarray, params: DenoiseParams
+        self,
+        context: np.ndarray,
+        unconditional_context: np.ndarray,
+        params: DenoiseParams,
+        *,
+        init_latent: np.ndarray | None = None,
+        mask: np.ndarray | None = None,
     ) -> DenoiseResult: ...
 
 
 class DecoderStage(Protocol):
     async def decode(self, latent: np.ndarray) -> DecodeResult: ...
+
+    async def encode_image(self, images: np.ndarray) -> EncodeImageResult: ...
 
 
 @dataclass(frozen=True)
@@ -210,7 +220,13 @@ class RemoteDiffusion(RemoteStage):
         }
 
     async def denoise(
-        self, context: np.ndarray, unconditional_context: np.ndarray, params: DenoiseParams
+        self,
+        context: np.ndarray,
+        unconditional_context: np.ndarray,
+        params: DenoiseParams,
+        *,
+        init_latent: np.ndarray | None = None,
+        mask: np.ndarray | None = None,
     ) -> DenoiseResult:
         query: dict[str, Any] = {
             "width": params.width,
@@ -221,9 +237,18 @@ class RemoteDiffusion(RemoteStage):
         }
         if params.seed is not None:
             query["seed"] = params.seed
-        body = encode_npz({"context": context, "unconditional_context": unconditional_context})
+        tensors = {"context": context, "unconditional_context": unconditional_context}
+        path = "/v1/denoise"
+        if init_latent is not None:
+            tensors["init_latent"] = init_latent
+            query["strength"] = params.strength
+            path = "/v1/img2img"
+            if mask is not None:
+                tensors["mask"] = mask
+                query["num_resamples"] = params.num_resamples
+                path = "/v1/inpaint"
         response = await self.post(
-            "/v1/denoise", params=query, content=body, headers={"content-type": MEDIA_TYPE}
+            path, params=query, content=encode_npz(tensors), headers={"content-type": MEDIA_TYPE}
         )
         latent = self.read_npz(response, self.spec)["latent"]
         try:
@@ -239,6 +264,10 @@ class RemoteDecoder(RemoteStage):
     def __init__(self, base_url: str, settings: Settings):
         super().__init__("decoder", base_url, settings)
         self.spec = {"images": TensorSpec("uint8", (None, None, None, 3))}
+        channels = get_family(settings.model).spec.latent_channels
+        self.latent_spec = {
+            "latent": TensorSpec("float32", (None, None, None, channels), allow_fp16=True)
+        }
 
     async def decode(self, latent: np.ndarray) -> DecodeResult:
         response = await self.post(
@@ -251,6 +280,17 @@ class RemoteDecoder(RemoteStage):
             raise UpstreamBadResponse(f"decoder stage returned {len(images)} of {len(latent)}")
         return DecodeResult(images, _timing_from_headers(response.headers))
 
+    async def encode_image(self, images: np.ndarray) -> EncodeImageResult:
+        response = await self.post(
+            "/v1/encode-image",
+            content=encode_npz({"images": images}),
+            headers={"content-type": MEDIA_TYPE},
+        )
+        latent = self.read_npz(response, self.latent_spec)["latent"]
+        if len(latent) != len(images):
+            raise UpstreamBadResponse(f"decoder stage encoded {len(latent)} of {len(images)}")
+        return EncodeImageResult(latent, _timing_from_headers(response.headers))
+
 
 @dataclass(frozen=True)
 class GenerationParams:
@@ -262,6 +302,17 @@ class GenerationParams:
     guidance_scale: float
     seed: int | None
     n: int
+    strength: float = 1.0
+    num_resamples: int = 1
+
+
+@dataclass(frozen=True)
+class EditInputs:
+    """img2img / inpaint inputs, already at the output size."""
+
+    image: np.ndarray  # (H, W, 3) uint8
+    mask: np.ndarray | None = None  # (H, W) float32 in [0, 1], 1 = repaint
+    mask_blur: int = 0
 
 
 @dataclass
@@ -340,7 +391,16 @@ class Chain:
     def random_weights(self) -> bool:
         return self.settings.weights == "random"
 
-    async def generate(self, params: GenerationParams) -> GenerationResult:
+    async def _timed(self, name: str, timings: dict[str, StageTiming], call: Any) -> Any:
+        started = time.perf_counter()
+        result = await call
+        timings[name] = _stage_timing(result.timing, (time.perf_counter() - started) * 1000)
+        return result
+
+    async def generate(
+        self, params: GenerationParams, edit: EditInputs | None = None
+    ) -> GenerationResult:
+        """Text to image; with `edit`, image to image (no mask) or inpainting."""
         denoise_params = DenoiseParams(
             width=params.width,
             height=params.height,
@@ -348,22 +408,40 @@ class Chain:
             guidance_scale=params.guidance_scale,
             seed=params.seed,
             n=params.n,
+            strength=params.strength,
+            num_resamples=params.num_resamples,
         )
         # Refuse bad parameters before any stage spends compute on the request.
         check_denoise_params(self.settings, denoise_params)
         timings: dict[str, StageTiming] = {}
 
-        started = time.perf_counter()
-        encoded = await self.text_encoder.encode([params.prompt], [params.negative_prompt])
-        timings["text_encoder"] = _stage_timing(
-            encoded.timing, (time.perf_counter() - started) * 1000
+        encode_text = self._timed(
+            "text_encoder",
+            timings,
+            self.text_encoder.encode([params.prompt], [params.negative_prompt]),
         )
+        init_latent = latent_mask = None
+        if edit is None:
+            encoded = await encode_text
+        else:
+            # The prompt and the init image are encoded at the same time.
+            encoded, encoded_image = await asyncio.gather(
+                encode_text,
+                self._timed("image_encoder", timings, self.decoder.encode_image(edit.image[None])),
+            )
+            init_latent = encoded_image.latent
+            if edit.mask is not None:
+                latent_mask = mask_to_latent_grid(
+                    edit.mask, self.family.spec.downsampling_factor, edit.mask_blur
+                )
 
         started = time.perf_counter()
         denoised = await self.diffusion.denoise(
             encoded.context,
             encoded.unconditional_context,
             denoise_params,
+            init_latent=init_latent,
+            mask=latent_mask,
         )
         timings["diffusion"] = _stage_timing(
             denoised.timing, (time.perf_counter() - started) * 1000

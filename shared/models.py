@@ -81,6 +81,9 @@ def _at_size(
     if component == "decoder":
         latent = keras.Input(family.latent_shape(height, width), name="latent")
         return keras.Model(latent, base.call(latent), name=f"{base.name}_{width}x{height}")
+    if component == "image_encoder":
+        image = keras.Input((height, width, 3), name="image")
+        return keras.Model(image, base.call(image), name=f"{base.name}_{width}x{height}")
     inputs = {
         "latent": keras.Input(family.latent_shape(height, width), name="latent"),
         "timestep_embedding": keras.Input((TIMESTEP_EMBEDDING_DIM,), name="timestep_embedding"),
@@ -98,7 +101,7 @@ class LoadedModels:
     text_encoder: ModelRunner | None = None
     diffusion: dict[Size, ModelRunner] = field(default_factory=dict)
     decoder: dict[Size, ModelRunner] = field(default_factory=dict)
-    image_encoder: ModelRunner | None = None
+    image_encoder: dict[Size, ModelRunner] = field(default_factory=dict)
     load_seconds: dict[str, float] = field(default_factory=dict)
 
     def weights_summary(self) -> Mapping[str, str]:
@@ -152,13 +155,17 @@ def load_components(
         loaded.origins[component] = origin
         if component == "text_encoder":
             loaded.text_encoder = ModelRunner(model, xla=strategy.xla)
-        elif component in ("diffusion_model", "decoder"):
-            runners = loaded.diffusion if component == "diffusion_model" else loaded.decoder
-            for size in settings.sizes:
-                sized = model if size == first else _at_size(model, component, family, size)
-                runners[size] = ModelRunner(sized, xla=strategy.xla)
         else:
-            loaded.image_encoder = ModelRunner(model, xla=strategy.xla)
+            runners = {
+                "diffusion_model": loaded.diffusion,
+                "decoder": loaded.decoder,
+                "image_encoder": loaded.image_encoder,
+            }[component]
+            for size in settings.sizes:
+                # The image encoder is built size-free; give it the same static shapes.
+                reuse = size == first and component != "image_encoder"
+                sized = model if reuse else _at_size(model, component, family, size)
+                runners[size] = ModelRunner(sized, xla=strategy.xla)
         loaded.load_seconds[component] = round(time.perf_counter() - started, 3)
         log.info(
             "built %s %s in %.1fs, weights: %s",

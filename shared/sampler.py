@@ -80,23 +80,45 @@ def initial_noise(seed: int, latent_shape: tuple[int, int, int]) -> np.ndarray:
     return rng.standard_normal((1, *latent_shape), dtype=np.float32)
 
 
+def img2img_steps(steps: int, strength: float) -> int:
+    """Denoising steps image-to-image runs: round(strength x steps)."""
+    return round(strength * steps)
+
+
 @dataclass
 class Row:
-    """One image's sampling state."""
+    """One image's sampling state.
+
+    txt2img: `latent` is the initial noise. img2img and inpaint: `known_latent` is the
+    encoded init image x0 and `start_steps` < len(timesteps) skips the noisiest steps
+    (`start` noises x0 to the first step's level). Inpaint adds `mask` (1 = repaint,
+    0 = keep, on the latent grid) and RePaint resampling.
+    """
 
     latent: np.ndarray  # (1, h, w, c) float32, the current x_t
     context: np.ndarray  # (1, T, D)
     unconditional_context: np.ndarray  # (1, T, D)
     guidance_scale: float
     timesteps: np.ndarray  # ascending, as ddim_timesteps gives
+    known_latent: np.ndarray | None = None  # (1, h, w, c): x0 of img2img / inpaint
+    mask: np.ndarray | None = None  # (1, h, w, 1) in [0, 1]; 1 = repaint
+    num_resamples: int = 1
+    # Denoising steps to run; fewer than len(timesteps) starts part-way down (img2img).
+    start_steps: int | None = None
+    # Noise for inpainting's known region and resampling, from the row's own seed.
+    rng: np.random.Generator | None = None
     # Index into `timesteps` of the next step to run; sampling runs from the top down.
     position: int = field(init=False)
+    resamples_done: int = field(init=False, default=0)
     alphas: list[float] = field(init=False)
     alphas_prev: list[float] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.position = len(self.timesteps) - 1
         self.alphas, self.alphas_prev = ddim_alphas(self.timesteps)
+        steps = len(self.timesteps) if self.start_steps is None else self.start_steps
+        self.position = steps - 1
+        if self.mask is not None and self.known_latent is None:
+            raise ValueError("inpainting needs the known (init) latent")
 
     @property
     def done(self) -> bool:
@@ -104,7 +126,50 @@ class Row:
 
     @property
     def steps_done(self) -> int:
-        return len(self.timesteps) - 1 - self.position
+        total = len(self.timesteps) if self.start_steps is None else self.start_steps
+        return total - 1 - self.position
+
+    def _noise(self) -> np.ndarray:
+        assert self.rng is not None, "img2img and inpaint rows need an rng"
+        return self.rng.standard_normal(self.latent.shape, dtype=np.float32)
+
+    def noise_known_to_start(self) -> None:
+        """img2img/inpaint: x_t = sqrt(a_t) x0 + sqrt(1 - a_t) noise at the first step."""
+        assert self.known_latent is not None
+        if self.done:
+            self.latent = self.known_latent.copy()
+            return
+        a_t = self.alphas[self.position]
+        self.latent = (
+            np.float32(math.sqrt(a_t)) * self.known_latent
+            + np.float32(math.sqrt(1 - a_t)) * self._noise()
+        )
+
+    def after_update(self, a_t: float, a_prev: float) -> None:
+        """Inpaint blending and RePaint resampling once the DDIM update has run."""
+        if self.mask is not None:
+            assert self.known_latent is not None
+            last = self.position == 0
+            noise = np.zeros_like(self.latent) if last else self._noise()
+            known = (
+                np.float32(math.sqrt(a_prev)) * self.known_latent
+                + np.float32(math.sqrt(1 - a_prev)) * noise
+            )
+            blended = self.mask * self.latent + (1 - self.mask) * known
+            # Where nothing is repainted keep the known latent exactly, whatever the UNet did.
+            self.latent = np.where(self.mask == 0, known, blended).astype(np.float32)
+            if not last and self.resamples_done < self.num_resamples - 1:
+                # RePaint: noise x_{t-1} back to x_t and run this step again; the
+                # re-noised latent is what the next UNet call sees.
+                beta = 1 - a_t / a_prev
+                self.latent = (
+                    np.float32(math.sqrt(1 - beta)) * self.latent
+                    + np.float32(math.sqrt(beta)) * self._noise()
+                )
+                self.resamples_done += 1
+                return
+        self.resamples_done = 0
+        self.position -= 1
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
@@ -149,7 +214,7 @@ def ddim_update(rows: Sequence[Row], eps: np.ndarray) -> None:
     )
     for i, row in enumerate(rows):
         row.latent = latent[i : i + 1]
-        row.position -= 1
+        row.after_update(a_t[i], a_prev[i])
 
 
 def sample_step(predict: NoisePredictor, rows: Sequence[Row], *, batched_cfg: bool) -> None:
@@ -159,3 +224,27 @@ def sample_step(predict: NoisePredictor, rows: Sequence[Row], *, batched_cfg: bo
 
 def _per_row(values: Sequence[float]) -> np.ndarray:
     return np.asarray(values, dtype=np.float32).reshape(-1, 1, 1, 1)
+
+
+def mask_to_latent_grid(pixel_mask: np.ndarray, factor: int, blur: int = 0) -> np.ndarray:
+    """(H, W) pixel mask in [0, 1] (1 = repaint) -> (1, H/f, W/f, 1) latent-grid mask.
+
+    A latent cell is repainted if any of its pixels is (max-pooling), so no repaint pixel
+    is left to the known latent. `blur` > 0 feathers the edge by that many cells with a
+    box filter; cells that were 0 and stay 0 after blurring are kept exactly.
+    """
+    height, width = pixel_mask.shape
+    blocks = pixel_mask.reshape(height // factor, factor, width // factor, factor)
+    grid = (blocks.max(axis=(1, 3)) > 0).astype(np.float32)
+    for _ in range(blur):
+        padded = np.pad(grid, 1, mode="edge")
+        grid = np.maximum(
+            grid,
+            sum(
+                padded[1 + dy : 1 + dy + grid.shape[0], 1 + dx : 1 + dx + grid.shape[1]]
+                for dy in (-1, 0, 1)
+                for dx in (-1, 0, 1)
+            )
+            / 9.0,
+        ).astype(np.float32)
+    return grid[None, :, :, None]

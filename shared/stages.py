@@ -21,12 +21,21 @@ from shared.execution import resolve_strategy
 from shared.families import get_family
 from shared.families.base import Component, ModelFamily
 from shared.models import LoadedModels, load_components
-from shared.sampler import MAX_SEED, Row, draw_seed, initial_noise, sample_step
+from shared.sampler import (
+    MAX_SEED,
+    Row,
+    ddim_timesteps,
+    draw_seed,
+    img2img_steps,
+    initial_noise,
+    sample_step,
+)
 from shared.tokenizer import PromptTokenizer, find_clip_vocab
 
 log = logging.getLogger(__name__)
 
 MAX_GUIDANCE_SCALE = 50.0
+MAX_RESAMPLES = 20
 
 
 @dataclass
@@ -46,12 +55,22 @@ class DenoiseParams:
     guidance_scale: float
     seed: int | None = None
     n: int = 1
+    # img2img / inpaint: how far toward noise the init image goes, in (0, 1].
+    strength: float = 1.0
+    # inpaint: RePaint resamples per step (1 = none).
+    num_resamples: int = 1
 
 
 @dataclass
 class DenoiseResult:
     latent: np.ndarray  # (n, h, w, c) float32
     seeds: list[int]
+    timing: Timing | None = None
+
+
+@dataclass
+class EncodeImageResult:
+    latent: np.ndarray  # (B, h, w, c) float32
     timing: Timing | None = None
 
 
@@ -95,6 +114,12 @@ def check_denoise_params(settings: Settings, params: DenoiseParams) -> None:
         )
     if params.seed is not None and not 0 <= params.seed <= MAX_SEED:
         raise InvalidInput(f"seed must be between 0 and {MAX_SEED}", param="seed")
+    if not 0.0 < params.strength <= 1.0:
+        raise InvalidInput("strength must be in (0, 1]", param="strength")
+    if not 1 <= params.num_resamples <= MAX_RESAMPLES:
+        raise InvalidInput(
+            f"num_resamples must be between 1 and {MAX_RESAMPLES}", param="num_resamples"
+        )
 
 
 class _LocalStage:
@@ -218,7 +243,8 @@ class LocalDiffusion(_LocalStage):
         for width, height in self.settings.sizes:
             for n in (1, 2):
                 params = DenoiseParams(width, height, steps=1, guidance_scale=7.5, n=n)
-                self.denoise_sync(models, zeros, zeros, params, list(range(n)))
+                rows = self.make_rows(zeros, zeros, params, list(range(n)))
+                self.denoise_sync(models, params, rows)
 
     def check_contexts(
         self, context: np.ndarray, unconditional_context: np.ndarray, n: int
@@ -236,50 +262,118 @@ class LocalDiffusion(_LocalStage):
                     f"{name} has batch {array.shape[0]}; expected 1 or n={n}", param=name
                 )
 
-    def denoise_sync(
+    def check_init(
+        self, params: DenoiseParams, init_latent: np.ndarray | None, mask: np.ndarray | None
+    ) -> None:
+        """img2img / inpaint inputs: shapes on the latent grid of the requested size."""
+        latent_shape = self.family.latent_shape(params.height, params.width)
+        if init_latent is not None:
+            if init_latent.ndim != 4 or tuple(init_latent.shape[1:]) != latent_shape:
+                raise InvalidInput(
+                    f"init_latent must have shape (1 or n, {', '.join(map(str, latent_shape))})"
+                    f" for {params.width}x{params.height}; got {tuple(init_latent.shape)}",
+                    param="init_latent",
+                )
+            if init_latent.shape[0] not in (1, params.n):
+                raise InvalidInput("init_latent batch must be 1 or n", param="init_latent")
+        if mask is not None:
+            expected = (*latent_shape[:2], 1)
+            if (
+                mask.ndim != 4
+                or tuple(mask.shape[1:]) != expected
+                or mask.shape[0]
+                not in (
+                    1,
+                    params.n,
+                )
+            ):
+                raise InvalidInput(
+                    f"mask must have shape (1 or n, {expected[0]}, {expected[1]}, 1); "
+                    f"got {tuple(mask.shape)}",
+                    param="mask",
+                )
+            if float(mask.min()) < 0 or float(mask.max()) > 1:
+                raise InvalidInput("mask values must be in [0, 1] (1 = repaint)", param="mask")
+
+    def make_rows(
         self,
-        models: LoadedModels,
         context: np.ndarray,
         unconditional_context: np.ndarray,
         params: DenoiseParams,
         seeds: list[int],
-    ) -> np.ndarray:
-        from shared.sampler import ddim_timesteps
-
-        runner = models.diffusion[(params.width, params.height)]
+        init_latent: np.ndarray | None = None,
+        mask: np.ndarray | None = None,
+    ) -> list[Row]:
         latent_shape = self.family.latent_shape(params.height, params.width)
         timesteps = ddim_timesteps(params.steps)
-        rows = [
-            Row(
-                latent=initial_noise(seed, latent_shape),
-                context=context[min(i, len(context) - 1)][None].astype(np.float32),
-                unconditional_context=unconditional_context[min(i, len(unconditional_context) - 1)][
-                    None
-                ].astype(np.float32),
-                guidance_scale=params.guidance_scale,
-                timesteps=timesteps,
-            )
-            for i, seed in enumerate(seeds)
-        ]
+
+        def pick(array: np.ndarray, i: int) -> np.ndarray:
+            # Batch 1 is shared by every image of the request.
+            return array[min(i, len(array) - 1)][None].astype(np.float32)
+
+        rows = []
+        for i, seed in enumerate(seeds):
+            if init_latent is None:
+                row = Row(
+                    latent=initial_noise(seed, latent_shape),
+                    context=pick(context, i),
+                    unconditional_context=pick(unconditional_context, i),
+                    guidance_scale=params.guidance_scale,
+                    timesteps=timesteps,
+                )
+            else:
+                known = pick(init_latent, i)
+                row = Row(
+                    latent=known,
+                    context=pick(context, i),
+                    unconditional_context=pick(unconditional_context, i),
+                    guidance_scale=params.guidance_scale,
+                    timesteps=timesteps,
+                    known_latent=known,
+                    mask=None if mask is None else pick(mask, i),
+                    num_resamples=params.num_resamples,
+                    start_steps=img2img_steps(params.steps, params.strength),
+                    rng=np.random.default_rng(seed),
+                )
+                row.noise_known_to_start()
+            rows.append(row)
+        return rows
+
+    def denoise_sync(
+        self,
+        models: LoadedModels,
+        params: DenoiseParams,
+        rows: list[Row],
+    ) -> np.ndarray:
+        runner = models.diffusion[(params.width, params.height)]
 
         def predict(latent: np.ndarray, t_emb: np.ndarray, ctx: np.ndarray) -> np.ndarray:
             return runner({"latent": latent, "timestep_embedding": t_emb, "context": ctx})
 
-        while not rows[0].done:
+        while not all(r.done for r in rows):
             sample_step(predict, rows, batched_cfg=models.strategy.batched_cfg)
         return np.concatenate([r.latent for r in rows])
 
     async def denoise(
-        self, context: np.ndarray, unconditional_context: np.ndarray, params: DenoiseParams
+        self,
+        context: np.ndarray,
+        unconditional_context: np.ndarray,
+        params: DenoiseParams,
+        *,
+        init_latent: np.ndarray | None = None,
+        mask: np.ndarray | None = None,
     ) -> DenoiseResult:
+        """txt2img; img2img with `init_latent`; inpaint with `init_latent` and `mask`."""
         check_denoise_params(self.settings, params)
         self.check_contexts(context, unconditional_context, params.n)
+        if mask is not None and init_latent is None:
+            raise InvalidInput("inpainting needs init_latent", param="init_latent")
+        self.check_init(params, init_latent, mask)
         models = self._ready_models()
         base_seed = draw_seed() if params.seed is None else params.seed
         seeds = [base_seed + i for i in range(params.n)]
-        latent, timing = await self.worker.run(
-            lambda: self.denoise_sync(models, context, unconditional_context, params, seeds)
-        )
+        rows = self.make_rows(context, unconditional_context, params, seeds, init_latent, mask)
+        latent, timing = await self.worker.run(lambda: self.denoise_sync(models, params, rows))
         return DenoiseResult(latent=latent, seeds=seeds, timing=timing)
 
 
@@ -289,16 +383,22 @@ def latent_to_images(decoded: np.ndarray) -> np.ndarray:
     return np.clip(decoded, 0, 255).astype("uint8")
 
 
-class LocalDecoder(_LocalStage):
-    """Latents -> uint8 RGB images."""
+def images_to_model_input(images: np.ndarray) -> np.ndarray:
+    """uint8 pixels to the [-1, 1] range the VAE encoder was trained on."""
+    return images.astype(np.float32) / 127.5 - 1.0
 
-    components = ("decoder",)
+
+class LocalDecoder(_LocalStage):
+    """Latents -> uint8 RGB images, and images -> latents (the VAE encoder)."""
+
+    components = ("decoder", "image_encoder")
 
     def warm_up(self, models: LoadedModels) -> None:
         for size in self.settings.sizes:
             for n in (1, 2):
                 latent = np.zeros((n, *self.family.latent_shape(size[1], size[0])), np.float32)
                 self.decode_sync(models, latent, size)
+                self.encode_image_sync(models, np.zeros((n, size[1], size[0], 3), np.uint8), size)
 
     def size_of_latent(self, latent: np.ndarray) -> Size:
         f = self.family.spec.downsampling_factor
@@ -322,6 +422,29 @@ class LocalDecoder(_LocalStage):
         models = self._ready_models()
         images, timing = await self.worker.run(lambda: self.decode_sync(models, latent, size))
         return DecodeResult(images=images, timing=timing)
+
+    def size_of_images(self, images: np.ndarray) -> Size:
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise InvalidInput(
+                f"images must be uint8 with shape (B, H, W, 3); got {images.dtype} "
+                f"{tuple(images.shape)}",
+                param="images",
+            )
+        if not 1 <= images.shape[0] <= self.settings.max_batch:
+            raise InvalidInput(
+                f"images batch must be between 1 and {self.settings.max_batch}", param="images"
+            )
+        return check_size(self.settings, images.shape[2], images.shape[1], param="images")
+
+    def encode_image_sync(self, models: LoadedModels, images: np.ndarray, size: Size) -> np.ndarray:
+        return models.image_encoder[size](images_to_model_input(images))
+
+    async def encode_image(self, images: np.ndarray) -> EncodeImageResult:
+        """uint8 RGB images -> scaled latents (the init latent of img2img and inpaint)."""
+        size = self.size_of_images(images)
+        models = self._ready_models()
+        latent, timing = await self.worker.run(lambda: self.encode_image_sync(models, images, size))
+        return EncodeImageResult(latent=latent, timing=timing)
 
 
 def make_text_encoder(settings: Settings) -> LocalTextEncoder:

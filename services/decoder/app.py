@@ -1,4 +1,4 @@
-"""Decoder service: latents in (npz), uint8 images out (npz). Routes only."""
+"""Decoder service: latents -> uint8 images, and images -> latents (npz). Routes only."""
 
 from __future__ import annotations
 
@@ -44,6 +44,25 @@ def create_decoder_app(settings: Settings, stage: LocalDecoder | None = None) ->
         result = await stage.decode(tensors["latent"])
         headers = result.timing.headers() if result.timing else {}
         return npz_response(encode_npz({"images": result.images}), headers)
+
+    image_spec = {"images": TensorSpec("uint8", (None, None, None, 3))}
+
+    @app.post(
+        "/v1/encode-image",
+        dependencies=[auth],
+        response_class=Response,
+        openapi_extra={
+            **NPZ_REQUEST_BODY,
+            "description": "Body: npz with images (B, H, W, 3) uint8 of a served size.",
+        },
+        responses=npz_responses("npz with latent (B, H/8, W/8, c) float32"),
+    )
+    async def encode_image(request: Request, fp16: bool = False) -> Response:
+        """Encode images with the VAE encoder (the init latent of img2img and inpaint)."""
+        tensors = await read_npz(request, image_spec, settings)
+        result = await stage.encode_image(tensors["images"])
+        headers = result.timing.headers() if result.timing else {}
+        return npz_response(encode_npz({"latent": result.latent}, fp16=fp16), headers)
 
     return app
 

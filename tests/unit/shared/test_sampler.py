@@ -113,3 +113,91 @@ def test_rows_at_different_timesteps_share_one_call(batched_cfg):
     np.testing.assert_allclose(
         short_row.latent, _reference_ddim(2, 3, -0.5, 3.0), rtol=1e-5, atol=1e-5
     )
+
+
+def _edit_row(seed, steps, strength, mask=None, resamples=1):
+    known = np.linspace(-1, 1, 64, dtype=np.float32).reshape(1, 4, 4, 4)
+    return Row(
+        latent=known,
+        context=np.ones((1, 77, 8), np.float32),
+        unconditional_context=np.zeros((1, 77, 8), np.float32),
+        guidance_scale=7.5,
+        timesteps=ddim_timesteps(steps),
+        known_latent=known,
+        mask=mask,
+        num_resamples=resamples,
+        start_steps=round(strength * steps),
+        rng=np.random.default_rng(seed),
+    )
+
+
+@pytest.mark.parametrize(("strength", "expected_steps"), [(1.0, 10), (0.5, 5), (0.26, 3)])
+def test_img2img_runs_round_strength_times_steps(strength, expected_steps):
+    calls = []
+    row = _edit_row(1, 10, strength)
+    row.noise_known_to_start()
+    while not row.done:
+        sample_step(_linear_predictor(calls), [row], batched_cfg=True)
+    assert len(calls) == expected_steps
+
+
+def test_img2img_with_tiny_strength_returns_the_init_latent():
+    row = _edit_row(1, 10, 0.04)  # round(0.4) = 0 steps
+    row.noise_known_to_start()
+    assert row.done
+    np.testing.assert_array_equal(row.latent, row.known_latent)
+    row = _edit_row(1, 50, 0.02)  # one step at the least noisy timestep
+    row.noise_known_to_start()
+
+    def no_noise_predicted(latent, t_emb, context):
+        return np.zeros_like(latent)
+
+    sample_step(no_noise_predicted, [row], batched_cfg=True)
+    assert row.done
+    assert np.abs(row.latent - row.known_latent).max() < 0.1
+
+
+@pytest.mark.parametrize("resamples", [1, 3])
+def test_inpaint_keeps_the_known_region_exactly_and_changes_the_rest(resamples):
+    mask = np.zeros((1, 4, 4, 1), np.float32)
+    mask[:, 1:3, 1:3] = 1
+    calls = []
+    row = _edit_row(3, 6, 1.0, mask=mask, resamples=resamples)
+    row.noise_known_to_start()
+    while not row.done:
+        sample_step(_linear_predictor(calls), [row], batched_cfg=True)
+    keep = np.broadcast_to(mask == 0, row.latent.shape)
+    np.testing.assert_array_equal(row.latent[keep], row.known_latent[keep])
+    assert np.abs(row.latent[~keep] - row.known_latent[~keep]).min() > 0
+    # RePaint: every step but the last runs `resamples` times.
+    assert len(calls) == 5 * resamples + 1
+
+
+def test_resampled_latent_is_what_the_next_unet_call_sees():
+    mask = np.ones((1, 4, 4, 1), np.float32)
+    seen = []
+
+    def predict(latent, t_emb, context):
+        seen.append(latent[:1].copy())
+        return np.zeros_like(latent)
+
+    row = _edit_row(5, 4, 1.0, mask=mask, resamples=2)
+    row.noise_known_to_start()
+    sample_step(predict, [row], batched_cfg=True)  # step at position 3, first pass
+    after_first = row.latent.copy()
+    assert row.position == 3  # resampling: same step again
+    sample_step(predict, [row], batched_cfg=True)
+    np.testing.assert_array_equal(seen[-1], after_first)
+
+
+def test_mask_goes_to_the_latent_grid_by_any_pixel():
+    from shared.sampler import mask_to_latent_grid
+
+    pixels = np.zeros((32, 32), np.float32)
+    pixels[9, 17] = 1  # one pixel in latent cell (1, 2)
+    grid = mask_to_latent_grid(pixels, 8)
+    assert grid.shape == (1, 4, 4, 1)
+    assert grid[0, 1, 2, 0] == 1 and grid.sum() == 1
+    blurred = mask_to_latent_grid(pixels, 8, blur=1)
+    assert blurred[0, 1, 2, 0] == 1
+    assert 0 < blurred[0, 1, 1, 0] < 1 and blurred[0, 3, 0, 0] == 0

@@ -218,3 +218,151 @@ def test_hugging_face_inference_client_gets_an_image(gateways):
         timeout=120,
     )
     assert image.tobytes() == Image.open(io.BytesIO(raw.content)).convert("RGB").tobytes()
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _edit_image(size=64) -> Image.Image:
+    import numpy as np
+
+    y, x = np.mgrid[0:size, 0:size]
+    pixels = np.stack([x * 4, y * 4, (x + y) * 2], axis=-1).astype("uint8")
+    return Image.fromarray(pixels)
+
+
+def _openai_mask(size=64) -> Image.Image:
+    """Opaque everywhere except a transparent square: OpenAI repaints alpha == 0."""
+    mask = Image.new("RGBA", (size, size), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (16, 16, 48, 40))
+    return mask
+
+
+EDIT_FIELDS = {"prompt": "a red door", "n": "2", "steps": "5", "seed": "77", "strength": "0.9"}
+
+
+def test_edits_are_byte_identical_across_topologies(gateways):
+    results = {}
+    for topology, gateway in gateways.items():
+        response = httpx.post(
+            f"{gateway.url}/v1/images/edits",
+            data={**EDIT_FIELDS, "num_resamples": "2"},
+            files={
+                "image": ("image.png", _png(_edit_image()), "image/png"),
+                "mask": ("mask.png", _png(_openai_mask()), "image/png"),
+            },
+            timeout=120,
+        )
+        body = response.json()
+        assert "image_encoder" in body["timings"], body
+        results[topology] = _pngs(response)
+        assert [d["seed"] for d in body["data"]] == [77, 78]
+    assert results["all-in-one"] == results["three-endpoints"] == results["hybrid"]
+
+    # Without a mask it is image to image, and differs from the inpainting.
+    img2img = httpx.post(
+        f"{gateways['hybrid'].url}/v1/images/edits",
+        data=EDIT_FIELDS,
+        files={"image": ("image.png", _png(_edit_image()), "image/png")},
+        timeout=120,
+    )
+    assert _pngs(img2img) != results["hybrid"]
+
+
+def test_json_edit_with_white_mask_matches_multipart_with_transparent_mask(gateways):
+    grey = Image.new("L", (64, 64), 0)
+    grey.paste(255, (16, 16, 48, 40))  # white = repaint, the same square as _openai_mask
+    gateway = gateways["three-endpoints"]
+    as_json = httpx.post(
+        f"{gateway.url}/v1/images/edits",
+        json={
+            **{k: v for k, v in EDIT_FIELDS.items()},
+            "n": 1,
+            "image": base64.b64encode(_png(_edit_image())).decode(),
+            "mask": base64.b64encode(_png(grey)).decode(),
+        },
+        timeout=120,
+    )
+    as_multipart = httpx.post(
+        f"{gateway.url}/v1/images/edits",
+        data={**EDIT_FIELDS, "n": "1"},
+        files={
+            "image": ("image.png", _png(_edit_image()), "image/png"),
+            "mask": ("mask.png", _png(_openai_mask()), "image/png"),
+        },
+        timeout=120,
+    )
+    assert _pngs(as_json) == _pngs(as_multipart)
+
+
+def test_openai_client_images_edit(gateways):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=gateways["hybrid"].url + "/v1", api_key="unused")
+    result = client.images.edit(
+        image=("image.png", _png(_edit_image()), "image/png"),
+        mask=("mask.png", _png(_openai_mask()), "image/png"),
+        prompt="a red door",
+        n=1,
+        size="64x64",
+        response_format="b64_json",
+    )
+    assert Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json))).size == (64, 64)
+
+
+@pytest.mark.parametrize(
+    ("files", "data", "status", "param"),
+    [
+        ({"image": ("x.png", b"not an image", "image/png")}, {}, 422, "image"),
+        (
+            {
+                "image": ("x.png", _png(_edit_image()), "image/png"),
+                "mask": ("m.png", _png(_openai_mask(32)), "image/png"),
+            },
+            {},
+            422,
+            "mask",
+        ),
+        ({"image": ("x.png", _png(_edit_image(96)), "image/png")}, {}, 422, "image"),
+        ({"image": ("x.png", _png(_edit_image()), "image/png")}, {"size": "96x96"}, 422, "size"),
+        (
+            {"image": ("x.png", _png(_edit_image()), "image/png")},
+            {"strength": "0"},
+            422,
+            "strength",
+        ),
+        (
+            {"image": ("x.png", _png(_edit_image()), "image/png")},
+            {"strength": "2"},
+            422,
+            "strength",
+        ),
+        (
+            {"image": ("x.png", _png(Image.new("RGB", (5000, 5000))), "image/png")},
+            {},
+            413,
+            "image",
+        ),
+        (
+            {
+                "image": ("x.png", _png(_edit_image()), "image/png"),
+                "mask": ("m.png", _png(Image.new("L", (64, 64))), "image/png"),
+            },
+            {},
+            422,
+            "mask",
+        ),
+        ({}, {}, 422, "image"),
+    ],
+)
+def test_bad_edits_are_4xx_naming_the_field(gateways, files, data, status, param):
+    response = httpx.post(
+        f"{gateways['all-in-one'].url}/v1/images/edits",
+        data={"prompt": "x", **data},
+        files=files or {"unused": ("u.txt", b"", "text/plain")},
+        timeout=60,
+    )
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["param"] == param

@@ -25,7 +25,7 @@ from central.api import (
 from central.chain import Chain, EditInputs, GenerationParams, GenerationResult
 from shared.config import EXIT_CONFIG, ConfigError, Settings, format_size, load_settings
 from shared.errors import InvalidInput, UnsupportedMediaType
-from shared.http import configure_logging, create_app, serve
+from shared.http import cancel_on_disconnect, configure_logging, create_app, serve
 
 VERSION = "0.1.0"
 DEFAULT_PORT = 8000
@@ -87,9 +87,11 @@ def create_central_app(settings: Settings, chain: Chain | None = None) -> FastAP
     chain_info = {"model": settings.model, "weights": settings.weights_label}
 
     async def run(
-        params: GenerationParams, edit: EditInputs | None = None
+        request: Request, params: GenerationParams, edit: EditInputs | None = None
     ) -> tuple[GenerationResult, list[bytes]]:
-        result = await chain.generate(params, edit)
+        # A client that hangs up cancels the chain, which closes the stage connections,
+        # which frees the request's diffusion rows and skips its decode.
+        result = await cancel_on_disconnect(request, chain.generate(params, edit))
         pngs = await asyncio.to_thread(lambda: [encode_png(image) for image in result.images])
         return result, pngs
 
@@ -99,9 +101,9 @@ def create_central_app(settings: Settings, chain: Chain | None = None) -> FastAP
         return await chain.describe_stages()
 
     @app.post("/v1/images/generations", tags=["images"])
-    async def generations(body: ImageGenerationRequest) -> dict[str, Any]:
+    async def generations(body: ImageGenerationRequest, request: Request) -> dict[str, Any]:
         """Text to image, in the OpenAI Images API shape (plus per-image seeds and timings)."""
-        result, pngs = await run(body.to_params(settings))
+        result, pngs = await run(request, body.to_params(settings))
         return generation_response(result, pngs, body.response_format, chain_info)
 
     edit_body_doc = {
@@ -168,7 +170,7 @@ def create_central_app(settings: Settings, chain: Chain | None = None) -> FastAP
             raise UnsupportedMediaType(
                 "send multipart/form-data (OpenAI) or application/json", param="body"
             )
-        result, pngs = await run(params, edit)
+        result, pngs = await run(request, params, edit)
         return generation_response(result, pngs, body.response_format, chain_info)
 
     @app.post(
@@ -177,9 +179,9 @@ def create_central_app(settings: Settings, chain: Chain | None = None) -> FastAP
         response_class=Response,
         responses={200: {"content": {"image/png": {}}, "description": "The image as PNG."}},
     )
-    async def hugging_face_text_to_image(body: HfTextToImageRequest) -> Response:
+    async def hugging_face_text_to_image(body: HfTextToImageRequest, request: Request) -> Response:
         """What `huggingface_hub.InferenceClient(model=URL).text_to_image()` sends."""
-        result, pngs = await run(body.to_params(settings))
+        result, pngs = await run(request, body.to_params(settings))
         return Response(pngs[0], media_type="image/png", headers={"X-Seed": str(result.seeds[0])})
 
     return app

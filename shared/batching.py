@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from shared.errors import QueueFull
 
@@ -35,7 +35,7 @@ class ModelWorker:
     def __init__(self, name: str, *, queue_size: int) -> None:
         self.name = name
         self.queue_size = queue_size
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
         self._pending = 0
 
     @property
@@ -56,7 +56,7 @@ class ModelWorker:
 
         try:
             loop = asyncio.get_running_loop()
-            result, started, finished = await loop.run_in_executor(self._executor, timed)
+            result, started, finished = await loop.run_in_executor(self.executor, timed)
         finally:
             self._pending -= 1
         return result, Timing(
@@ -65,7 +65,187 @@ class ModelWorker:
 
     def run_blocking(self, fn: Callable[[], T]) -> T:
         """Run on the model thread from synchronous code (start-up, warm-up)."""
-        return self._executor.submit(fn).result()
+        return self.executor.submit(fn).result()
 
     def shutdown(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+# --------------------------------------------------------------------------------------
+# Diffusion: step-level continuous batching
+
+
+StepFunction = Callable[[Any, list[Any]], None]
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(eq=False)
+class _StepJob:
+    """One request's rows inside the scheduler."""
+
+    rows: list[Any]  # shared.sampler.Row, all of one latent shape
+    group: Hashable  # rows of different groups (sizes) never share a model call
+    future: asyncio.Future[None]
+    enqueued: float
+    on_step: ProgressCallback | None = None
+    started: float | None = None
+    cancelled: bool = False
+
+    @property
+    def done(self) -> bool:
+        return all(r.done for r in self.rows)
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        row = max(self.rows, key=lambda r: r.position)
+        total = row.steps_done + row.position + 1
+        return row.steps_done, total
+
+
+@dataclass
+class BatchStats:
+    """What the scheduler did, for tests, benchmarks and metrics."""
+
+    model_calls: int = 0
+    rows_per_call: list[int] = field(default_factory=list)
+    cancelled_jobs: int = 0
+
+    def record(self, rows: int) -> None:
+        self.model_calls += 1
+        self.rows_per_call.append(rows)
+        del self.rows_per_call[:-1000]  # keep the recent history only
+
+
+class StepScheduler:
+    """Runs many requests' denoising rows together, one model call per step.
+
+    A request's rows join the running batch at the next step boundary and leave as soon as
+    they are done; each row keeps its own timestep, context, guidance and schedule, so
+    rows at different steps share a call. Rows are grouped (by latent shape): each call
+    serves the group of the oldest waiting request. Up to `max_rows` rows per call, taken
+    first come first served (`fcfs`) or one row per request in turn (`fair`). With
+    `continuous=False` one request runs to completion before the next starts (the
+    baseline the benchmarks compare against).
+    """
+
+    def __init__(
+        self,
+        worker: ModelWorker,
+        step: StepFunction,
+        *,
+        max_rows: int,
+        queue_size: int,
+        admission: str = "fcfs",
+        continuous: bool = True,
+    ) -> None:
+        self.worker = worker
+        self.step = step
+        self.max_rows = max_rows
+        self.queue_size = queue_size
+        self.admission = admission
+        self.continuous = continuous
+        self.stats = BatchStats()
+        self._jobs: list[_StepJob] = []  # admission order
+        self._wakeup: asyncio.Event | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting or running: what the autoscaler watches."""
+        return len(self._jobs)
+
+    async def run(
+        self, rows: list[Any], group: Hashable, on_step: ProgressCallback | None = None
+    ) -> Timing:
+        """Denoise `rows` in place; returns when they are all done (or raises)."""
+        if len(self._jobs) >= self.queue_size:
+            raise QueueFull(f"{self.worker.name} queue is full ({self.queue_size} requests)")
+        loop = asyncio.get_running_loop()
+        job = _StepJob(rows, group, loop.create_future(), time.perf_counter(), on_step)
+        self._jobs.append(job)
+        if self._loop_task is None or self._loop_task.done() or self._wakeup is None:
+            # (Re)started per event loop: asyncio primitives belong to the loop they run on.
+            self._wakeup = asyncio.Event()
+            self._loop_task = loop.create_task(self._loop(self._wakeup))
+        self._wakeup.set()
+        try:
+            await asyncio.shield(job.future)
+        except asyncio.CancelledError:
+            # The caller went away (client disconnect, cancel): free its rows at the
+            # next step boundary instead of computing an answer nobody reads.
+            job.cancelled = True
+            raise
+        finished = time.perf_counter()
+        started = job.started or finished
+        return Timing((started - job.enqueued) * 1000, (finished - started) * 1000)
+
+    def _select(self) -> tuple[list[_StepJob], list[Any]]:
+        live = [j for j in self._jobs if not j.cancelled and not j.done]
+        if not live:
+            return [], []
+        group = live[0].group
+        candidates = [j for j in live if j.group == group]
+        if not self.continuous:
+            candidates = candidates[:1]
+        chosen_rows: list[Any] = []
+        chosen_jobs: list[_StepJob] = []
+        if self.admission == "fair":
+            queues = [[r for r in j.rows if not r.done] for j in candidates]
+            while len(chosen_rows) < self.max_rows and any(queues):
+                for job, queue in zip(candidates, queues, strict=True):
+                    if queue and len(chosen_rows) < self.max_rows:
+                        chosen_rows.append(queue.pop(0))
+                        if job not in chosen_jobs:
+                            chosen_jobs.append(job)
+        else:
+            for job in candidates:
+                for row in job.rows:
+                    if not row.done and len(chosen_rows) < self.max_rows:
+                        chosen_rows.append(row)
+                        if job not in chosen_jobs:
+                            chosen_jobs.append(job)
+        return chosen_jobs, chosen_rows
+
+    def _retire(self) -> None:
+        """Answer finished requests and drop cancelled ones (at a step boundary)."""
+        remaining = []
+        for job in self._jobs:
+            if job.cancelled:
+                self.stats.cancelled_jobs += 1
+                if not job.future.done():
+                    job.future.cancel()
+            elif job.done:
+                if not job.future.done():
+                    job.future.set_result(None)
+            else:
+                remaining.append(job)
+        self._jobs = remaining
+
+    async def _loop(self, wakeup: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._retire()
+            jobs, rows = self._select()
+            if not rows:
+                if not self._jobs:
+                    return
+                wakeup.clear()
+                await wakeup.wait()
+                continue
+            now = time.perf_counter()
+            for job in jobs:
+                job.started = job.started or now
+            group = jobs[0].group
+            try:
+                await loop.run_in_executor(self.worker.executor, self.step, group, rows)
+            except Exception as exc:
+                # A failed model call fails every request that had rows in it.
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                self._jobs = [j for j in self._jobs if j not in jobs]
+                continue
+            self.stats.record(len(rows))
+            for job in jobs:
+                if job.on_step is not None and not job.cancelled:
+                    job.on_step(*job.progress)

@@ -86,7 +86,13 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(default=4, ge=1, le=64)
     default_steps: int = Field(default=25, ge=1, le=1000)
     max_steps: int = Field(default=100, ge=1, le=1000)
+    # Rows (images) per model call; the diffusion scheduler's running batch size.
     max_batch: int = Field(default=8, ge=1, le=256)
+    # Diffusion: requests join and leave the running batch at step boundaries. Off: one
+    # request at a time (for comparison).
+    continuous_batching: bool = True
+    # Which waiting rows fill a step: first come first served, or one per request in turn.
+    admission: Literal["fcfs", "fair"] = "fcfs"
     batch_wait_ms: float = Field(default=5.0, ge=0, le=10_000)
     queue_size: int = Field(default=64, ge=1, le=100_000)
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)

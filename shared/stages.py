@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.batching import ModelWorker, Timing
+from shared.batching import ModelWorker, ProgressCallback, StepScheduler, Timing
 from shared.config import Settings, Size, format_size
 from shared.errors import InvalidInput, ModelNotReady, UnsupportedSize
 from shared.execution import resolve_strategy
@@ -237,6 +237,27 @@ class LocalDiffusion(_LocalStage):
 
     components = ("diffusion_model",)
 
+    def __init__(self, settings: Settings, family: ModelFamily, worker: ModelWorker) -> None:
+        super().__init__(settings, family, worker)
+        self.scheduler = StepScheduler(
+            worker,
+            self._step,
+            max_rows=settings.max_batch,
+            queue_size=settings.queue_size,
+            admission=settings.admission,
+            continuous=settings.continuous_batching,
+        )
+
+    def _step(self, size: Any, rows: list[Row]) -> None:
+        """One scheduler step on the model thread: all `rows` share one UNet call."""
+        models = self._ready_models()
+        runner = models.diffusion[size]
+
+        def predict(latent: np.ndarray, t_emb: np.ndarray, ctx: np.ndarray) -> np.ndarray:
+            return runner({"latent": latent, "timestep_embedding": t_emb, "context": ctx})
+
+        sample_step(predict, rows, batched_cfg=models.strategy.batched_cfg)
+
     def warm_up(self, models: LoadedModels) -> None:
         shape = (1, self.family.spec.max_tokens, self.family.spec.context_dim)
         zeros = np.zeros(shape, dtype=np.float32)
@@ -362,18 +383,24 @@ class LocalDiffusion(_LocalStage):
         *,
         init_latent: np.ndarray | None = None,
         mask: np.ndarray | None = None,
+        on_step: ProgressCallback | None = None,
     ) -> DenoiseResult:
-        """txt2img; img2img with `init_latent`; inpaint with `init_latent` and `mask`."""
+        """txt2img; img2img with `init_latent`; inpaint with `init_latent` and `mask`.
+
+        Rows run under the step scheduler, sharing UNet calls with other requests;
+        `on_step(done, total)` is called after each step this request took part in.
+        """
         check_denoise_params(self.settings, params)
         self.check_contexts(context, unconditional_context, params.n)
         if mask is not None and init_latent is None:
             raise InvalidInput("inpainting needs init_latent", param="init_latent")
         self.check_init(params, init_latent, mask)
-        models = self._ready_models()
+        self._ready_models()
         base_seed = draw_seed() if params.seed is None else params.seed
         seeds = [base_seed + i for i in range(params.n)]
         rows = self.make_rows(context, unconditional_context, params, seeds, init_latent, mask)
-        latent, timing = await self.worker.run(lambda: self.denoise_sync(models, params, rows))
+        timing = await self.scheduler.run(rows, (params.width, params.height), on_step)
+        latent = np.concatenate([r.latent for r in rows])
         return DenoiseResult(latent=latent, seeds=seeds, timing=timing)
 
 

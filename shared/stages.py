@@ -248,6 +248,24 @@ class LocalDiffusion(_LocalStage):
             continuous=settings.continuous_batching,
         )
 
+    def describe(self) -> dict[str, Any]:
+        stats = self.scheduler.stats
+        recent = stats.rows_per_call
+        return {
+            **super().describe(),
+            "batching": {
+                "continuous": self.scheduler.continuous,
+                "admission": self.scheduler.admission,
+                "max_rows_per_call": self.scheduler.max_rows,
+                "queue_size": self.scheduler.queue_size,
+                "queue_depth": self.scheduler.queue_depth,
+                "model_calls": stats.model_calls,
+                "mean_rows_per_call": round(sum(recent) / len(recent), 3) if recent else 0.0,
+                "max_rows_in_a_call": max(recent, default=0),
+                "cancelled_requests": stats.cancelled_jobs,
+            },
+        }
+
     def _step(self, size: Any, rows: list[Row]) -> None:
         """One scheduler step on the model thread: all `rows` share one UNet call."""
         models = self._ready_models()

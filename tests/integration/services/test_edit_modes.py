@@ -133,7 +133,7 @@ def test_img2img_small_strength_stays_near_the_init_latent(remote, local):
     assert near_diff < far_diff / 5, (near_diff, far_diff)
     _, unchanged = _remote_latents(remote, "/v1/img2img", {}, {"strength": 0.01})
     np.testing.assert_array_equal(unchanged, init)  # round(0.06) = 0 steps
-    init_l, latent_l = _local_latents(local, strength=0.5)
+    _, latent_l = _local_latents(local, strength=0.5)
     _, latent_r = _remote_latents(remote, "/v1/img2img", {}, {"strength": 0.5})
     np.testing.assert_array_equal(latent_r, latent_l)
 

@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 CLIP_VOCAB_WHEEL := open-clip-torch==3.3.0
 EXTRAS ?= cpu,dev
 
-.PHONY: install up test lint unit integration benchmark clean
+.PHONY: install up test lint unit integration benchmark clean deploy-tools
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,20 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps "$(CLIP_VOCAB_WHEEL)"
 	touch $@
 
-install: $(BIN)/.installed
+install: $(BIN)/.installed deploy-tools
+
+# docker-compose (Debian's 1.29) renders the compose files in tests/unit/deploy.
+# Installed with apt when missing and we are root (CI is); without recommends, so no
+# Docker engine comes with it. hadolint and kubernetes-validate come with the dev extra;
+# kubectl (for kustomize) is on the machine image.
+deploy-tools:
+	@command -v docker-compose >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -q && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends docker-compose; \
+	  else \
+	    echo "docker-compose is missing: sudo apt-get install --no-install-recommends docker-compose" >&2; \
+	  fi; }
 
 up: install
 	$(BIN)/sdserve up $(ARGS)

@@ -537,6 +537,20 @@ def verdict(
     return f"does not agree: it is {ratio:.2f}x the {what}'s median"
 
 
+def load_warning(report: Record) -> list[str]:
+    """A warning line when other processes kept the CPUs busier than their count."""
+    m = report["machine"]
+    cpus = m.get("usable_cpus") or m.get("logical_cpus") or 1
+    loads = [m["load_average_at_start"][0], *report.get("load_average_at_end", [0])[:1]]
+    if m["device"] != "cpu" or max(loads) <= cpus:
+        return []
+    return [
+        f"- **Noisy run**: the 1-minute load average ({max(loads)}) exceeded the {cpus} "
+        "usable CPUs, so other processes competed for them; trust large differences only, "
+        "and re-run on an idle machine for numbers to act on."
+    ]
+
+
 def render_markdown(report: Record) -> str:
     m = report["machine"]
     auto = report["auto_strategy"]
@@ -561,6 +575,7 @@ def render_markdown(report: Record) -> str:
         + (f"; GPUs: {', '.join(m['gpus'])}" if m["gpus"] else ""),
         f"- Load average at start: {m['load_average_at_start']}, at end: "
         f"{report.get('load_average_at_end', '-')} (other processes may have been running)",
+        *load_warning(report),
         f"- Python {m['python']}, TensorFlow {m['tensorflow']}, Keras {m['keras']}, "
         f"keras-cv {m['keras_cv']}, NumPy {m['numpy']}; {m['os']}",
         f"- Total run time: {report.get('total_seconds', '-')} s",
@@ -572,8 +587,9 @@ def render_markdown(report: Record) -> str:
         "```",
         "",
     ]
-    auto_cpu = auto.get(m["device"], {})
+    auto_by_family = auto.get(m["device"], {})
     for name, fam in report["families"].items():
+        auto_cpu = auto_by_family.get(name, {})
         width, height = fam["size"]
         lines += [
             f"## {name} at {width}x{height}",
@@ -773,8 +789,9 @@ def main(argv: list[str] | None = None) -> int:
 
     shown_argv = sys.argv[1:] if argv is None else argv
     report: Record = {
-        "command": "KERAS_BACKEND=tensorflow python benchmarks/stages.py "
-        + " ".join(shlex.quote(a) for a in shown_argv),
+        "command": shlex.join(
+            ["KERAS_BACKEND=tensorflow", "python", "benchmarks/stages.py", *shown_argv]
+        ),
         "machine": machine_description(),
         "auto_strategy": AUTO_STRATEGY,
         "settings": {

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from shared.errors import QueueFull
 
@@ -249,3 +249,126 @@ class StepScheduler:
             for job in jobs:
                 if job.on_step is not None and not job.cancelled:
                     job.on_step(*job.progress)
+
+
+# --------------------------------------------------------------------------------------
+# Text encoder and decoder: request-level dynamic batching
+
+Item = TypeVar("Item")
+Output = TypeVar("Output")
+
+
+@dataclass(eq=False)
+class _BatchRequest(Generic[Item, Output]):
+    items: list[Item]
+    group: Hashable
+    future: asyncio.Future[list[Output]]
+    enqueued: float
+    started: float | None = None
+
+
+class DynamicBatcher(Generic[Item, Output]):
+    """Gathers concurrent requests into one model call (up to `max_batch` items, waiting
+    at most `max_wait_s` for company), runs it on the worker thread and hands each
+    request its slice. The model function must return one output per item: anything
+    else, or an exception, fails every request of that batch.
+    """
+
+    def __init__(
+        self,
+        worker: ModelWorker,
+        fn: Callable[[Hashable, list[Item]], list[Output]],
+        *,
+        max_batch: int,
+        max_wait_s: float,
+        queue_size: int,
+    ) -> None:
+        self.worker = worker
+        self.fn = fn
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.queue_size = queue_size
+        self.stats = BatchStats()
+        self._pending: list[_BatchRequest[Item, Output]] = []
+        self._wakeup: asyncio.Event | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    async def submit(
+        self, items: list[Item], group: Hashable = None
+    ) -> tuple[list[Output], Timing]:
+        if len(self._pending) >= self.queue_size:
+            raise QueueFull(f"{self.worker.name} queue is full ({self.queue_size} requests)")
+        loop = asyncio.get_running_loop()
+        request: _BatchRequest[Item, Output] = _BatchRequest(
+            items, group, loop.create_future(), time.perf_counter()
+        )
+        self._pending.append(request)
+        if self._loop_task is None or self._loop_task.done() or self._wakeup is None:
+            self._wakeup = asyncio.Event()
+            self._loop_task = loop.create_task(self._loop(self._wakeup))
+        self._wakeup.set()
+        outputs = await request.future
+        finished = time.perf_counter()
+        started = request.started or finished
+        return outputs, Timing((started - request.enqueued) * 1000, (finished - started) * 1000)
+
+    def _take(self) -> list[_BatchRequest[Item, Output]]:
+        group = self._pending[0].group
+        taken: list[_BatchRequest[Item, Output]] = []
+        size = 0
+        for request in self._pending:
+            if request.group != group or request.future.done():
+                continue
+            if taken and size + len(request.items) > self.max_batch:
+                break
+            taken.append(request)
+            size += len(request.items)
+        self._pending = [r for r in self._pending if r not in taken and not r.future.done()]
+        return taken
+
+    async def _loop(self, wakeup: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            # Give concurrent requests a moment to arrive, unless the batch is full.
+            deadline = self._pending[0].enqueued + self.max_wait_s
+            while sum(len(r.items) for r in self._pending) < self.max_batch:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                wakeup.clear()
+                try:
+                    await asyncio.wait_for(wakeup.wait(), remaining)
+                except TimeoutError:
+                    break
+            batch = self._take()
+            if not batch:
+                continue
+            items = [item for request in batch for item in request.items]
+            now = time.perf_counter()
+            for request in batch:
+                request.started = now
+            try:
+                outputs = await loop.run_in_executor(
+                    self.worker.executor, self.fn, batch[0].group, items
+                )
+                if len(outputs) != len(items):
+                    raise RuntimeError(
+                        f"{self.worker.name} model returned {len(outputs)} outputs "
+                        f"for {len(items)} inputs"
+                    )
+            except Exception as exc:
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_exception(exc)
+                continue
+            self.stats.record(len(items))
+            offset = 0
+            for request in batch:
+                count = len(request.items)
+                if not request.future.done():
+                    request.future.set_result(outputs[offset : offset + count])
+                offset += count

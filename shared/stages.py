@@ -14,7 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from shared.batching import ModelWorker, ProgressCallback, StepScheduler, Timing
+from shared.batching import (
+    DynamicBatcher,
+    ModelWorker,
+    ProgressCallback,
+    StepScheduler,
+    Timing,
+)
 from shared.config import Settings, Size, format_size
 from shared.errors import InvalidInput, ModelNotReady, UnsupportedSize
 from shared.execution import resolve_strategy
@@ -30,7 +36,7 @@ from shared.sampler import (
     initial_noise,
     sample_step,
 )
-from shared.tokenizer import PromptTokenizer, find_clip_vocab
+from shared.tokenizer import PromptTokenizer, TokenizedPrompt, find_clip_vocab
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,16 @@ class EncodedPrompts:
     token_counts: list[int]
     truncated: list[bool]
     timing: Timing | None = None
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    """One prompt's share of a text encoder batch."""
+
+    context: np.ndarray  # (T, D)
+    unconditional_context: np.ndarray  # (T, D)
+    token_count: int
+    truncated: bool
 
 
 @dataclass(frozen=True)
@@ -184,6 +200,15 @@ class LocalTextEncoder(_LocalStage):
     ) -> None:
         super().__init__(settings, family, worker)
         self.tokenizer = tokenizer
+        self.batcher: DynamicBatcher[tuple[TokenizedPrompt, TokenizedPrompt], PromptRow] = (
+            DynamicBatcher(
+                worker,
+                self._encode_rows,
+                max_batch=settings.max_batch,
+                max_wait_s=settings.batch_wait_ms / 1000,
+                queue_size=settings.queue_size,
+            )
+        )
 
     def warm_up(self, models: LoadedModels) -> None:
         for batch in (1, 2):
@@ -192,25 +217,55 @@ class LocalTextEncoder(_LocalStage):
     def encode_sync(
         self, models: LoadedModels, prompts: list[str], negative_prompts: list[str]
     ) -> EncodedPrompts:
+        pairs = self._tokenize(prompts, negative_prompts)
+        return self._assemble(self._run(models, pairs))
+
+    def _tokenize(
+        self, prompts: list[str], negative_prompts: list[str]
+    ) -> list[tuple[TokenizedPrompt, TokenizedPrompt]]:
+        return [
+            (
+                self.tokenizer.tokenize(p, param="prompts"),
+                self.tokenizer.tokenize(n, param="negative_prompts"),
+            )
+            for p, n in zip(prompts, negative_prompts, strict=True)
+        ]
+
+    def _run(
+        self, models: LoadedModels, pairs: list[tuple[TokenizedPrompt, TokenizedPrompt]]
+    ) -> list[PromptRow]:
+        """One text encoder call over every prompt, then every negative prompt."""
         assert models.text_encoder is not None
-        positive = [self.tokenizer.tokenize(p, param="prompts") for p in prompts]
-        negative = [self.tokenizer.tokenize(p, param="negative_prompts") for p in negative_prompts]
-        tokens = np.asarray([t.tokens for t in positive + negative], dtype=np.int32)
+        ordered = [p for p, _ in pairs] + [n for _, n in pairs]
+        tokens = np.asarray([t.tokens for t in ordered], dtype=np.int32)
         positions = np.tile(
             np.arange(self.family.spec.max_tokens, dtype=np.int32), (len(tokens), 1)
         )
         context = models.text_encoder({"tokens": tokens, "positions": positions})
-        batch = len(prompts)
+        batch = len(pairs)
+        return [
+            PromptRow(context[i], context[batch + i], p.token_count, p.truncated)
+            for i, (p, _) in enumerate(pairs)
+        ]
+
+    def _encode_rows(
+        self, _group: Any, pairs: list[tuple[TokenizedPrompt, TokenizedPrompt]]
+    ) -> list[PromptRow]:
+        return self._run(self._ready_models(), pairs)
+
+    @staticmethod
+    def _assemble(rows: list[PromptRow]) -> EncodedPrompts:
         return EncodedPrompts(
-            context=context[:batch],
-            unconditional_context=context[batch:],
-            token_counts=[t.token_count for t in positive],
-            truncated=[t.truncated for t in positive],
+            context=np.stack([r.context for r in rows]),
+            unconditional_context=np.stack([r.unconditional_context for r in rows]),
+            token_counts=[r.token_count for r in rows],
+            truncated=[r.truncated for r in rows],
         )
 
     async def encode(
         self, prompts: list[str], negative_prompts: list[str | None] | None = None
     ) -> EncodedPrompts:
+        """Encode prompts (batched with other requests' prompts into one model call)."""
         if not prompts:
             raise InvalidInput("at least one prompt is needed", param="prompts")
         if len(prompts) > self.settings.max_batch:
@@ -222,12 +277,12 @@ class LocalTextEncoder(_LocalStage):
             raise InvalidInput(
                 "negative_prompts must be as long as prompts", param="negative_prompts"
             )
-        # keras-cv's unconditional context is the encoding of the empty prompt.
-        negative_text = [n or "" for n in negatives]
-        models = self._ready_models()
-        result, timing = await self.worker.run(
-            lambda: self.encode_sync(models, prompts, negative_text)
-        )
+        self._ready_models()
+        # keras-cv's unconditional context is the encoding of the empty prompt. Tokenizing
+        # here refuses a bad prompt before it can share (and fail) a batch.
+        pairs = self._tokenize(prompts, [n or "" for n in negatives])
+        rows, timing = await self.batcher.submit(pairs)
+        result = self._assemble(rows)
         result.timing = timing
         return result
 
@@ -438,6 +493,30 @@ class LocalDecoder(_LocalStage):
 
     components = ("decoder", "image_encoder")
 
+    def __init__(self, settings: Settings, family: ModelFamily, worker: ModelWorker) -> None:
+        super().__init__(settings, family, worker)
+        # Rows of one size go through one model call; each batch is of one size.
+        self.decode_batcher: DynamicBatcher[np.ndarray, np.ndarray] = DynamicBatcher(
+            worker,
+            self._decode_rows,
+            max_batch=settings.max_batch,
+            max_wait_s=settings.batch_wait_ms / 1000,
+            queue_size=settings.queue_size,
+        )
+        self.encode_batcher: DynamicBatcher[np.ndarray, np.ndarray] = DynamicBatcher(
+            worker,
+            self._encode_rows,
+            max_batch=settings.max_batch,
+            max_wait_s=settings.batch_wait_ms / 1000,
+            queue_size=settings.queue_size,
+        )
+
+    def _decode_rows(self, size: Any, rows: list[np.ndarray]) -> list[np.ndarray]:
+        return list(self.decode_sync(self._ready_models(), np.stack(rows), size))
+
+    def _encode_rows(self, size: Any, rows: list[np.ndarray]) -> list[np.ndarray]:
+        return list(self.encode_image_sync(self._ready_models(), np.stack(rows), size))
+
     def warm_up(self, models: LoadedModels) -> None:
         for size in self.settings.sizes:
             for n in (1, 2):
@@ -464,9 +543,9 @@ class LocalDecoder(_LocalStage):
 
     async def decode(self, latent: np.ndarray) -> DecodeResult:
         size = self.size_of_latent(latent)
-        models = self._ready_models()
-        images, timing = await self.worker.run(lambda: self.decode_sync(models, latent, size))
-        return DecodeResult(images=images, timing=timing)
+        self._ready_models()
+        rows, timing = await self.decode_batcher.submit(list(latent.astype(np.float32)), size)
+        return DecodeResult(images=np.stack(rows), timing=timing)
 
     def size_of_images(self, images: np.ndarray) -> Size:
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
@@ -487,9 +566,9 @@ class LocalDecoder(_LocalStage):
     async def encode_image(self, images: np.ndarray) -> EncodeImageResult:
         """uint8 RGB images -> scaled latents (the init latent of img2img and inpaint)."""
         size = self.size_of_images(images)
-        models = self._ready_models()
-        latent, timing = await self.worker.run(lambda: self.encode_image_sync(models, images, size))
-        return EncodeImageResult(latent=latent, timing=timing)
+        self._ready_models()
+        rows, timing = await self.encode_batcher.submit(list(images), size)
+        return EncodeImageResult(latent=np.stack(rows), timing=timing)
 
 
 def make_text_encoder(settings: Settings) -> LocalTextEncoder:

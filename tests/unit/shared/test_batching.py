@@ -201,3 +201,87 @@ def test_without_continuous_batching_requests_run_one_at_a_time(worker):
 
     asyncio.run(main())
     assert [len(c) for c in model.calls] == [2, 2, 2, 1, 1, 1]
+
+
+# ---------------------------------------------------------------- dynamic batching
+
+
+class Doubler:
+    def __init__(self, drop_one=False, fail=False):
+        self.calls: list[tuple[object, list[int]]] = []
+        self.drop_one, self.fail = drop_one, fail
+
+    def __call__(self, group, items):
+        self.calls.append((group, list(items)))
+        if self.fail:
+            raise RuntimeError("model exploded")
+        out = [2 * i for i in items]
+        return out[:-1] if self.drop_one else out
+
+
+def _batcher(worker, model, **kwargs):
+    from shared.batching import DynamicBatcher
+
+    kwargs.setdefault("max_batch", 8)
+    kwargs.setdefault("max_wait_s", 0.05)
+    kwargs.setdefault("queue_size", 16)
+    return DynamicBatcher(worker, model, **kwargs)
+
+
+def test_concurrent_requests_share_one_call_and_get_their_own_slice(worker):
+    model = Doubler()
+    batcher = _batcher(worker, model)
+
+    async def main():
+        return await asyncio.gather(
+            batcher.submit([1, 2]), batcher.submit([3]), batcher.submit([4, 5, 6])
+        )
+
+    results = asyncio.run(main())
+    assert [r[0] for r in results] == [[2, 4], [6], [8, 10, 12]]
+    assert model.calls == [(None, [1, 2, 3, 4, 5, 6])]
+    assert batcher.stats.rows_per_call == [6]
+
+
+def test_max_batch_splits_and_groups_never_mix(worker):
+    model = Doubler()
+    batcher = _batcher(worker, model, max_batch=3)
+
+    async def main():
+        return await asyncio.gather(
+            batcher.submit([1, 2], "a"), batcher.submit([3, 4], "a"), batcher.submit([5], "b")
+        )
+
+    results = asyncio.run(main())
+    assert [r[0] for r in results] == [[2, 4], [6, 8], [10]]
+    assert all(len(items) <= 3 for _, items in model.calls)
+    assert {group for group, _ in model.calls} == {"a", "b"}
+    assert all(len({g}) == 1 for g, _ in model.calls)
+
+
+@pytest.mark.parametrize("model", [Doubler(drop_one=True), Doubler(fail=True)])
+def test_a_bad_batch_fails_every_waiter(worker, model):
+    batcher = _batcher(worker, model)
+
+    async def main():
+        return await asyncio.gather(
+            batcher.submit([1]), batcher.submit([2]), return_exceptions=True
+        )
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, RuntimeError) for r in results)
+    if model.drop_one:
+        assert "returned 1 outputs for 2 inputs" in str(results[0])
+
+
+def test_batcher_queue_is_bounded(worker):
+    batcher = _batcher(worker, Doubler(), queue_size=1, max_wait_s=0.2)
+
+    async def main():
+        first = asyncio.ensure_future(batcher.submit([1]))
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull):
+            await batcher.submit([2])
+        return await first
+
+    assert asyncio.run(main())[0] == [2]

@@ -26,6 +26,7 @@ from central.chain import Chain, EditInputs, GenerationParams, GenerationResult
 from shared.config import EXIT_CONFIG, ConfigError, Settings, format_size, load_settings
 from shared.errors import InvalidInput, UnsupportedMediaType
 from shared.http import cancel_on_disconnect, configure_logging, create_app, serve
+from shared.metrics import BatchingSource
 
 VERSION = "0.1.0"
 DEFAULT_PORT = 8000
@@ -67,6 +68,12 @@ class GatewayService:
                 "default_steps": settings.default_steps,
             },
         }
+
+    def batching_sources(self) -> list[BatchingSource]:
+        """The stages running in this process (remote ones export their own)."""
+        return [
+            source for stage in self.chain.local.values() for source in stage.batching_sources()
+        ]
 
     def close(self) -> None:
         """Remote clients are closed in the app's shutdown hook (they are async)."""

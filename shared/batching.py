@@ -109,11 +109,21 @@ class BatchStats:
     model_calls: int = 0
     rows_per_call: list[int] = field(default_factory=list)
     cancelled_jobs: int = 0
+    # Metrics hooks (shared.metrics): rows of each model call, and each request's timing.
+    on_call: list[Callable[[int], None]] = field(default_factory=list)
+    on_request: list[Callable[[Timing], None]] = field(default_factory=list)
 
     def record(self, rows: int) -> None:
         self.model_calls += 1
         self.rows_per_call.append(rows)
         del self.rows_per_call[:-1000]  # keep the recent history only
+        for hook in self.on_call:
+            hook(rows)
+
+    def request_done(self, timing: Timing) -> Timing:
+        for hook in self.on_request:
+            hook(timing)
+        return timing
 
 
 class StepScheduler:
@@ -177,7 +187,9 @@ class StepScheduler:
             raise
         finished = time.perf_counter()
         started = job.started or finished
-        return Timing((started - job.enqueued) * 1000, (finished - started) * 1000)
+        return self.stats.request_done(
+            Timing((started - job.enqueued) * 1000, (finished - started) * 1000)
+        )
 
     def _select(self) -> tuple[list[_StepJob], list[Any]]:
         live = [j for j in self._jobs if not j.cancelled and not j.done]
@@ -314,7 +326,8 @@ class DynamicBatcher(Generic[Item, Output]):
         outputs = await request.future
         finished = time.perf_counter()
         started = request.started or finished
-        return outputs, Timing((started - request.enqueued) * 1000, (finished - started) * 1000)
+        timing = Timing((started - request.enqueued) * 1000, (finished - started) * 1000)
+        return outputs, self.stats.request_done(timing)
 
     def _take(self) -> list[_BatchRequest[Item, Output]]:
         group = self._pending[0].group

@@ -19,6 +19,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -33,6 +34,7 @@ from shared.errors import (
     error_body,
     http_status_for,
 )
+from shared.metrics import BatchingSource, MetricsMiddleware, ServiceMetrics
 from shared.wire import MEDIA_TYPE, TensorSpec, decode_npz
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,9 @@ class Service(Protocol):
         """Build, load and warm the models (blocking; runs in a thread)."""
 
     def describe(self) -> Mapping[str, Any]: ...
+
+    def batching_sources(self) -> list[BatchingSource]:
+        """The batched models of this part, for /metrics."""
 
     def close(self) -> None: ...
 
@@ -243,6 +248,14 @@ def create_app(
                 server.should_exit = True
             return
         state["ready"] = True
+        described = service.describe()
+        metrics.set_info(
+            {
+                "service": service.name,
+                "family": described.get("family", ""),
+                "weights": described.get("weights", ""),
+            }
+        )
         log.info("%s is ready", service.name)
 
     @asynccontextmanager
@@ -260,6 +273,16 @@ def create_app(
     app.state.load_state = state
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    metrics = ServiceMetrics(service.name, service.batching_sources)
+    metrics.hook_batching()
+    app.state.metrics = metrics
+    # Outermost, so it also counts what the body limit refuses.
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    @app.get("/metrics", tags=["health"], response_class=Response)
+    async def prometheus_metrics() -> Response:
+        """Prometheus metrics: requests, latency, queue depth, batch sizes, model info."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

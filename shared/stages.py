@@ -26,6 +26,7 @@ from shared.errors import InvalidInput, ModelNotReady, UnsupportedSize
 from shared.execution import resolve_strategy
 from shared.families import get_family
 from shared.families.base import Component, ModelFamily
+from shared.metrics import BatchingSource
 from shared.models import LoadedModels, load_components
 from shared.sampler import (
     MAX_SEED,
@@ -161,6 +162,9 @@ class _LocalStage:
     def close(self) -> None:
         self.worker.shutdown()
 
+    def batching_sources(self) -> list[BatchingSource]:
+        return []
+
     def describe(self) -> dict[str, Any]:
         if self.models is None:
             return {"family": self.family.spec.name, "sizes": self._sizes(), "loading": True}
@@ -209,6 +213,10 @@ class LocalTextEncoder(_LocalStage):
                 queue_size=settings.queue_size,
             )
         )
+
+    def batching_sources(self) -> list[BatchingSource]:
+        batcher = self.batcher
+        return [BatchingSource("text_encoder", batcher.stats, lambda: batcher.queue_depth)]
 
     def warm_up(self, models: LoadedModels) -> None:
         for batch in (1, 2):
@@ -320,6 +328,10 @@ class LocalDiffusion(_LocalStage):
                 "cancelled_requests": stats.cancelled_jobs,
             },
         }
+
+    def batching_sources(self) -> list[BatchingSource]:
+        scheduler = self.scheduler
+        return [BatchingSource("diffusion", scheduler.stats, lambda: scheduler.queue_depth)]
 
     def _step(self, size: Any, rows: list[Row]) -> None:
         """One scheduler step on the model thread: all `rows` share one UNet call."""
@@ -510,6 +522,13 @@ class LocalDecoder(_LocalStage):
             max_wait_s=settings.batch_wait_ms / 1000,
             queue_size=settings.queue_size,
         )
+
+    def batching_sources(self) -> list[BatchingSource]:
+        decode, encode = self.decode_batcher, self.encode_batcher
+        return [
+            BatchingSource("decoder", decode.stats, lambda: decode.queue_depth),
+            BatchingSource("image_encoder", encode.stats, lambda: encode.queue_depth),
+        ]
 
     def _decode_rows(self, size: Any, rows: list[np.ndarray]) -> list[np.ndarray]:
         return list(self.decode_sync(self._ready_models(), np.stack(rows), size))

@@ -366,3 +366,37 @@ def test_bad_edits_are_4xx_naming_the_field(gateways, files, data, status, param
     )
     assert response.status_code == status, response.text
     assert response.json()["error"]["param"] == param
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 if absent)."""
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        if head.split("{")[0] != name:
+            continue
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            return float(value)
+    return 0.0
+
+
+def test_metrics_after_one_request(gateways):
+    gateway = gateways["all-in-one"]
+    before = httpx.get(f"{gateway.url}/metrics").text
+    response = httpx.post(
+        f"{gateway.url}/v1/images/generations", json={"prompt": "m", "steps": 3}, timeout=60
+    )
+    assert response.status_code == 200
+    text = httpx.get(f"{gateway.url}/metrics").text
+    route = {"route": "/v1/images/generations", "status": "200"}
+    assert _metric(text, "sdserve_http_requests_total", **route) == (
+        _metric(before, "sdserve_http_requests_total", **route) + 1
+    )
+    assert _metric(text, "sdserve_http_request_duration_seconds_count", route=route["route"]) >= 1
+    for stage in ("text_encoder", "diffusion", "decoder"):
+        assert _metric(text, "sdserve_batch_rows_count", stage=stage) >= 1, stage
+        assert _metric(text, "sdserve_model_queue_seconds_count", stage=stage) >= 1, stage
+        assert f'sdserve_queue_depth{{stage="{stage}"}}' in text
+    assert 'sdserve_model_info{family="tiny"' in text
+    assert "sdserve_http_requests_in_flight" in text

@@ -201,12 +201,12 @@ def main() -> None:
     parser.add_argument("--host", help="default: SDSERVE_HOST or 127.0.0.1")
     parser.add_argument("--port", type=int, help=f"default: SDSERVE_PORT or {DEFAULT_PORT}")
     args = parser.parse_args()
-    configure_logging("central")
     try:
         settings = load_settings()
     except ConfigError as exc:
         print(f"central: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
+    configure_logging("central", json_lines=settings.log_format == "json")
     serve(
         create_central_app(settings),
         args.host or settings.host,

@@ -34,6 +34,7 @@ from shared.errors import (
     error_from_body,
 )
 from shared.families import get_family
+from shared.logs import REQUEST_ID_HEADER, current_request_id
 from shared.sampler import mask_to_latent_grid
 from shared.stages import (
     DecodeResult,
@@ -107,6 +108,13 @@ def _timing_from_headers(headers: httpx.Headers) -> Timing | None:
         return None
 
 
+async def _send_request_id(request: httpx.Request) -> None:
+    """Carry the gateway request's id to the stage, so its log lines share it."""
+    request_id = current_request_id()
+    if request_id:
+        request.headers[REQUEST_ID_HEADER] = request_id
+
+
 class RemoteStage:
     """An httpx client of one stage service: pooled, with explicit timeouts."""
 
@@ -123,6 +131,7 @@ class RemoteStage:
             timeout=self.timeout,
             headers=headers,
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+            event_hooks={"request": [_send_request_id]},
         )
 
     async def post(self, path: str, **kwargs: Any) -> httpx.Response:

@@ -21,12 +21,12 @@ def run_service(name: str, factory: Callable[[Settings], FastAPI], default_port:
     parser.add_argument("--host", help="default: SDSERVE_HOST or 127.0.0.1")
     parser.add_argument("--port", type=int, help=f"default: SDSERVE_PORT or {default_port}")
     args = parser.parse_args()
-    configure_logging(name)
     try:
         settings = load_settings()
     except ConfigError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
+    configure_logging(name, json_lines=settings.log_format == "json")
     host = args.host or settings.host
     port = args.port or settings.port or default_port
     serve(factory(settings), host, port)

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     environment: Literal["development", "production"] = "development"
+    # One JSON object per log line (with request ids), or plain text for a terminal.
+    log_format: Literal["json", "text"] = "json"
     host: str = "127.0.0.1"
     # Each part has its own default port (central 8000, stages 8001-8003).
     port: int | None = Field(default=None, ge=1, le=65535)
@@ -103,6 +105,9 @@ class Settings(BaseSettings):
     decoder_url: str | None = None
     connect_timeout_s: float = Field(default=3.0, gt=0)
     read_timeout_s: float = Field(default=300.0, gt=0)
+
+    # On SIGTERM: refuse new requests (503) and finish in-flight ones for this long.
+    shutdown_grace_s: int = Field(default=30, ge=0, le=3600)
 
     # --- security ---
     # Stage services require `Authorization: Bearer <token>` on model routes when set.

@@ -94,6 +94,16 @@ class ModelNotReady(SdserveError):
         return {"Retry-After": "5"}
 
 
+class ShuttingDown(SdserveError):
+    """503: this process is draining before it exits; another replica should serve."""
+
+    status_code = 503
+    error_type = "shutting_down"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1", "Connection": "close"}
+
+
 class UpstreamUnavailable(SdserveError):
     """503: a stage service cannot be reached (connection refused, DNS, reset)."""
 
@@ -132,6 +142,7 @@ _BY_TYPE: dict[str, type[SdserveError]] = {
         PayloadTooLarge,
         QueueFull,
         ModelNotReady,
+        ShuttingDown,
         UpstreamUnavailable,
         UpstreamBadResponse,
         UpstreamTimeout,
@@ -172,6 +183,12 @@ def error_from_body(status_code: int, body: Any, *, stage: str) -> SdserveError:
         return InvalidInput(message, param=param)
     if cls is QueueFull:
         return QueueFull(message, param=param)
-    if cls in (UpstreamUnavailable, UpstreamBadResponse, UpstreamTimeout, ModelNotReady):
+    if cls in (
+        UpstreamUnavailable,
+        UpstreamBadResponse,
+        UpstreamTimeout,
+        ModelNotReady,
+        ShuttingDown,
+    ):
         return cls(message)
     return cls(message, param=param)

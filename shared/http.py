@@ -29,11 +29,13 @@ from shared.errors import (
     InvalidInput,
     PayloadTooLarge,
     SdserveError,
+    ShuttingDown,
     Unauthorized,
     UnsupportedMediaType,
     error_body,
     http_status_for,
 )
+from shared.logs import RequestIdMiddleware, configure_logging
 from shared.metrics import BatchingSource, MetricsMiddleware, ServiceMetrics
 from shared.wire import MEDIA_TYPE, TensorSpec, decode_npz
 
@@ -70,6 +72,24 @@ class Service(Protocol):
         """The batched models of this part, for /metrics."""
 
     def close(self) -> None: ...
+
+
+class DrainGuard:
+    """While the process shuts down, new requests get 503 (health checks still answer)."""
+
+    def __init__(self, app: ASGIApp, state: dict[str, Any]) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and self.state.get("draining")
+            and scope.get("path") not in ("/healthz", "/readyz", "/metrics")
+        ):
+            await _send_error(send, ShuttingDown("shutting down; retry on another replica"))
+            return
+        await self.app(scope, receive, send)
 
 
 class BodySizeLimit:
@@ -234,7 +254,7 @@ def create_app(
     readiness: ReadinessCheck | None = None,
     description: str = "",
 ) -> FastAPI:
-    state: dict[str, Any] = {"ready": False, "error": None}
+    state: dict[str, Any] = {"ready": False, "error": None, "draining": False}
 
     async def load_in_background() -> None:
         try:
@@ -273,11 +293,13 @@ def create_app(
     app.state.load_state = state
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(DrainGuard, state=state)
     metrics = ServiceMetrics(service.name, service.batching_sources)
     metrics.hook_batching()
     app.state.metrics = metrics
     # Outermost, so it also counts what the body limit refuses.
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestIdMiddleware)
 
     @app.get("/metrics", tags=["health"], response_class=Response)
     async def prometheus_metrics() -> Response:
@@ -293,7 +315,7 @@ def create_app(
     async def readyz() -> JSONResponse:
         """Ready: models are loaded and warmed, and any stage it calls is ready (else 503)."""
         body: dict[str, Any] = {}
-        ok = bool(state["ready"])
+        ok = bool(state["ready"]) and not state["draining"]
         if readiness is not None:
             stages_ok, body["stages"] = await readiness()
             ok = ok and stages_ok
@@ -323,21 +345,36 @@ def create_app(
     return app
 
 
+class _DrainingServer(uvicorn.Server):
+    """On SIGTERM/SIGINT: refuse new work (503) at once, then let uvicorn finish what is
+    in flight within the grace period before it exits."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.sdserve_app = app
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.sdserve_app.state.load_state["draining"] = True
+        super().handle_exit(sig, frame)
+
+
 def serve(app: FastAPI, host: str, port: int) -> None:
     """Run the app with uvicorn; exit non-zero if its models failed to load."""
-    config = uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False)
-    server = uvicorn.Server(config)
+    settings: Settings = app.state.settings
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=False,  # RequestIdMiddleware logs each request, with its id
+        log_config=None,  # keep our JSON handler for uvicorn's own lines
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
+    )
+    server = _DrainingServer(config, app)
     app.state.uvicorn_server = server
     server.run()
     if app.state.load_state.get("error"):
         sys.exit(1)
 
 
-def configure_logging(name: str) -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # httpx logs every request at INFO; readiness polls would drown the useful lines.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+__all__ = ["configure_logging", "create_app", "serve"]

@@ -28,6 +28,7 @@ from shared.families import get_family
 from shared.families.base import Component, ModelFamily
 from shared.metrics import BatchingSource
 from shared.models import LoadedModels, load_components
+from shared.progress import PreviewCallback, latent_preview, should_preview
 from shared.sampler import (
     MAX_SEED,
     Row,
@@ -469,11 +470,15 @@ class LocalDiffusion(_LocalStage):
         init_latent: np.ndarray | None = None,
         mask: np.ndarray | None = None,
         on_step: ProgressCallback | None = None,
+        on_preview: PreviewCallback | None = None,
+        preview_every: int = 0,
     ) -> DenoiseResult:
         """txt2img; img2img with `init_latent`; inpaint with `init_latent` and `mask`.
 
         Rows run under the step scheduler, sharing UNet calls with other requests;
-        `on_step(done, total)` is called after each step this request took part in.
+        `on_step(done, total)` is called after each step this request took part in, and
+        `on_preview(done, total, rgb)` every `preview_every` steps with a cheap uint8
+        picture of the latents (shared.progress.latent_preview).
         """
         check_denoise_params(self.settings, params)
         self.check_contexts(context, unconditional_context, params.n)
@@ -484,9 +489,31 @@ class LocalDiffusion(_LocalStage):
         base_seed = draw_seed() if params.seed is None else params.seed
         seeds = [base_seed + i for i in range(params.n)]
         rows = self.make_rows(context, unconditional_context, params, seeds, init_latent, mask)
-        timing = await self.scheduler.run(rows, (params.width, params.height), on_step)
+        progress = on_step
+        if on_preview is not None and preview_every > 0:
+            progress = _with_previews(rows, on_step, on_preview, preview_every)
+        timing = await self.scheduler.run(rows, (params.width, params.height), progress)
         latent = np.concatenate([r.latent for r in rows])
         return DenoiseResult(latent=latent, seeds=seeds, timing=timing)
+
+
+def _with_previews(
+    rows: list[Row],
+    on_step: ProgressCallback | None,
+    on_preview: PreviewCallback,
+    every: int,
+) -> ProgressCallback:
+    """A progress callback that also sends a preview of the rows every `every` steps."""
+    previewed: set[int] = set()  # RePaint resamples report a step more than once
+
+    def progress(done: int, total: int) -> None:
+        if on_step is not None:
+            on_step(done, total)
+        if should_preview(done, total, every) and done not in previewed:
+            previewed.add(done)
+            on_preview(done, total, latent_preview(np.concatenate([r.latent for r in rows])))
+
+    return progress
 
 
 def latent_to_images(decoded: np.ndarray) -> np.ndarray:

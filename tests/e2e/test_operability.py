@@ -1,0 +1,111 @@
+"""Request ids across the chain, JSON logs, and graceful shutdown, on real processes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.utils.servers import ServiceProcess, run_services
+from tests.utils.wire import npz
+
+TINY = {"SDSERVE_MODEL": "tiny", "SDSERVE_WEIGHTS": "random", "SDSERVE_SIZES": "64x64"}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    logs = tmp_path_factory.mktemp("operability")
+    stages = {
+        name: ServiceProcess(f"services.{name}", TINY, log_path=logs / f"{name}.log")
+        for name in ("text_encoder", "diffusion", "decoder")
+    }
+    with run_services(*stages.values()):
+        urls = {f"SDSERVE_{name.upper()}_URL": svc.url for name, svc in stages.items()}
+        central = ServiceProcess("central", {**TINY, **urls}, log_path=logs / "central.log")
+        with central:
+            yield central, stages
+
+
+def _json_lines(text: str) -> list[dict]:
+    events = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                events.append(json.loads(line))
+    return events
+
+
+def test_request_id_is_returned_and_reaches_every_stage_log(stack):
+    central, stages = stack
+    response = httpx.post(
+        f"{central.url}/v1/images/generations",
+        json={"prompt": "trace me", "steps": 2},
+        headers={"X-Request-ID": "req-42-abc"},
+        timeout=60,
+    )
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == "req-42-abc"
+    time.sleep(0.5)  # let the log lines reach the files
+    for name, service in {"central": central, **stages}.items():
+        events = [e for e in _json_lines(service.log_text()) if e.get("request_id")]
+        assert any(e["request_id"] == "req-42-abc" for e in events), name
+        assert all({"ts", "level", "service", "message"} <= set(e) for e in events)
+
+
+def test_a_made_up_id_when_none_or_unsafe_is_sent(stack):
+    central, _ = stack
+    made = httpx.get(f"{central.url}/v1/info").headers["x-request-id"]
+    assert len(made) == 16
+    unsafe = httpx.get(f"{central.url}/v1/info", headers={"X-Request-ID": "bad id <script>"})
+    assert unsafe.headers["x-request-id"] != "bad id <script>"
+
+
+def test_sigterm_refuses_new_work_and_finishes_what_is_in_flight(tmp_path):
+    service = ServiceProcess(
+        "services.diffusion",
+        {**TINY, "SDSERVE_MAX_STEPS": "1000", "SDSERVE_SHUTDOWN_GRACE_S": "60"},
+        log_path=tmp_path / "diffusion.log",
+    )
+    context = np.zeros((1, 77, 128), np.float32)
+    body = npz({"context": context, "unconditional_context": context})
+    headers = {"content-type": "application/x-npz"}
+    with service:
+        results: dict[str, httpx.Response] = {}
+
+        def long_request():
+            results["long"] = httpx.post(
+                f"{service.url}/v1/denoise",
+                params={"width": 64, "height": 64, "steps": 300, "seed": 1},
+                content=body,
+                headers=headers,
+                timeout=120,
+            )
+
+        thread = threading.Thread(target=long_request)
+        thread.start()
+        time.sleep(1.0)
+        os.kill(service.proc.pid, signal.SIGTERM)
+        time.sleep(0.3)
+        try:
+            refused = httpx.post(
+                f"{service.url}/v1/denoise",
+                params={"width": 64, "height": 64, "steps": 2},
+                content=body,
+                headers=headers,
+                timeout=10,
+            )
+            assert refused.status_code == 503
+            assert refused.json()["error"]["type"] == "shutting_down"
+        except httpx.ConnectError:
+            pass  # the listening socket is already closed: also a refusal
+        thread.join(timeout=120)
+        assert results["long"].status_code == 200, results["long"].text
+        # uvicorn re-raises the signal once it has drained: a clean SIGTERM exit.
+        assert service.proc.wait(timeout=30) in (0, -signal.SIGTERM)

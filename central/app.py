@@ -23,6 +23,8 @@ from central.api import (
     validated,
 )
 from central.chain import Chain, EditInputs, GenerationParams, GenerationResult
+from central.jobs import register_job_routes
+from central.webpage import register_web_page
 from shared.config import EXIT_CONFIG, ConfigError, Settings, format_size, load_settings
 from shared.errors import InvalidInput, UnsupportedMediaType
 from shared.http import cancel_on_disconnect, configure_logging, create_app, serve
@@ -89,8 +91,11 @@ def create_central_app(settings: Settings, chain: Chain | None = None) -> FastAP
         version=VERSION,
         readiness=chain.readiness,
         description=DESCRIPTION,
+        public_api=True,
     )
     app.router.on_shutdown.append(chain.aclose)
+    register_job_routes(app, chain, settings)
+    register_web_page(app)
     chain_info = {"model": settings.model, "weights": settings.weights_label}
 
     async def run(

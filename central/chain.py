@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -24,7 +25,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from shared.batching import Timing
+from shared.batching import ProgressCallback, Timing
 from shared.config import Settings
 from shared.errors import (
     SdserveError,
@@ -35,6 +36,19 @@ from shared.errors import (
 )
 from shared.families import get_family
 from shared.logs import REQUEST_ID_HEADER, current_request_id
+from shared.progress import (
+    ERROR,
+    PREVIEW,
+    PROGRESS,
+    STREAM_MEDIA_TYPE,
+    FrameReader,
+    PreviewCallback,
+    StreamError,
+    read_json_frame,
+    read_preview,
+    read_progress,
+    result_spec,
+)
 from shared.sampler import mask_to_latent_grid
 from shared.stages import (
     DecodeResult,
@@ -70,6 +84,9 @@ class DiffusionStage(Protocol):
         *,
         init_latent: np.ndarray | None = None,
         mask: np.ndarray | None = None,
+        on_step: ProgressCallback | None = None,
+        on_preview: PreviewCallback | None = None,
+        preview_every: int = 0,
     ) -> DenoiseResult: ...
 
 
@@ -227,6 +244,7 @@ class RemoteDiffusion(RemoteStage):
         self.spec = {
             "latent": TensorSpec("float32", (None, None, None, latent_channels), allow_fp16=True)
         }
+        self.stream_result_spec = result_spec(latent_channels)
 
     async def denoise(
         self,
@@ -236,7 +254,11 @@ class RemoteDiffusion(RemoteStage):
         *,
         init_latent: np.ndarray | None = None,
         mask: np.ndarray | None = None,
+        on_step: ProgressCallback | None = None,
+        on_preview: PreviewCallback | None = None,
+        preview_every: int = 0,
     ) -> DenoiseResult:
+        """One POST; with a progress callback, the streamed variant (shared.progress)."""
         query: dict[str, Any] = {
             "width": params.width,
             "height": params.height,
@@ -256,6 +278,12 @@ class RemoteDiffusion(RemoteStage):
                 tensors["mask"] = mask
                 query["num_resamples"] = params.num_resamples
                 path = "/v1/inpaint"
+        if on_step is not None or on_preview is not None:
+            if on_preview is not None and preview_every > 0:
+                query["preview_every"] = preview_every
+            query["stream"] = "true"
+            body = encode_npz(tensors)
+            return await self._denoise_streamed(path, query, body, params.n, on_step, on_preview)
         response = await self.post(
             path, params=query, content=encode_npz(tensors), headers={"content-type": MEDIA_TYPE}
         )
@@ -267,6 +295,107 @@ class RemoteDiffusion(RemoteStage):
         if len(seeds) != params.n or len(latent) != params.n:
             raise UpstreamBadResponse(f"diffusion stage returned {len(latent)} of {params.n}")
         return DenoiseResult(latent, seeds, _timing_from_headers(response.headers))
+
+    async def _denoise_streamed(
+        self,
+        path: str,
+        query: dict[str, Any],
+        body: bytes,
+        n: int,
+        on_step: ProgressCallback | None,
+        on_preview: PreviewCallback | None,
+    ) -> DenoiseResult:
+        """Read progress frames as the service sends them; the last frame is the answer.
+
+        Cancelling the caller closes the stream, and the service frees the rows.
+        """
+        reader = FrameReader(self.settings.max_body_bytes)
+        try:
+            async with self._stream(path, query, body) as response:
+                async for chunk in response.aiter_raw():
+                    for kind, payload in reader.feed(chunk):
+                        if kind == PROGRESS:
+                            if on_step is not None:
+                                on_step(*read_progress(payload))
+                        elif kind == PREVIEW:
+                            if on_preview is not None:
+                                on_preview(*self._streamed_preview(payload))
+                        elif kind == ERROR:
+                            error = read_json_frame(payload)
+                            status = error.get("status")
+                            status = status if isinstance(status, int) else 502
+                            raise error_from_body(status, error, stage=self.stage)
+                        else:
+                            return self._streamed_result(payload, n)
+        except (StreamError, _BadPayload) as exc:
+            raise UpstreamBadResponse(f"{self.stage} stage sent a bad stream: {exc}") from None
+        except httpx.TimeoutException:
+            raise UpstreamTimeout(
+                f"{self.stage} stage at {self.base_url} sent nothing for "
+                f"{self.settings.read_timeout_s:g}s"
+            ) from None
+        except httpx.TransportError as exc:
+            raise UpstreamUnavailable(
+                f"{self.stage} stage at {self.base_url} dropped the connection "
+                f"({exc.__class__.__name__})"
+            ) from None
+        raise UpstreamBadResponse(f"{self.stage} stage ended its stream without a result")
+
+    def _streamed_preview(self, payload: bytes) -> tuple[int, int, np.ndarray]:
+        try:
+            return read_preview(payload, max_bytes=self.settings.max_body_bytes)
+        except SdserveError as exc:
+            raise _BadPayload(str(exc)) from None
+
+    def _streamed_result(self, payload: bytes, n: int) -> DenoiseResult:
+        try:
+            arrays = decode_npz(
+                payload, self.stream_result_spec, max_bytes=self.settings.max_body_bytes
+            )
+        except SdserveError as exc:
+            raise _BadPayload(str(exc)) from None
+        latent, seeds = arrays["latent"], [int(s) for s in arrays["seeds"]]
+        if len(seeds) != n or len(latent) != n:
+            raise _BadPayload(f"returned {len(latent)} latents and {len(seeds)} seeds of {n}")
+        queue_ms, compute_ms = (float(v) for v in arrays["timing_ms"])
+        return DenoiseResult(latent, seeds, Timing(queue_ms, compute_ms))
+
+    @asynccontextmanager
+    async def _stream(
+        self, path: str, query: dict[str, Any], body: bytes
+    ) -> AsyncIterator[httpx.Response]:
+        """POST for a streamed answer: retries refused connections, maps HTTP errors."""
+        request = self.client.build_request(
+            "POST", path, params=query, content=body, headers={"content-type": MEDIA_TYPE}
+        )
+        for attempt in range(_CONNECT_RETRIES):
+            try:
+                response = await self.client.send(request, stream=True)
+                break
+            except (httpx.ConnectError, httpx.ConnectTimeout):
+                if attempt == _CONNECT_RETRIES - 1:
+                    raise UpstreamUnavailable(
+                        f"{self.stage} stage at {self.base_url} is unreachable"
+                    ) from None
+                await asyncio.sleep(min(1.0, 0.1 * 2**attempt))
+        try:
+            if response.status_code >= 400:
+                await response.aread()
+                try:
+                    error = response.json()
+                except ValueError:
+                    error = None
+                raise error_from_body(response.status_code, error, stage=self.stage)
+            media_type = response.headers.get("content-type", "").split(";")[0].strip()
+            if media_type != STREAM_MEDIA_TYPE:
+                raise UpstreamBadResponse(f"{self.stage} stage did not answer with a stream")
+            yield response
+        finally:
+            await response.aclose()
+
+
+class _BadPayload(Exception):
+    """A streamed frame that parsed but does not hold what it should."""
 
 
 class RemoteDecoder(RemoteStage):
@@ -406,10 +535,8 @@ class Chain:
         timings[name] = _stage_timing(result.timing, (time.perf_counter() - started) * 1000)
         return result
 
-    async def generate(
-        self, params: GenerationParams, edit: EditInputs | None = None
-    ) -> GenerationResult:
-        """Text to image; with `edit`, image to image (no mask) or inpainting."""
+    def check(self, params: GenerationParams) -> DenoiseParams:
+        """Refuse bad parameters (InvalidInput, UnsupportedSize) before any compute."""
         denoise_params = DenoiseParams(
             width=params.width,
             height=params.height,
@@ -420,8 +547,26 @@ class Chain:
             strength=params.strength,
             num_resamples=params.num_resamples,
         )
-        # Refuse bad parameters before any stage spends compute on the request.
         check_denoise_params(self.settings, denoise_params)
+        return denoise_params
+
+    async def generate(
+        self,
+        params: GenerationParams,
+        edit: EditInputs | None = None,
+        *,
+        on_step: ProgressCallback | None = None,
+        on_preview: PreviewCallback | None = None,
+        preview_every: int = 0,
+    ) -> GenerationResult:
+        """Text to image; with `edit`, image to image (no mask) or inpainting.
+
+        `on_step(step, total)` follows the diffusion stage step by step, local or remote;
+        `on_preview(step, total, rgb)` gets a small uint8 preview every `preview_every`
+        steps. Cancelling the call frees the request's rows and skips its decode.
+        """
+        # Refuse bad parameters before any stage spends compute on the request.
+        denoise_params = self.check(params)
         timings: dict[str, StageTiming] = {}
 
         encode_text = self._timed(
@@ -451,6 +596,9 @@ class Chain:
             denoise_params,
             init_latent=init_latent,
             mask=latent_mask,
+            on_step=on_step,
+            on_preview=on_preview,
+            preview_every=preview_every,
         )
         timings["diffusion"] = _stage_timing(
             denoised.timing, (time.perf_counter() - started) * 1000

@@ -101,18 +101,22 @@ def _text_encoder_module(
     ids = tf.TensorSpec((None, tokens_len), tf.int32, name="tokens")
     positions_spec = tf.TensorSpec((None, tokens_len), tf.int32, name="positions")
 
-    def serve(tokens: Any, positions: Any) -> dict[str, Any]:
+    def encode(tokens: Any, positions: Any) -> dict[str, Any]:
         context = model({"tokens": tokens, "positions": positions}, training=False)
         return {"context": tf.cast(context, tf.float32)}
+
+    serve = tf.function(encode, input_signature=[ids, positions_spec], autograph=False)
 
     def encode_tokens(tokens: Any) -> dict[str, Any]:
         positions = tf.tile(tf.range(tokens_len, dtype=tf.int32)[None], [tf.shape(tokens)[0], 1])
         return serve(tokens, positions)
 
     module = tf.Module(name="sdserve_text_encoder")
-    module.model = model
-    module.serve = tf.function(serve, input_signature=[ids, positions_spec])
-    module.encode_tokens = tf.function(encode_tokens, input_signature=[ids])
+    # The variables, not the Keras model: saving a model object makes TensorFlow trace
+    # every layer's call for the SavedModel, which is slow and not needed for serving.
+    module.model_variables = list(model.variables)
+    module.serve = serve
+    module.encode_tokens = tf.function(encode_tokens, input_signature=[ids], autograph=False)
     return module, {"serving_default": module.serve, "encode_tokens": module.encode_tokens}
 
 
@@ -133,8 +137,8 @@ def _decoder_module(
         return {"images": tf.cast(pixels, tf.uint8)}
 
     module = tf.Module(name="sdserve_decoder")
-    module.model = model
-    module.serve = tf.function(serve, input_signature=[latent_spec])
+    module.model_variables = list(model.variables)
+    module.serve = tf.function(serve, input_signature=[latent_spec], autograph=False)
     return module, {"serving_default": module.serve}
 
 
@@ -181,9 +185,21 @@ def _diffusion_module(
     alphas_table = tf.constant(alphas_cumprod(), tf.float64)
     batched_cfg = settings.batched_cfg == "on"
 
-    def eps(latent: Any, t_emb: Any, context: Any) -> Any:
+    def predict_noise(latent: Any, t_emb: Any, context: Any) -> Any:
         inputs = {"latent": latent, "timestep_embedding": t_emb, "context": context}
         return tf.cast(model(inputs, training=False), tf.float32)
+
+    # One trace of the UNet, called twice per step (or once, batched): tracing a big UNet
+    # is most of an export's time.
+    unet = tf.function(
+        predict_noise,
+        input_signature=[
+            tf.TensorSpec((None, *latent_shape), tf.float32),
+            tf.TensorSpec((None, TIMESTEP_EMBEDDING_DIM), tf.float32),
+            tf.TensorSpec((None, spec.max_tokens, spec.context_dim), tf.float32),
+        ],
+        autograph=False,
+    )
 
     def f32(value: Any) -> Any:
         # Coefficients in double, rounded to float32: what TF does with keras-cv's Python
@@ -214,11 +230,11 @@ def _diffusion_module(
             timesteps = ddim_timesteps_tf(num_steps)
         alphas = tf.gather(alphas_table, timesteps)
         alphas_prev = tf.concat([tf.ones([1], tf.float64), alphas[:-1]], 0)
-        x = latent
-        for i in tf.range(num_steps - 1, -1, -1):
+
+        def step(i: Any, x: Any) -> tuple[Any, Any]:
             t_emb = tf.tile(timestep_embedding_tf(timesteps[i])[None], [batch, 1])
             if batched_cfg:
-                both = eps(
+                both = unet(
                     tf.concat([x, x], 0),
                     tf.concat([t_emb, t_emb], 0),
                     tf.concat([unconditional, context], 0),
@@ -226,14 +242,28 @@ def _diffusion_module(
                 eps_uncond, eps_cond = both[:batch], both[batch:]
             else:
                 # keras-cv's order: the unconditional pass, then the conditional one.
-                eps_uncond = eps(x, t_emb, unconditional)
-                eps_cond = eps(x, t_emb, context)
-            guided = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+                eps_uncond = unet(x, t_emb, unconditional)
+                eps_cond = unet(x, t_emb, context)
+            eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
             a_t, a_prev = alphas[i], alphas_prev[i]
-            pred_x0 = (x - f32(tf.sqrt(1 - a_t)) * guided) / f32(tf.sqrt(a_t))
-            x = guided * f32(tf.sqrt(1.0 - a_prev)) + f32(tf.sqrt(a_prev)) * pred_x0
-            x = tf.ensure_shape(x, (None, *latent_shape))
+            pred_x0 = (x - f32(tf.sqrt(1 - a_t)) * eps) / f32(tf.sqrt(a_t))
+            x = eps * f32(tf.sqrt(1.0 - a_prev)) + f32(tf.sqrt(a_prev)) * pred_x0
+            return i - 1, x
+
+        # From the noisiest timestep down, as keras-cv walks them.
+        _, x = tf.while_loop(
+            lambda i, _x: i >= 0,
+            step,
+            (num_steps - 1, latent),
+            shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, *latent_shape])),
+        )
         return {"latent": x}
+
+    serve = tf.function(
+        denoise,
+        input_signature=[context_spec, uncond_spec, latent_spec, steps_spec, guidance_spec],
+        autograph=False,
+    )
 
     def generate_from_seed(
         context: Any, unconditional: Any, num_steps: Any, guidance_scale: Any, seed: Any
@@ -247,16 +277,15 @@ def _diffusion_module(
             return tf.random.stateless_normal(latent_shape, seed=row_seed, dtype=tf.float32)
 
         initial = tf.map_fn(noise, offsets, fn_output_signature=tf.float32)
-        return denoise(context, unconditional, initial, num_steps, guidance_scale)
+        return serve(context, unconditional, initial, num_steps, guidance_scale)
 
     module = tf.Module(name="sdserve_diffusion")
-    module.model = model
-    module.denoise = tf.function(
-        denoise, input_signature=[context_spec, uncond_spec, latent_spec, steps_spec, guidance_spec]
-    )
+    module.model_variables = list(model.variables)
+    module.denoise = serve
     module.generate_from_seed = tf.function(
         generate_from_seed,
         input_signature=[context_spec, uncond_spec, steps_spec, guidance_spec, seed_spec],
+        autograph=False,
     )
     return module, {
         "serving_default": module.denoise,

@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(default=5.0, ge=0, le=10_000)
     queue_size: int = Field(default=64, ge=1, le=100_000)
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # Central's jobs API (/v1/jobs): jobs held in memory at once, and how long a finished
+    # job's result is kept (or until room is needed for a new job).
+    max_jobs: int = Field(default=64, ge=1, le=100_000)
+    job_ttl_s: float = Field(default=600.0, gt=0)
 
     # --- topology (central) ---
     text_encoder_url: str | None = None
@@ -110,6 +114,11 @@ class Settings(BaseSettings):
     shutdown_grace_s: int = Field(default=30, ge=0, le=3600)
 
     # --- security ---
+    # Central: comma-separated API keys clients send as `Authorization: Bearer <key>`;
+    # unset means the public API is open. Health, metrics and the docs stay open.
+    api_keys: SecretStr | None = None
+    # Central: requests one API key may have in flight at once (429 beyond it).
+    max_concurrent_per_key: int = Field(default=4, ge=1, le=10_000)
     # Stage services require `Authorization: Bearer <token>` on model routes when set.
     internal_token: SecretStr | None = None
 

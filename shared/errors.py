@@ -56,6 +56,16 @@ class Forbidden(SdserveError):
     error_type = "forbidden"
 
 
+class TooManyRequests(SdserveError):
+    """429: this API key already has its allowed number of requests in flight."""
+
+    status_code = 429
+    error_type = "rate_limited"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
+
 class UnsupportedMediaType(SdserveError):
     """415: the body is not in the media type the route reads."""
 
@@ -138,6 +148,7 @@ _BY_TYPE: dict[str, type[SdserveError]] = {
         UnsupportedSize,
         Unauthorized,
         Forbidden,
+        TooManyRequests,
         UnsupportedMediaType,
         PayloadTooLarge,
         QueueFull,

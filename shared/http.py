@@ -8,6 +8,7 @@ and stops the process with a non-zero exit, so a supervisor (or Kubernetes) rest
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
 import sys
@@ -30,6 +31,7 @@ from shared.errors import (
     PayloadTooLarge,
     SdserveError,
     ShuttingDown,
+    TooManyRequests,
     Unauthorized,
     UnsupportedMediaType,
     error_body,
@@ -90,6 +92,64 @@ class DrainGuard:
             await _send_error(send, ShuttingDown("shutting down; retry on another replica"))
             return
         await self.app(scope, receive, send)
+
+
+# Open on a protected gateway: probes, metrics, docs and the web page's static files.
+_OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json")
+
+
+class ApiKeyGuard:
+    """`Authorization: Bearer <key>` on the public API, and a per-key concurrency cap.
+
+    Keys are compared in constant time against every configured key; only a digest of
+    the key names its concurrency slot, so keys never sit in memory as dict keys.
+    """
+
+    def __init__(self, app: ASGIApp, keys: list[str], max_concurrent: int) -> None:
+        self.app = app
+        self.keys = [k.encode() for k in keys]
+        self.max_concurrent = max_concurrent
+        self.in_flight: dict[str, int] = {}
+
+    def _protected(self, scope: Scope) -> bool:
+        path = str(scope.get("path", ""))
+        if path in _OPEN_PATHS or path.startswith("/docs"):
+            return False
+        # GETs of the page and of /v1/info are harmless; everything that runs a model
+        # (POST) or reads someone's job does need a key.
+        return scope.get("method") != "GET" or path.startswith("/v1/jobs")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self._protected(scope):
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, token = header.decode("latin-1").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            await _send_error(send, Unauthorized("an API key is required (Authorization: Bearer)"))
+            return
+        given = token.strip().encode()
+        # Check every key (no early exit), so timing does not tell which prefix matched.
+        matches = [hmac.compare_digest(given, key) for key in self.keys]
+        if not any(matches):
+            await _send_error(send, Forbidden("unknown API key"))
+            return
+        slot = hashlib.sha256(given).hexdigest()
+        if self.in_flight.get(slot, 0) >= self.max_concurrent:
+            await _send_error(
+                send,
+                TooManyRequests(
+                    f"this API key already has {self.max_concurrent} requests in flight"
+                ),
+            )
+            return
+        self.in_flight[slot] = self.in_flight.get(slot, 0) + 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight[slot] -= 1
+            if not self.in_flight[slot]:
+                del self.in_flight[slot]
 
 
 class BodySizeLimit:
@@ -253,6 +313,7 @@ def create_app(
     version: str,
     readiness: ReadinessCheck | None = None,
     description: str = "",
+    public_api: bool = False,
 ) -> FastAPI:
     state: dict[str, Any] = {"ready": False, "error": None, "draining": False}
 
@@ -294,6 +355,9 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(DrainGuard, state=state)
+    if public_api and settings.api_keys is not None:
+        keys = [k.strip() for k in settings.api_keys.get_secret_value().split(",") if k.strip()]
+        app.add_middleware(ApiKeyGuard, keys=keys, max_concurrent=settings.max_concurrent_per_key)
     metrics = ServiceMetrics(service.name, service.batching_sources)
     metrics.hook_batching()
     app.state.metrics = metrics

@@ -109,7 +109,7 @@ def progress_frame(step: int, total: int) -> bytes:
 
 
 def preview_frame(step: int, total: int, preview: np.ndarray) -> bytes:
-    arrays = {
+    arrays: dict[str, np.ndarray] = {
         "preview": np.asarray(preview, dtype=np.uint8),
         "step": np.array(step, dtype=np.int32),
         "total": np.array(total, dtype=np.int32),
@@ -125,7 +125,7 @@ def result_frame(
     *,
     fp16: bool = False,
 ) -> bytes:
-    arrays = {
+    arrays: dict[str, np.ndarray] = {
         "latent": latent,
         "seeds": np.asarray(seeds, dtype=np.int64),
         "timing_ms": np.array([queue_ms, compute_ms], dtype=np.float64),

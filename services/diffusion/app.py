@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -9,6 +11,8 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import Response
 
 from services import VERSION, run_service
+from services.diffusion.stream import stream_denoise
+from shared.batching import ProgressCallback
 from shared.config import Settings
 from shared.http import (
     NPZ_REQUEST_BODY,
@@ -19,6 +23,7 @@ from shared.http import (
     read_npz,
     require_internal_token,
 )
+from shared.progress import STREAM_MEDIA_TYPE, PreviewCallback
 from shared.sampler import MAX_SEED
 from shared.stages import (
     MAX_GUIDANCE_SCALE,
@@ -31,6 +36,15 @@ from shared.stages import (
 from shared.wire import TensorSpec, encode_npz
 
 DEFAULT_PORT = 8002
+MAX_PREVIEW_EVERY = 1000
+
+Denoise = Callable[[ProgressCallback | None, PreviewCallback | None], Awaitable[DenoiseResult]]
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    stream: bool
+    preview_every: int
 
 
 def _body_doc(members: str) -> dict[str, Any]:
@@ -65,12 +79,39 @@ def create_diffusion_app(settings: Settings, stage: LocalDiffusion | None = None
     denoise_params = Depends(params)
     fp16_query = Query(default=False, description="Send the latent back as float16.")
 
+    def stream_options(
+        stream: bool = Query(
+            default=False,
+            description=f"Answer {STREAM_MEDIA_TYPE}: progress frames after each step, then "
+            "the result frame (or an error frame); see shared/progress.py.",
+        ),
+        preview_every: int = Query(
+            default=0,
+            ge=0,
+            le=MAX_PREVIEW_EVERY,
+            description="Streaming: a small uint8 latent preview frame every k steps (0: none).",
+        ),
+    ) -> StreamOptions:
+        return StreamOptions(stream, preview_every)
+
+    streaming = Depends(stream_options)
+
+    async def answer(
+        request: Request, fp16: bool, options: StreamOptions, run: Denoise
+    ) -> Response:
+        if options.stream:
+            return await stream_denoise(request, run, fp16=fp16)
+        return reply(await cancel_on_disconnect(request, run(None, None)), fp16)
+
     def reply(result: DenoiseResult, fp16: bool) -> Response:
         headers = result.timing.headers() if result.timing else {}
         headers["X-Seeds"] = ",".join(str(s) for s in result.seeds)
         return npz_response(encode_npz({"latent": result.latent}, fp16=fp16), headers)
 
     latent_doc = npz_responses("npz with latent (n, h, w, c) float32; X-Seeds header")
+    latent_doc[200]["content"][STREAM_MEDIA_TYPE] = {
+        "schema": {"type": "string", "format": "binary"}
+    }
 
     @app.post(
         "/v1/denoise",
@@ -80,14 +121,26 @@ def create_diffusion_app(settings: Settings, stage: LocalDiffusion | None = None
         responses=latent_doc,
     )
     async def denoise(
-        request: Request, p: DenoiseParams = denoise_params, fp16: bool = fp16_query
+        request: Request,
+        p: DenoiseParams = denoise_params,
+        fp16: bool = fp16_query,
+        options: StreamOptions = streaming,
     ) -> Response:
         """Text to latent: DDIM with classifier-free guidance; image i uses seed + i."""
         t = await read_npz(request, txt2img_spec, settings)
-        result = await cancel_on_disconnect(
-            request, stage.denoise(t["context"], t["unconditional_context"], p)
+        return await answer(
+            request,
+            fp16,
+            options,
+            lambda on_step, on_preview: stage.denoise(
+                t["context"],
+                t["unconditional_context"],
+                p,
+                on_step=on_step,
+                on_preview=on_preview,
+                preview_every=options.preview_every,
+            ),
         )
-        return reply(result, fp16)
 
     @app.post(
         "/v1/img2img",
@@ -97,17 +150,27 @@ def create_diffusion_app(settings: Settings, stage: LocalDiffusion | None = None
         responses=latent_doc,
     )
     async def img2img(
-        request: Request, p: DenoiseParams = denoise_params, fp16: bool = fp16_query
+        request: Request,
+        p: DenoiseParams = denoise_params,
+        fp16: bool = fp16_query,
+        options: StreamOptions = streaming,
     ) -> Response:
         """Image to image: round(strength x steps) steps from the noised init latent."""
         t = await read_npz(request, img2img_spec, settings)
-        result = await cancel_on_disconnect(
+        return await answer(
             request,
-            stage.denoise(
-                t["context"], t["unconditional_context"], p, init_latent=t["init_latent"]
+            fp16,
+            options,
+            lambda on_step, on_preview: stage.denoise(
+                t["context"],
+                t["unconditional_context"],
+                p,
+                init_latent=t["init_latent"],
+                on_step=on_step,
+                on_preview=on_preview,
+                preview_every=options.preview_every,
             ),
         )
-        return reply(result, fp16)
 
     @app.post(
         "/v1/inpaint",
@@ -120,22 +183,29 @@ def create_diffusion_app(settings: Settings, stage: LocalDiffusion | None = None
         responses=latent_doc,
     )
     async def inpaint(
-        request: Request, p: DenoiseParams = denoise_params, fp16: bool = fp16_query
+        request: Request,
+        p: DenoiseParams = denoise_params,
+        fp16: bool = fp16_query,
+        options: StreamOptions = streaming,
     ) -> Response:
         """Inpainting, RePaint-style: the known region follows the init latent every step."""
         t = await read_npz(request, inpaint_spec, settings)
         mask = np.asarray(t["mask"], dtype=np.float32)
-        result = await cancel_on_disconnect(
+        return await answer(
             request,
-            stage.denoise(
+            fp16,
+            options,
+            lambda on_step, on_preview: stage.denoise(
                 t["context"],
                 t["unconditional_context"],
                 p,
                 init_latent=t["init_latent"],
                 mask=mask,
+                on_step=on_step,
+                on_preview=on_preview,
+                preview_every=options.preview_every,
             ),
         )
-        return reply(result, fp16)
 
     return app
 

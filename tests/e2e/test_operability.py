@@ -109,3 +109,70 @@ def test_sigterm_refuses_new_work_and_finishes_what_is_in_flight(tmp_path):
         assert results["long"].status_code == 200, results["long"].text
         # uvicorn re-raises the signal once it has drained: a clean SIGTERM exit.
         assert service.proc.wait(timeout=30) in (0, -signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def keyed_gateway(tmp_path_factory):
+    logs = tmp_path_factory.mktemp("keys")
+    gateway = ServiceProcess(
+        "central",
+        {
+            **TINY,
+            "SDSERVE_API_KEYS": "key-one,key-two",
+            "SDSERVE_MAX_CONCURRENT_PER_KEY": "1",
+            "SDSERVE_MAX_STEPS": "1000",
+        },
+        log_path=logs / "central.log",
+    )
+    with gateway:
+        yield gateway
+
+
+def test_api_keys_401_403_and_open_health(keyed_gateway):
+    url = keyed_gateway.url
+    body = {"prompt": "k", "steps": 2}
+    assert httpx.post(f"{url}/v1/images/generations", json=body).status_code == 401
+    wrong = httpx.post(
+        f"{url}/v1/images/generations", json=body, headers={"Authorization": "Bearer nope"}
+    )
+    assert wrong.status_code == 403 and wrong.json()["error"]["type"] == "forbidden"
+    right = httpx.post(
+        f"{url}/v1/images/generations",
+        json=body,
+        headers={"Authorization": "Bearer key-two"},
+        timeout=60,
+    )
+    assert right.status_code == 200
+    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/v1/info"):
+        assert httpx.get(f"{url}{path}").status_code == 200, path
+
+
+def test_per_key_concurrency_limit_is_429(keyed_gateway):
+    url = keyed_gateway.url
+    slow = {"prompt": "slow", "steps": 400, "size": "64x64"}
+    results: dict[str, httpx.Response] = {}
+
+    def first():
+        results["first"] = httpx.post(
+            f"{url}/v1/images/generations",
+            json=slow,
+            headers={"Authorization": "Bearer key-one"},
+            timeout=120,
+        )
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    time.sleep(1.0)
+    second = httpx.post(
+        f"{url}/v1/images/generations", json=slow, headers={"Authorization": "Bearer key-one"}
+    )
+    other_key = httpx.post(
+        f"{url}/v1/images/generations",
+        json={"prompt": "x", "steps": 2},
+        headers={"Authorization": "Bearer key-two"},
+        timeout=120,
+    )
+    thread.join(timeout=120)
+    assert second.status_code == 429 and second.headers["retry-after"]
+    assert other_key.status_code == 200
+    assert results["first"].status_code == 200

@@ -1,0 +1,446 @@
+// The sdserve web page: submits jobs to /v1/jobs and follows their event stream.
+// Plain JavaScript, no dependencies.
+"use strict";
+
+const $ = (selector) => document.querySelector(selector);
+
+const state = {
+  mode: "text", // "text" | "inpaint"
+  job: null, // {id, url, events_url}
+  events: null, // the EventSource of the running job
+  startedAt: 0,
+  source: null, // the image being inpainted (HTMLImageElement)
+  painting: false,
+  last: null, // last brush point
+};
+
+// ------------------------------------------------------------------ set-up
+
+async function loadInfo() {
+  try {
+    const response = await fetch("/v1/info");
+    const info = await response.json();
+    const sizes = info.sizes || [];
+    const select = $("#size");
+    select.replaceChildren(...sizes.map((size) => new Option(size, size)));
+    const limits = info.limits || {};
+    if (limits.max_steps) $("#steps").max = limits.max_steps;
+    if (limits.default_steps) $("#steps").value = limits.default_steps;
+    if (limits.max_images_per_request) $("#n").max = limits.max_images_per_request;
+    $("#model-badge").textContent =
+      `${info.family} · ${info.topology} · ${info.ready ? "ready" : "loading"}`;
+    $("#weights-warning").hidden = !info.random_weights;
+    resizeEditor();
+  } catch (error) {
+    $("#model-badge").textContent = "gateway unreachable";
+    setStatus(`Cannot reach the gateway: ${error}`, "error");
+  }
+}
+
+function setMode(mode) {
+  state.mode = mode;
+  $("#mode-text").classList.toggle("active", mode === "text");
+  $("#mode-inpaint").classList.toggle("active", mode === "inpaint");
+  $("#mode-text").setAttribute("aria-selected", String(mode === "text"));
+  $("#mode-inpaint").setAttribute("aria-selected", String(mode === "inpaint"));
+  $("#inpaint-panel").hidden = mode !== "inpaint";
+  $("#generate").textContent = mode === "inpaint" ? "Inpaint" : "Generate";
+}
+
+function setStatus(text, kind = "") {
+  const status = $("#status");
+  status.textContent = text;
+  status.className = kind;
+}
+
+function setRunning(running) {
+  $("#generate").disabled = running;
+  $("#cancel").disabled = !running;
+  document.body.classList.toggle("running", running);
+}
+
+// ----------------------------------------------------------- inpaint editor
+
+function selectedSize() {
+  const [width, height] = $("#size").value.split("x").map(Number);
+  return { width: width || 64, height: height || 64 };
+}
+
+function resizeEditor() {
+  const { width, height } = selectedSize();
+  const imageCanvas = $("#image-canvas");
+  const maskCanvas = $("#mask-canvas");
+  if (imageCanvas.width === width && imageCanvas.height === height) return;
+  // Keep what was painted, scaled to the new size.
+  const old = document.createElement("canvas");
+  old.width = maskCanvas.width;
+  old.height = maskCanvas.height;
+  old.getContext("2d").drawImage(maskCanvas, 0, 0);
+  for (const canvas of [imageCanvas, maskCanvas]) {
+    canvas.width = width;
+    canvas.height = height;
+  }
+  maskCanvas.getContext("2d").drawImage(old, 0, 0, width, height);
+  $("#editor").style.aspectRatio = `${width} / ${height}`;
+  drawSource();
+}
+
+function drawSource() {
+  const canvas = $("#image-canvas");
+  const context = canvas.getContext("2d");
+  context.clearRect(0, 0, canvas.width, canvas.height);
+  const image = state.source;
+  $("#editor").classList.toggle("empty", !image);
+  if (!image) return;
+  // Cover: fill the canvas, cropping the longer side around the centre.
+  const scale = Math.max(canvas.width / image.naturalWidth, canvas.height / image.naturalHeight);
+  const w = image.naturalWidth * scale;
+  const h = image.naturalHeight * scale;
+  context.drawImage(image, (canvas.width - w) / 2, (canvas.height - h) / 2, w, h);
+}
+
+function loadSource(url) {
+  return new Promise((resolve, reject) => {
+    const image = new Image();
+    image.onload = () => {
+      state.source = image;
+      clearMask();
+      drawSource();
+      resolve();
+    };
+    image.onerror = () => reject(new Error("not an image the browser can read"));
+    image.src = url;
+  });
+}
+
+function clearMask() {
+  const canvas = $("#mask-canvas");
+  canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+}
+
+function brushPoint(event) {
+  const canvas = $("#mask-canvas");
+  const rect = canvas.getBoundingClientRect();
+  return {
+    x: ((event.clientX - rect.left) / rect.width) * canvas.width,
+    y: ((event.clientY - rect.top) / rect.height) * canvas.height,
+  };
+}
+
+function brushWidth() {
+  // The slider is in screen pixels of the editor; the canvas may be smaller or larger.
+  const canvas = $("#mask-canvas");
+  const rect = canvas.getBoundingClientRect();
+  return (Number($("#brush").value) * canvas.width) / Math.max(rect.width, 1);
+}
+
+function paint(from, to) {
+  const context = $("#mask-canvas").getContext("2d");
+  context.globalCompositeOperation = $("#erase").checked ? "destination-out" : "source-over";
+  context.strokeStyle = "#ff2d6f";
+  context.fillStyle = "#ff2d6f";
+  context.lineCap = "round";
+  context.lineJoin = "round";
+  context.lineWidth = brushWidth();
+  context.beginPath();
+  context.moveTo(from.x, from.y);
+  context.lineTo(to.x, to.y);
+  context.stroke();
+  context.beginPath();
+  context.arc(to.x, to.y, context.lineWidth / 2, 0, Math.PI * 2);
+  context.fill();
+}
+
+function setUpBrush() {
+  const canvas = $("#mask-canvas");
+  canvas.addEventListener("pointerdown", (event) => {
+    if (!state.source) return;
+    state.painting = true;
+    canvas.setPointerCapture(event.pointerId);
+    state.last = brushPoint(event);
+    paint(state.last, state.last);
+    event.preventDefault();
+  });
+  canvas.addEventListener("pointermove", (event) => {
+    if (!state.painting) return;
+    const point = brushPoint(event);
+    paint(state.last, point);
+    state.last = point;
+  });
+  const stop = () => {
+    state.painting = false;
+  };
+  canvas.addEventListener("pointerup", stop);
+  canvas.addEventListener("pointercancel", stop);
+}
+
+// The mask the API wants: greyscale, white = repaint. Null when nothing is painted.
+function maskDataUrl() {
+  const canvas = $("#mask-canvas");
+  const painted = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  const out = document.createElement("canvas");
+  out.width = canvas.width;
+  out.height = canvas.height;
+  const context = out.getContext("2d");
+  const pixels = context.createImageData(out.width, out.height);
+  let any = false;
+  for (let i = 0; i < painted.length; i += 4) {
+    const value = painted[i + 3] >= 64 ? 255 : 0;
+    any = any || value > 0;
+    pixels.data[i] = pixels.data[i + 1] = pixels.data[i + 2] = value;
+    pixels.data[i + 3] = 255;
+  }
+  context.putImageData(pixels, 0, 0);
+  return any ? out.toDataURL("image/png") : null;
+}
+
+// -------------------------------------------------------------------- jobs
+
+function requestBody() {
+  const body = {
+    prompt: $("#prompt").value.trim(),
+    size: $("#size").value,
+    n: Number($("#n").value) || 1,
+    steps: Number($("#steps").value) || undefined,
+    guidance_scale: Number($("#guidance").value),
+    response_format: "b64_json",
+  };
+  const negative = $("#negative-prompt").value.trim();
+  if (negative) body.negative_prompt = negative;
+  const seed = $("#seed").value.trim();
+  if (seed !== "") body.seed = Number(seed);
+  if (state.mode === "inpaint") {
+    body.kind = "edit";
+    body.image = $("#image-canvas").toDataURL("image/png");
+    body.strength = Number($("#strength").value);
+    const mask = maskDataUrl();
+    if (mask) body.mask = mask;
+  }
+  return body;
+}
+
+async function submit(event) {
+  event.preventDefault();
+  if (state.job) return;
+  if (!$("#prompt").value.trim()) {
+    setStatus("Write a prompt first.", "error");
+    $("#prompt").focus();
+    return;
+  }
+  if (state.mode === "inpaint" && !state.source) {
+    setStatus("Load an image to inpaint first.", "error");
+    return;
+  }
+  const body = requestBody();
+  setRunning(true);
+  setStatus(body.kind === "edit" && !body.mask ? "Submitting (no mask: image to image)…" : "Submitting…");
+  $("#progress").max = 1;
+  $("#progress").value = 0;
+  $("#previews").replaceChildren();
+  let response;
+  let job;
+  try {
+    response = await fetch("/v1/jobs", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    job = await response.json();
+  } catch (error) {
+    setRunning(false);
+    setStatus(`Request failed: ${error}`, "error");
+    return;
+  }
+  if (!response.ok) {
+    setRunning(false);
+    const retry = response.headers.get("Retry-After");
+    setStatus(errorText(job.error, response.status) + (retry ? ` Retry in ${retry} s.` : ""), "error");
+    return;
+  }
+  state.job = job;
+  state.startedAt = performance.now();
+  $("#job-id").textContent = `job ${job.id}`;
+  follow(job);
+}
+
+function errorText(error, status) {
+  if (!error) return `HTTP ${status}`;
+  const param = error.param ? ` (${error.param})` : "";
+  return `${error.message}${param}`;
+}
+
+function follow(job) {
+  const events = new EventSource(job.events_url);
+  state.events = events;
+  const data = (event) => JSON.parse(event.data);
+  events.addEventListener("queued", () => setStatus("Queued…"));
+  events.addEventListener("progress", (event) => showProgress(data(event)));
+  events.addEventListener("preview", (event) => showPreviews(data(event)));
+  events.addEventListener("done", (event) => {
+    finish();
+    showResult(data(event).result);
+  });
+  events.addEventListener("cancelled", (event) => {
+    const { step, total } = data(event);
+    finish();
+    setStatus(`Cancelled at step ${step} of ${total}.`, "cancelled");
+  });
+  events.addEventListener("error", (event) => {
+    if (event.data === undefined) {
+      // The connection dropped: EventSource reconnects and is told the state again,
+      // unless the job is gone (central restarted).
+      if (events.readyState === EventSource.CLOSED) {
+        finish();
+        setStatus("Lost the job (did the gateway restart?). Submit it again.", "error");
+      }
+      return;
+    }
+    finish();
+    setStatus(`Failed: ${errorText(data(event).error)}`, "error");
+  });
+}
+
+function finish() {
+  if (state.events) state.events.close();
+  state.events = null;
+  state.job = null;
+  setRunning(false);
+  $("#previews").replaceChildren();
+}
+
+function showProgress({ step, total }) {
+  const progress = $("#progress");
+  progress.max = Math.max(total, 1);
+  progress.value = step;
+  setStatus(step >= total ? "Decoding…" : `Denoising: step ${step} of ${total}`);
+}
+
+function showPreviews({ images }) {
+  $("#previews").replaceChildren(
+    ...images.map((url) => {
+      const image = new Image();
+      image.src = url;
+      image.alt = "preview";
+      return image;
+    }),
+  );
+}
+
+async function cancel() {
+  if (!state.job) return;
+  $("#cancel").disabled = true;
+  setStatus("Cancelling…");
+  try {
+    await fetch(state.job.url, { method: "DELETE" });
+  } catch (error) {
+    setStatus(`Cancel failed: ${error}`, "error");
+  }
+}
+
+// ----------------------------------------------------------------- results
+
+function showResult(result) {
+  const seconds = ((performance.now() - state.startedAt) / 1000).toFixed(2);
+  $("#progress").value = $("#progress").max;
+  setStatus(`Done in ${seconds} s.`, "done");
+  const figures = result.data.map((item, i) => {
+    const url = item.url || `data:image/png;base64,${item.b64_json}`;
+    const figure = document.createElement("figure");
+    const image = new Image();
+    image.src = url;
+    image.alt = `image ${i + 1}, seed ${item.seed}`;
+    const caption = document.createElement("figcaption");
+    const seed = document.createElement("button");
+    seed.type = "button";
+    seed.className = "link seed";
+    seed.textContent = `seed ${item.seed}`;
+    seed.title = "Use this seed";
+    seed.addEventListener("click", () => {
+      $("#seed").value = item.seed;
+    });
+    const download = document.createElement("a");
+    download.href = url;
+    download.download = `sdserve-${item.seed}.png`;
+    download.textContent = "Download";
+    const inpaint = document.createElement("button");
+    inpaint.type = "button";
+    inpaint.className = "secondary inpaint-this";
+    inpaint.textContent = "Inpaint this";
+    inpaint.addEventListener("click", async () => {
+      setMode("inpaint");
+      await loadSource(url);
+      $("#editor").scrollIntoView({ behavior: "smooth", block: "center" });
+    });
+    caption.append(seed, download, inpaint);
+    figure.append(image, caption);
+    return figure;
+  });
+  $("#results").replaceChildren(...figures);
+  showTimings(result.timings || {});
+}
+
+function showTimings(timings) {
+  const stages = Object.entries(timings);
+  const total = (t) => t.queue_ms + t.compute_ms + t.transfer_ms;
+  const longest = Math.max(1, ...stages.map(([, t]) => total(t)));
+  const rows = stages.map(([name, t]) => {
+    const row = document.createElement("tr");
+    const cells = [name.replace("_", " "), t.queue_ms, t.compute_ms, t.transfer_ms].map((v) => {
+      const cell = document.createElement("td");
+      cell.textContent = typeof v === "number" ? `${v.toFixed(1)} ms` : v;
+      return cell;
+    });
+    const barCell = document.createElement("td");
+    barCell.className = "bar-cell";
+    for (const [part, value] of [["queue", t.queue_ms], ["compute", t.compute_ms], ["transfer", t.transfer_ms]]) {
+      const bar = document.createElement("span");
+      bar.className = `bar ${part}`;
+      bar.style.width = `${(100 * value) / longest}%`;
+      bar.title = `${part} ${value.toFixed(1)} ms`;
+      barCell.append(bar);
+    }
+    row.append(...cells, barCell);
+    return row;
+  });
+  $("#timings-body").replaceChildren(...rows);
+  const sum = stages.reduce((acc, [, t]) => acc + total(t), 0);
+  $("#timings-total").textContent = `stages: ${sum.toFixed(1)} ms in all`;
+  $("#timings").hidden = stages.length === 0;
+}
+
+// ------------------------------------------------------------------ wiring
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#generate-form").addEventListener("submit", submit);
+  $("#cancel").addEventListener("click", cancel);
+  $("#mode-text").addEventListener("click", () => setMode("text"));
+  $("#mode-inpaint").addEventListener("click", () => setMode("inpaint"));
+  $("#size").addEventListener("change", resizeEditor);
+  $("#clear-mask").addEventListener("click", clearMask);
+  $("#random-seed").addEventListener("click", () => {
+    $("#seed").value = "";
+  });
+  $("#image-file").addEventListener("change", async (event) => {
+    const file = event.target.files[0];
+    if (!file) return;
+    const url = URL.createObjectURL(file);
+    try {
+      await loadSource(url);
+    } catch (error) {
+      setStatus(`Cannot use that file: ${error.message}`, "error");
+    }
+  });
+  for (const [input, label, unit] of [["#brush", "#brush-value", " px"], ["#strength", "#strength-value", ""]]) {
+    const update = () => {
+      $(label).textContent = `${$(input).value}${unit}`;
+    };
+    $(input).addEventListener("input", update);
+    update();
+  }
+  $("#prompt").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("#generate-form").requestSubmit();
+  });
+  setUpBrush();
+  setMode("text");
+  loadInfo();
+});

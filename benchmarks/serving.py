@@ -88,6 +88,9 @@ PROMPT = "a photograph of an astronaut riding a horse"
 SEED = 1234
 GUIDANCE_SCALE = 7.5
 CLIENT_TIMEOUT_S = 120.0
+# Interleaving the sd-v1 topologies keeps two sd-v1 UNets (and two text encoders and
+# decoders) alive, about 12 GiB on CPU; below this much free memory they run one by one.
+SD_INTERLEAVE_MIN_GIB = 16.0
 GENERATIONS = "/v1/images/generations"
 
 # What each mode measures. Sizes are (width, height).
@@ -95,7 +98,7 @@ PLANS: dict[str, Record] = {
     "full": {
         "topologies": {
             "tiny": {"size": (64, 64), "n": 4, "steps": 5, "warmup": 2, "repeats": 10},
-            "sd-v1": {"size": (128, 128), "n": 4, "steps": 5, "warmup": 1, "repeats": 5},
+            "sd-v1": {"size": (128, 128), "n": 1, "steps": 5, "warmup": 1, "repeats": 5},
         },
         "keras_cv": {"size": (128, 128), "steps": 5, "repeats": 3, "xla_repeats": 2},
         "concurrency": {
@@ -105,13 +108,15 @@ PLANS: dict[str, Record] = {
                 "clients": [1, 2, 4, 8, 16],
                 "warmup_s": 3.0,
                 "window_s": 15.0,
+                "window_factor": 1.5,
             },
             "sd-v1": {
                 "size": (128, 128),
                 "steps": 3,
-                "clients": [1, 2, 4, 8],
+                "clients": [1, 4, 8],
                 "warmup_s": 8.0,
                 "window_s": 30.0,
+                "window_factor": 1.0,
             },
         },
         "overload": {
@@ -141,6 +146,7 @@ PLANS: dict[str, Record] = {
                 "clients": [1, 8],
                 "warmup_s": 2.0,
                 "window_s": 6.0,
+                "window_factor": 1.0,
             },
             "sd-v1": {
                 "size": (128, 128),
@@ -148,6 +154,7 @@ PLANS: dict[str, Record] = {
                 "clients": [1, 4],
                 "warmup_s": 5.0,
                 "window_s": 20.0,
+                "window_factor": 1.0,
             },
         },
         "overload": {
@@ -209,6 +216,34 @@ def proc_status_kib(pid: int, field: str = "VmRSS") -> int | None:
     except (OSError, ValueError):
         pass
     return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a process has used (/proc/<pid>/stat)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def cpu_snapshot(pids: Mapping[str, int]) -> dict[str, float | None]:
+    snap = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    snap["benchmark client"] = cpu_seconds(os.getpid())
+    return snap
+
+
+def cores_used(
+    before: Mapping[str, float | None], after: Mapping[str, float | None], seconds: float
+) -> dict[str, float | None]:
+    """Average CPU cores each process used between two snapshots."""
+    out: dict[str, float | None] = {}
+    for name, then in before.items():
+        now = after.get(name)
+        out[name] = (
+            round((now - then) / seconds, 2) if now is not None and then is not None else None
+        )
+    return out
 
 
 def stats_ms(samples_s: Sequence[float]) -> Record:
@@ -506,9 +541,21 @@ def summarize_topologies(records: list[Record]) -> Record:
             stages[stage] = parts
             stage_total = [a + b for a, b in zip(stage_total, totals, strict=True)]
         other = [r["e2e_ms"] - t for r, t in zip(rows, stage_total, strict=True)]
+        compute = [
+            sum(
+                float(r["timings"].get(s, {}).get("compute_ms", 0.0))
+                for s in ("text_encoder", "diffusion", "decoder")
+            )
+            for r in rows
+        ]
+        overhead = [r["e2e_ms"] - c for r, c in zip(rows, compute, strict=True)]
         out[topology] = {
             "e2e": stats_ms(e2e),
             "stages": stages,
+            # Model compute of the three stages, and everything else (serving overhead:
+            # batch waits, HTTP, npz, validation, PNG, JSON).
+            "compute_ms": round(float(np.median(compute)), 1),
+            "overhead_ms": round(float(np.median(overhead)), 1),
             # Client <-> gateway HTTP, validation, PNG encoding and the JSON response.
             "gateway_other_ms": round(float(np.median(other)), 1),
             "transfer_total_ms": round(
@@ -526,9 +573,16 @@ def summarize_topologies(records: list[Record]) -> Record:
                 1,
             ),
         }
-    base = out.get("all-in-one", {}).get("e2e", {}).get("median_ms")
+    aio = out.get("all-in-one", {})
+    base = aio.get("e2e", {}).get("median_ms")
     for entry in out.values():
         entry["ratio_to_all_in_one"] = ratio(entry["e2e"].get("median_ms"), base)
+        # The same ratio at equal model compute (all-in-one's): what the topology itself
+        # adds, free of load drift between measurements of different topologies.
+        if aio:
+            entry["ratio_at_equal_compute"] = ratio(
+                aio["compute_ms"] + entry["overhead_ms"], aio["compute_ms"] + aio["overhead_ms"]
+            )
     digests = {r["digest"] for r in records}
     out["_identical_images"] = len(digests) == 1
     return out
@@ -538,16 +592,26 @@ def section_topologies(plan: Record, args: argparse.Namespace, log_dir: Path) ->
     result: Record = {"families": {}}
     for family, cfg in plan.items():
         log(f"topologies: {family} {wxh(cfg['size'])} n={cfg['n']} steps={cfg['steps']}")
-        # tiny: every topology alive at once, requests interleaved. sd-v1: one topology
-        # at a time (memory), except that three-endpoints and hybrid share the same stage
-        # services (still one UNet alive).
-        if family == "tiny":
-            groups = [list(TOPOLOGIES)]
-        else:
-            groups = [["all-in-one"], ["three-endpoints", "hybrid"]]
+        # Every topology alive at once and requests interleaved, so load drift from other
+        # processes hits all of them alike. For sd-v1 that is two UNets (all-in-one's
+        # central, and the diffusion service that three-endpoints and hybrid share); with
+        # too little memory, or --sd-layout sequential, all-in-one runs first and the
+        # other two after it (one UNet alive at a time).
+        groups = [list(TOPOLOGIES)]
+        layout_note = "interleaved"
+        if family != "tiny":
+            available = mem_available_gib() or 0.0
+            if args.sd_layout == "sequential" or available < SD_INTERLEAVE_MIN_GIB:
+                groups = [["all-in-one"], ["three-endpoints", "hybrid"]]
+                layout_note = (
+                    "sequential (--sd-layout sequential)"
+                    if args.sd_layout == "sequential"
+                    else f"sequential: MemAvailable {available} GiB < {SD_INTERLEAVE_MIN_GIB}"
+                )
         records: list[Record] = []
         startup: Record = {}
         describe: Record = {}
+        rss: Record = {}
         for group in groups:
             needed = sorted({k for t in group for k in REMOTE_STAGES[t]})
             stages = {kind: (kind, {}) for kind in needed}
@@ -562,6 +626,7 @@ def section_topologies(plan: Record, args: argparse.Namespace, log_dir: Path) ->
                 log_dir,
             ) as stack:
                 startup["+".join(group)] = stack.ready_s
+                log(f"  MemAvailable {mem_available_gib()} GiB with {group} up")
                 with httpx.Client(timeout=30) as client:
                     describe[group[0]] = client.get(f"{stack.url(group[0])}/v1/stages").json()
                 urls = {t: stack.url(t) for t in group}
@@ -570,6 +635,8 @@ def section_topologies(plan: Record, args: argparse.Namespace, log_dir: Path) ->
                     sequential_rounds(urls, body, cfg["warmup"], cfg["repeats"])
                 )
                 records.extend(group_records)
+                for name, pid in stack.pids().items():
+                    rss[f"{'+'.join(group)}: {name}"] = round((proc_status_kib(pid) or 0) / 1024)
         execution = {}
         for stage_info in describe.values():
             for name, info in stage_info.items():
@@ -577,7 +644,9 @@ def section_topologies(plan: Record, args: argparse.Namespace, log_dir: Path) ->
                     execution[name] = info["execution"]
         result["families"][family] = {
             "config": {**cfg, "size": wxh(cfg["size"]), "groups": groups},
+            "layout": layout_note,
             "startup_ready_s": startup,
+            "rss_mib": rss,
             "execution": execution,
             "summary": summarize_topologies(records),
             "requests": records,
@@ -857,7 +926,7 @@ async def concurrency_levels(
                     log(f"  {mode} {clients} clients: skipped (would time out)")
                     continue
                 warmup = max(cfg["warmup_s"], expected)
-                window = max(cfg["window_s"], 1.5 * expected)
+                window = max(cfg["window_s"], cfg["window_factor"] * expected)
                 urls = {
                     "text_encoder": stack.url("text_encoder"),
                     "diffusion": stack.url(modes[mode]),
@@ -865,7 +934,11 @@ async def concurrency_levels(
                 }
                 before = {k: await batch_rows(client, u) for k, u in urls.items()}
                 load = load_average()
+                cpu_before, t_level = cpu_snapshot(stack.pids()), time.perf_counter()
                 level = await closed_loop(stack.url(mode), body, clients, warmup, window)
+                level["cores_used"] = cores_used(
+                    cpu_before, cpu_snapshot(stack.pids()), time.perf_counter() - t_level
+                )
                 idle = await wait_idle(client, stack.url(modes[mode]), 180)
                 after = {k: await batch_rows(client, u) for k, u in urls.items()}
                 # Each service's /metrics labels its model by stage name.
@@ -987,6 +1060,7 @@ async def overload_phase(
     """Closed loop without cancelling: every request runs to its answer (or the client
     timeout), so a request that hangs shows up as a timeout."""
     records: list[Record] = []
+    refusals: dict[str, int] = {}
     t0 = time.perf_counter()
     stop_issuing = t0 + duration_s
     issued = 0
@@ -1005,8 +1079,15 @@ async def overload_phase(
                     if status == 200:
                         response.json()
                     else:
-                        error_type = (response.json().get("error") or {}).get("type")
-                        status = f"{status} {error_type}"
+                        error = response.json().get("error") or {}
+                        status = f"{status} {error.get('type')}"
+                        message = str(error.get("message", ""))
+                        where = (
+                            message.split(" queue is full")[0]
+                            if "queue is full" in message
+                            else message[:60]
+                        )
+                        refusals[where] = refusals.get(where, 0) + 1
                 except httpx.TimeoutException:
                     status = "timeout"
                 except httpx.HTTPError as exc:
@@ -1029,6 +1110,7 @@ async def overload_phase(
         "duration_s": round(elapsed, 1),
         "requests": len(records),
         "status_counts": counts,
+        "refused_by": refusals,
         "ok_latency": stats_ms(ok),
         "refused_latency": stats_ms(refused),
         "ok_images_per_s": round(len(ok) / elapsed, 3),
@@ -1053,6 +1135,7 @@ def section_overload(plan: Record, args: argparse.Namespace, log_dir: Path) -> R
                 await asyncio.sleep(2)
                 sampler.phase = "moderate"
                 log(f"overload: moderate load, {plan['moderate_clients']} clients")
+                cpu, t = cpu_snapshot(st.pids()), time.perf_counter()
                 result["moderate"] = await overload_phase(
                     st.url("central"),
                     body,
@@ -1062,8 +1145,12 @@ def section_overload(plan: Record, args: argparse.Namespace, log_dir: Path) -> R
                     0.0,
                 )
                 result["moderate"]["load_1m"] = load_average()[0]
+                result["moderate"]["cores_used"] = cores_used(
+                    cpu, cpu_snapshot(st.pids()), time.perf_counter() - t
+                )
                 sampler.phase = "overload"
                 log(f"overload: {plan['overload_clients']} clients, queues of {queue}")
+                cpu, t = cpu_snapshot(st.pids()), time.perf_counter()
                 result["overload"] = await overload_phase(
                     st.url("central"),
                     body,
@@ -1073,6 +1160,9 @@ def section_overload(plan: Record, args: argparse.Namespace, log_dir: Path) -> R
                     plan["pause_after_503_s"],
                 )
                 result["overload"]["load_1m"] = load_average()[0]
+                result["overload"]["cores_used"] = cores_used(
+                    cpu, cpu_snapshot(st.pids()), time.perf_counter() - t
+                )
                 sampler.phase = "after"
                 await asyncio.sleep(3)
                 # Still serving normally afterwards?
@@ -1082,7 +1172,7 @@ def section_overload(plan: Record, args: argparse.Namespace, log_dir: Path) -> R
 
             asyncio.run(run())
         st.check_alive()
-    rss = sampler.summary()
+        rss = sampler.summary()  # while the processes are alive (VmHWM)
     growth: Record = {}
     for name, entry in rss.items():
         moderate = entry.get("moderate", {}).get("max_mib")
@@ -1845,6 +1935,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out-dir", default="benchmarks/results", help="where serving.* go")
     parser.add_argument(
         "--fresh", action="store_true", help="do not keep other sections from serving.json"
+    )
+    parser.add_argument(
+        "--sd-layout",
+        choices=("interleaved", "sequential"),
+        default="interleaved",
+        help="sd-v1 topologies: all alive and interleaved (2 UNets; needs ~16 GiB free) or "
+        "one after another (default: interleaved, sequential if memory is short)",
     )
     # Internal: the keras-cv comparison in a child process.
     parser.add_argument("--worker", help=argparse.SUPPRESS)

@@ -61,6 +61,7 @@ from shared.stages import (
     make_diffusion,
     make_text_encoder,
 )
+from shared.tracing import span
 from shared.wire import MEDIA_TYPE, TensorSpec, decode_npz, encode_npz
 
 log = logging.getLogger(__name__)
@@ -531,7 +532,8 @@ class Chain:
 
     async def _timed(self, name: str, timings: dict[str, StageTiming], call: Any) -> Any:
         started = time.perf_counter()
-        result = await call
+        with span(f"stage {name}", **{"sdserve.stage": name}):
+            result = await call
         timings[name] = _stage_timing(result.timing, (time.perf_counter() - started) * 1000)
         return result
 
@@ -590,16 +592,17 @@ class Chain:
                 )
 
         started = time.perf_counter()
-        denoised = await self.diffusion.denoise(
-            encoded.context,
-            encoded.unconditional_context,
-            denoise_params,
-            init_latent=init_latent,
-            mask=latent_mask,
-            on_step=on_step,
-            on_preview=on_preview,
-            preview_every=preview_every,
-        )
+        with span("stage diffusion", **{"sdserve.stage": "diffusion"}):
+            denoised = await self.diffusion.denoise(
+                encoded.context,
+                encoded.unconditional_context,
+                denoise_params,
+                init_latent=init_latent,
+                mask=latent_mask,
+                on_step=on_step,
+                on_preview=on_preview,
+                preview_every=preview_every,
+            )
         timings["diffusion"] = _stage_timing(
             denoised.timing, (time.perf_counter() - started) * 1000
         )
@@ -608,7 +611,10 @@ class Chain:
         chunks = []
         queue = compute = 0.0
         for i in range(0, len(denoised.latent), self.settings.max_batch):
-            decoded = await self.decoder.decode(denoised.latent[i : i + self.settings.max_batch])
+            with span("stage decoder", **{"sdserve.stage": "decoder"}):
+                decoded = await self.decoder.decode(
+                    denoised.latent[i : i + self.settings.max_batch]
+                )
             chunks.append(decoded.images)
             if decoded.timing:
                 queue += decoded.timing.queue_ms

@@ -3,8 +3,9 @@
 * ``sdserve up`` starts the stage services and the central gateway as processes on this
   machine (the same processes ``docker compose up`` runs), under
   :mod:`central.supervisor`, and prints how to call the gateway once it is ready.
-* ``sdserve generate PROMPT`` calls a running gateway's
-  ``POST /v1/images/generations`` and saves the images as PNG files.
+* ``sdserve generate PROMPT`` submits a job to a running gateway (``POST /v1/jobs``),
+  shows a progress bar fed by the job's event stream, and saves the images as PNG
+  files; Ctrl-C cancels the job on the gateway.
 
 This module imports nothing heavy at import time (no TensorFlow, Keras, pydantic or
 httpx): ``sdserve --help`` answers at once, and each subcommand imports what it needs.
@@ -228,9 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
         "generate",
         help="generate images with a running gateway and save them",
         description=(
-            "Call POST /v1/images/generations on a running gateway and save the images as "
-            "PNG files. With -n 1 the image goes to --output; with -n N > 1 to "
-            "OUT-0.png ... OUT-(N-1).png. Each path is printed with its seed."
+            "Submit a job to a running gateway (POST /v1/jobs), show its progress, and save "
+            "the images as PNG files. With -n 1 the image goes to --output; with -n N > 1 "
+            "to OUT-0.png ... OUT-(N-1).png. Each path is printed with its seed. Ctrl-C "
+            "cancels the job on the gateway."
         ),
     )
     gen.add_argument("prompt", metavar="PROMPT", help="what to draw")
@@ -271,7 +273,78 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long to wait for the images (default: 600)",
     )
+    add_export_savedmodel_parser(commands)
     return parser
+
+
+def add_export_savedmodel_parser(commands: Any) -> None:
+    export = commands.add_parser(
+        "export-savedmodel",
+        help="export the three stages as TF Serving SavedModels",
+        description=(
+            "Write the text encoder, diffusion (the whole DDIM loop) and decoder as "
+            "versioned TensorFlow SavedModels: OUT/<stage>/<version>/, with "
+            "OUT/<stage>/export.json describing them. Point TF Serving's "
+            "--model_base_path at OUT/<stage>. Settings not given as flags come from "
+            "SDSERVE_* variables. See central/export.py for the signatures."
+        ),
+    )
+    export.add_argument("--out", required=True, metavar="DIR", help="where to write")
+    export.add_argument(
+        "--model", choices=MODELS, default=None, help="model family (default: SDSERVE_MODEL)"
+    )
+    export.add_argument(
+        "--weights",
+        default=None,
+        metavar="random|pretrained|DIR",
+        help="weights to export (default: SDSERVE_WEIGHTS or random)",
+    )
+    export.add_argument(
+        "--size",
+        type=_size,
+        default=None,
+        metavar="WxH",
+        help="the image size the SavedModels serve (default: the first of SDSERVE_SIZES "
+        "or of the family's sizes)",
+    )
+    export.add_argument(
+        "--version", type=_positive_int, default=1, help="model version to write (default: 1)"
+    )
+    export.add_argument(
+        "--overwrite", action="store_true", help="replace that version if it exists"
+    )
+
+
+def cmd_export_savedmodel(args: argparse.Namespace) -> int:
+    from shared.config import ConfigError, load_settings
+    from shared.errors import SdserveError
+
+    overrides = {
+        key: value
+        for key, value in (("model", args.model), ("weights", args.weights), ("sizes", args.size))
+        if value is not None
+    }
+    try:
+        settings = load_settings(**overrides)
+    except ConfigError as exc:
+        print(f"sdserve export-savedmodel: {exc}", file=sys.stderr)
+        return 2
+    if settings.weights == "random":
+        print(
+            "!!! WEIGHTS ARE RANDOM: the exported models are untrained and make noise. "
+            "For real ones: --model sd-v1 --weights pretrained",
+            file=sys.stderr,
+        )
+    from central.export import export_savedmodels
+
+    try:
+        paths = export_savedmodels(settings, Path(args.out), args.version, overwrite=args.overwrite)
+    except (FileExistsError, ValueError, SdserveError) as exc:
+        print(f"sdserve export-savedmodel: error: {exc}", file=sys.stderr)
+        return 1
+    for stage, path in paths.items():
+        print(f"{stage}: {path}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -282,6 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_up(args)
     if args.command == "generate":
         return cmd_generate(args)
+    if args.command == "export-savedmodel":
+        return cmd_export_savedmodel(args)
     parser.print_help(sys.stderr)
     return 2
 
@@ -520,8 +595,13 @@ def _save_image(data: bytes, path: Path) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    """Submit a job, follow its events with a progress bar, save the images.
+
+    Ctrl-C cancels the job on the gateway (DELETE /v1/jobs/{id}) before exiting 130.
+    """
     import base64
     import binascii
+    import time
 
     import httpx
 
@@ -541,28 +621,58 @@ def cmd_generate(args: argparse.Namespace) -> int:
     payload.update({k: v for k, v in optional.items() if v is not None})
 
     def fail(message: str) -> int:
-        print(f"sdserve generate: error: {message}", file=sys.stderr)
+        print(f"sdserve generate: error: {message}", file=sys.stderr, flush=True)
         return 1
 
-    timeout = httpx.Timeout(args.timeout or None, connect=10.0)
-    try:
-        with httpx.Client(timeout=timeout) as client:
-            response = client.post(f"{url}/v1/images/generations", json=payload)
-    except httpx.ConnectError as exc:
-        return fail(
-            f"cannot reach an sdserve gateway at {url} ({exc}).\n"
-            "Is it running? Start one with `sdserve up`, or point --url at it."
-        )
-    except httpx.TimeoutException:
-        return fail(f"{url} did not answer within {args.timeout:g} s (see --timeout)")
-    except httpx.HTTPError as exc:
-        return fail(f"request to {url} failed: {exc.__class__.__name__}: {exc}")
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    with httpx.Client(timeout=httpx.Timeout(30.0, connect=10.0)) as client:
+        try:
+            response = client.post(f"{url}/v1/jobs", json=payload)
+        except httpx.ConnectError as exc:
+            return fail(
+                f"cannot reach an sdserve gateway at {url} ({exc}).\n"
+                "Is it running? Start one with `sdserve up`, or point --url at it."
+            )
+        except httpx.TimeoutException:
+            return fail(f"{url} did not answer in time")
+        except httpx.HTTPError as exc:
+            return fail(f"request to {url} failed: {exc.__class__.__name__}: {exc}")
+        if response.status_code >= 400:
+            return fail(_error_message(response.status_code, response.text))
+        try:
+            job = response.json()
+            job_id = str(job["id"])
+            job_url = f"{url}{job['url']}"
+            events_url = f"{url}{job['events_url']}"
+        except (ValueError, KeyError, TypeError) as exc:
+            return fail(f"unexpected response from {url}: {exc.__class__.__name__}: {exc}")
+        print(f"sdserve generate: job {job_id} submitted to {url}", file=sys.stderr, flush=True)
 
-    if response.status_code >= 400:
-        return fail(_error_message(response.status_code, response.text))
+        try:
+            outcome, data = _follow_job(client, events_url, deadline)
+        except KeyboardInterrupt:
+            _cancel_job(client, job_url)
+            print(f"sdserve generate: cancelled job {job_id}", file=sys.stderr, flush=True)
+            return 130
+        except _JobGone:
+            return fail(
+                f"job {job_id} is gone from {url} (did the gateway restart?); run the command again"
+            )
+        except _Failure as exc:
+            return fail(str(exc))
+
+    if outcome == "timeout":
+        with httpx.Client(timeout=10.0) as client:
+            _cancel_job(client, job_url)
+        return fail(
+            f"{url} did not finish within {args.timeout:g} s (see --timeout); job cancelled"
+        )
+    if outcome == "error":
+        return fail(_job_error_message(data.get("error")))
+    if outcome == "cancelled":
+        return fail(f"job {job_id} was cancelled on the gateway")
     try:
-        body = response.json()
-        items = body["data"]
+        items = data["result"]["data"]
         if not isinstance(items, list) or not items:
             raise TypeError("no images in data")
         images = [base64.b64decode(item["b64_json"], validate=True) for item in items]
@@ -578,6 +688,133 @@ def cmd_generate(args: argparse.Namespace) -> int:
         seed = item.get("seed") if isinstance(item, dict) else None
         print(f"{path} (seed {seed if seed is not None else 'unknown'})")
     return 0
+
+
+class _JobGone(Exception):
+    """The gateway no longer knows the job (404): it restarted, or the job expired."""
+
+
+class _Failure(Exception):
+    """The job could not be followed; the message says why."""
+
+
+FINAL_EVENTS = ("done", "error", "cancelled")
+# The gateway pings an idle event stream every 15 s; silence longer than this is a fault.
+_EVENTS_READ_TIMEOUT_S = 45.0
+_RECONNECTS = 3
+
+
+def _follow_job(client: Any, events_url: str, deadline: float | None) -> tuple[str, dict[str, Any]]:
+    """Follow the job's Server-Sent Events with a progress bar, to its final event.
+
+    Returns (event name, its data), or ("timeout", {}) past the deadline. A dropped
+    stream is reconnected (the gateway sends the job's current state first).
+    """
+    import time
+
+    import httpx
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    console = Console(stderr=True)
+    failures = 0
+    with Progress(
+        TextColumn("[bold]{task.description:<10}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("steps"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("queued", total=None)
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return "timeout", {}
+            read = _EVENTS_READ_TIMEOUT_S if remaining is None else min(remaining, 45.0)
+            try:
+                with client.stream(
+                    "GET",
+                    events_url,
+                    headers={"Accept": "text/event-stream"},
+                    timeout=httpx.Timeout(read, connect=10.0),
+                ) as response:
+                    if response.status_code == 404:
+                        raise _JobGone
+                    if response.status_code >= 400:
+                        response.read()
+                        raise _Failure(_error_message(response.status_code, response.text))
+                    for name, data in _server_sent_events(response.iter_lines()):
+                        failures = 0
+                        if deadline is not None and time.monotonic() > deadline:
+                            return "timeout", {}
+                        if name == "progress":
+                            step, total = int(data["step"]), int(data["total"])
+                            label = "decoding" if step >= total else "denoising"
+                            progress.update(task, description=label, completed=step, total=total)
+                        elif name == "queued":
+                            progress.update(task, description="queued")
+                        elif name in FINAL_EVENTS:
+                            if name == "done":
+                                steps = int(data.get("total") or 0)
+                                progress.update(
+                                    task, description="done", completed=steps, total=steps
+                                )
+                            return name, data
+            except httpx.HTTPError as exc:
+                failures += 1
+                if failures > _RECONNECTS:
+                    raise _Failure(
+                        f"lost the job's event stream ({exc.__class__.__name__}: {exc})"
+                    ) from None
+                time.sleep(0.5 * failures)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise _Failure(f"unexpected event from the gateway: {exc}") from None
+
+
+def _server_sent_events(lines: Any) -> Any:
+    """(event, JSON data) pairs from the lines of a text/event-stream body."""
+    name, data = "message", list[str]()
+    for line in lines:
+        if not line:
+            if data:
+                yield name, json.loads("\n".join(data))
+            name, data = "message", []
+        elif line.startswith(":"):
+            continue  # a comment: the server's keep-alive ping
+        else:
+            key, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if key == "event":
+                name = value
+            elif key == "data":
+                data.append(value)
+
+
+def _cancel_job(client: Any, job_url: str) -> None:
+    """DELETE the job; best effort (the gateway may already be gone)."""
+    import contextlib
+
+    import httpx
+
+    with contextlib.suppress(httpx.HTTPError):
+        client.delete(job_url, timeout=10.0)
+
+
+def _job_error_message(error: Any) -> str:
+    if not isinstance(error, dict):
+        return "the job failed"
+    message = str(error.get("message") or "the job failed")
+    extras = [str(error["type"])] if error.get("type") else []
+    if error.get("param"):
+        extras.append(f"param: {error['param']}")
+    return f"{message} ({', '.join(extras)})" if extras else message
 
 
 if __name__ == "__main__":

@@ -211,9 +211,7 @@ def _diffusion_module(
     ) -> dict[str, Any]:
         batch = tf.shape(latent)[0]
         checks = [
-            tf.debugging.assert_greater_equal(
-                num_steps, 1, message="num_steps must be at least 1"
-            ),
+            tf.debugging.assert_greater_equal(num_steps, 1, message="num_steps must be at least 1"),
             tf.debugging.assert_less_equal(
                 num_steps, NUM_TRAIN_TIMESTEPS, message="num_steps must be at most 1000"
             ),

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from shared.errors import QueueFull
+from shared.tracing import batched_call_span, current_span_context
 
 T = TypeVar("T")
 
@@ -90,6 +91,7 @@ class _StepJob:
     on_step: ProgressCallback | None = None
     started: float | None = None
     cancelled: bool = False
+    trace_context: Any = None  # the request's span, linked from each model call
 
     @property
     def done(self) -> bool:
@@ -172,6 +174,7 @@ class StepScheduler:
             raise QueueFull(f"{self.worker.name} queue is full ({self.queue_size} requests)")
         loop = asyncio.get_running_loop()
         job = _StepJob(rows, group, loop.create_future(), time.perf_counter(), on_step)
+        job.trace_context = current_span_context()
         self._jobs.append(job)
         if self._loop_task is None or self._loop_task.done() or self._wakeup is None:
             # (Re)started per event loop: asyncio primitives belong to the loop they run on.
@@ -249,7 +252,10 @@ class StepScheduler:
                 job.started = job.started or now
             group = jobs[0].group
             try:
-                await loop.run_in_executor(self.worker.executor, self.step, group, rows)
+                with batched_call_span(
+                    f"{self.worker.name} step", len(rows), [j.trace_context for j in jobs]
+                ):
+                    await loop.run_in_executor(self.worker.executor, self.step, group, rows)
             except Exception as exc:
                 # A failed model call fails every request that had rows in it.
                 for job in jobs:
@@ -277,6 +283,7 @@ class _BatchRequest(Generic[Item, Output]):
     future: asyncio.Future[list[Output]]
     enqueued: float
     started: float | None = None
+    trace_context: Any = None
 
 
 class DynamicBatcher(Generic[Item, Output]):
@@ -316,7 +323,7 @@ class DynamicBatcher(Generic[Item, Output]):
             raise QueueFull(f"{self.worker.name} queue is full ({self.queue_size} requests)")
         loop = asyncio.get_running_loop()
         request: _BatchRequest[Item, Output] = _BatchRequest(
-            items, group, loop.create_future(), time.perf_counter()
+            items, group, loop.create_future(), time.perf_counter(), None, current_span_context()
         )
         self._pending.append(request)
         if self._loop_task is None or self._loop_task.done() or self._wakeup is None:
@@ -365,9 +372,12 @@ class DynamicBatcher(Generic[Item, Output]):
             for request in batch:
                 request.started = now
             try:
-                outputs = await loop.run_in_executor(
-                    self.worker.executor, self.fn, batch[0].group, items
-                )
+                with batched_call_span(
+                    f"{self.worker.name} call", len(items), [r.trace_context for r in batch]
+                ):
+                    outputs = await loop.run_in_executor(
+                        self.worker.executor, self.fn, batch[0].group, items
+                    )
                 if len(outputs) != len(items):
                     raise RuntimeError(
                         f"{self.worker.name} model returned {len(outputs)} outputs "

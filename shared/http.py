@@ -39,6 +39,7 @@ from shared.errors import (
 )
 from shared.logs import RequestIdMiddleware, configure_logging
 from shared.metrics import BatchingSource, MetricsMiddleware, ServiceMetrics
+from shared.tracing import setup_tracing
 from shared.wire import MEDIA_TYPE, TensorSpec, decode_npz
 
 log = logging.getLogger(__name__)
@@ -369,6 +370,8 @@ def create_app(
     async def prometheus_metrics() -> Response:
         """Prometheus metrics: requests, latency, queue depth, batch sizes, model info."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    setup_tracing(service.name, app)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

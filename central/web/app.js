@@ -369,7 +369,7 @@ function showResult(result) {
     inpaint.addEventListener("click", async () => {
       setMode("inpaint");
       await loadSource(url);
-      $("#editor").scrollIntoView({ behavior: "smooth", block: "center" });
+      $("#editor").scrollIntoView({ block: "nearest" });
     });
     caption.append(seed, download, inpaint);
     figure.append(image, caption);
@@ -392,13 +392,16 @@ function showTimings(timings) {
     });
     const barCell = document.createElement("td");
     barCell.className = "bar-cell";
+    const track = document.createElement("div");
+    track.className = "bar-track";
     for (const [part, value] of [["queue", t.queue_ms], ["compute", t.compute_ms], ["transfer", t.transfer_ms]]) {
       const bar = document.createElement("span");
       bar.className = `bar ${part}`;
       bar.style.width = `${(100 * value) / longest}%`;
       bar.title = `${part} ${value.toFixed(1)} ms`;
-      barCell.append(bar);
+      track.append(bar);
     }
+    barCell.append(track);
     row.append(...cells, barCell);
     return row;
   });

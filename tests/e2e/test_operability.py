@@ -19,16 +19,20 @@ from tests.utils.wire import npz
 TINY = {"SDSERVE_MODEL": "tiny", "SDSERVE_WEIGHTS": "random", "SDSERVE_SIZES": "64x64"}
 
 
+# Console span export: every process prints its spans to its log, where the test reads them.
+TRACED = {**TINY, "OTEL_TRACES_EXPORTER": "console"}
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     logs = tmp_path_factory.mktemp("operability")
     stages = {
-        name: ServiceProcess(f"services.{name}", TINY, log_path=logs / f"{name}.log")
+        name: ServiceProcess(f"services.{name}", TRACED, log_path=logs / f"{name}.log")
         for name in ("text_encoder", "diffusion", "decoder")
     }
     with run_services(*stages.values()):
         urls = {f"SDSERVE_{name.upper()}_URL": svc.url for name, svc in stages.items()}
-        central = ServiceProcess("central", {**TINY, **urls}, log_path=logs / "central.log")
+        central = ServiceProcess("central", {**TRACED, **urls}, log_path=logs / "central.log")
         with central:
             yield central, stages
 
@@ -57,6 +61,64 @@ def test_request_id_is_returned_and_reaches_every_stage_log(stack):
         events = [e for e in _json_lines(service.log_text()) if e.get("request_id")]
         assert any(e["request_id"] == "req-42-abc" for e in events), name
         assert all({"ts", "level", "service", "message"} <= set(e) for e in events)
+
+
+def _spans(text: str) -> list[dict]:
+    """The spans ConsoleSpanExporter printed (one pretty-printed JSON object each)."""
+    spans, buffer = [], []
+    for line in text.splitlines():
+        if line.startswith('{"ts"'):
+            continue  # a JSON log line (stderr) interleaved with a span (stdout)
+        if line == "{":
+            buffer = [line]
+        elif buffer:
+            buffer.append(line)
+            if line == "}":
+                with contextlib.suppress(ValueError):
+                    spans.append(json.loads("\n".join(buffer)))
+                buffer = []
+    return spans
+
+
+def _check_trace(stack, stage_names):
+    central, stages = stack
+    response = httpx.post(
+        f"{central.url}/v1/images/generations", json={"prompt": "traced", "steps": 2}, timeout=60
+    )
+    assert response.status_code == 200
+    time.sleep(1.0)
+    central_spans = _spans(central.log_text())
+    request_span = next(
+        s for s in reversed(central_spans) if s["name"] == "POST /v1/images/generations"
+    )
+    trace_id = request_span["context"]["trace_id"]
+    names = {s["name"] for s in central_spans if s["context"]["trace_id"] == trace_id}
+    assert {"stage text_encoder", "stage diffusion", "stage decoder"} <= names
+    for name in stage_names:
+        spans = _spans(stages[name].log_text())
+        in_trace = [s for s in spans if s["context"]["trace_id"] == trace_id]
+        assert in_trace, f"{name} has no span in the request's trace"
+        # The batched model call is its own trace, linked to the request's span.
+        linked = [
+            s for s in spans if any(link["context"]["trace_id"] == trace_id for link in s["links"])
+        ]
+        assert linked, f"{name} has no model-call span linked to the request"
+
+
+def test_one_trace_spans_central_and_the_stages(stack):
+    _check_trace(stack, ["text_encoder", "decoder"])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug: on a reused keep-alive connection the diffusion service's server "
+    "span joins the previous request's trace (its first request is traced correctly); "
+    "suspected interaction of cancel_on_disconnect's receive() with the ASGI "
+    "instrumentation",
+)
+def test_the_diffusion_stage_joins_every_requests_trace(stack):
+    for _ in range(2):
+        _check_trace(stack, ["diffusion"])
 
 
 def test_a_made_up_id_when_none_or_unsafe_is_sent(stack):

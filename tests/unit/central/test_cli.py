@@ -1,21 +1,26 @@
 """The `sdserve` command line: parsing, the processes `up` starts, and `generate`.
 
-`generate` is tested against a stand-in gateway (a real http.server process on a free
-port answering with canned OpenAI-shaped bodies and real PNGs): this is a client test,
-the real gateway is tested elsewhere.
+`generate` is tested against the real tiny gateway in its own process (jobs, the event
+stream, Ctrl-C cancelling the job), and against a small in-process stand-in for the
+faults a real gateway does not produce on demand.
 """
 
 from __future__ import annotations
 
+import base64
+import http.server
+import io
 import json
+import signal
 import socket
 import subprocess
 import sys
-import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -29,6 +34,7 @@ from central.cli import (
     ready_banner,
     resolve_up_config,
 )
+from tests.utils.servers import ServiceProcess
 
 REPO = Path(__file__).resolve().parents[3]
 PY = "/usr/bin/python-test"
@@ -257,89 +263,23 @@ def test_cli_imports_nothing_heavy() -> None:
 
 
 # -------------------------------------------------------------------------- generate
+#
+# `generate` runs against the real gateway (all-in-one, tiny, random weights) in its own
+# process; a small in-process stand-in gives the answers a real gateway never does.
 
-STAND_IN = """
-import base64, http.server, io, json, sys, time
-from PIL import Image
-port, record = int(sys.argv[1]), sys.argv[2]
-
-def png(width, height, shade):
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (shade, 0, 255 - shade)).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with open(record, "w") as f:
-            json.dump({"path": self.path, "body": body}, f)
-        prompt = body["prompt"]
-        if prompt == "unsupported size":
-            status, content = 422, json.dumps({"error": {
-                "type": "unsupported_size",
-                "message": "size 65x65 is not served here; served sizes: 64x64, 128x128",
-                "param": "size"}})
-        elif prompt == "crash":
-            status, content = 500, "<html>Internal Server Error: boom</html>"
-        elif prompt == "garbage":
-            status, content = 200, json.dumps({"created": 1, "data": [{"b64_json": "@@@"}]})
-        else:
-            width, height = map(int, body["size"].split("x"))
-            seed = body.get("seed", 1000)
-            data = [{"b64_json": png(width, height, 40 * i), "seed": seed + i}
-                    for i in range(body["n"])]
-            status, content = 200, json.dumps({"created": int(time.time()), "data": data})
-        payload = content.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-    def log_message(self, *args):
-        pass
-
-http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
-"""
-
-
-class StandIn:
-    def __init__(self, url: str, record: Path) -> None:
-        self.url = url
-        self.record = record
-
-    def last_request(self) -> dict[str, object]:
-        recorded = json.loads(self.record.read_text())
-        assert recorded["path"] == "/v1/images/generations"
-        body: dict[str, object] = recorded["body"]
-        return body
+TINY = {
+    "SDSERVE_MODEL": "tiny",
+    "SDSERVE_WEIGHTS": "random",
+    "SDSERVE_SIZES": "64x64,128x128",
+    "SDSERVE_MAX_STEPS": "1000",
+}
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandIn]:
-    port = free_port()
-    record = tmp_path_factory.mktemp("stand-in") / "request.json"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(STAND_IN), str(port), str(record)],
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "stand-in gateway did not start"
-                time.sleep(0.05)
-        yield StandIn(f"http://127.0.0.1:{port}", record)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    log = tmp_path_factory.mktemp("gateway") / "central.log"
+    with ServiceProcess("central", TINY, log_path=log) as central:
+        yield central
 
 
 def open_png(path: Path) -> Image.Image:
@@ -348,87 +288,220 @@ def open_png(path: Path) -> Image.Image:
     return image
 
 
+def generations(gateway: ServiceProcess, **body: object) -> list[dict[str, object]]:
+    """What POST /v1/images/generations answers for the same request."""
+    response = httpx.post(f"{gateway.url}/v1/images/generations", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    data: list[dict[str, object]] = response.json()["data"]
+    return data
+
+
 def test_generate_saves_one_image_and_prints_its_seed(
-    gateway: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    gateway: ServiceProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "cat.png"
     argv = ["generate", "a cat", "-o", str(out), "--url", gateway.url + "/", "--size", "128x128"]
-    argv += ["--seed", "42", "--steps", "3", "--guidance", "7.5", "--negative-prompt", "blurry"]
+    argv += ["--seed", "42", "--steps", "3", "--guidance", "6.5", "--negative-prompt", "blurry"]
     assert main(argv) == 0
     assert open_png(out).size == (128, 128)
-    assert capsys.readouterr().out == f"{out} (seed 42)\n"
-    assert gateway.last_request() == {
-        "prompt": "a cat",
-        "n": 1,
-        "size": "128x128",
-        "response_format": "b64_json",
-        "steps": 3,
-        "guidance_scale": 7.5,
-        "seed": 42,
-        "negative_prompt": "blurry",
-    }
+    captured = capsys.readouterr()
+    assert captured.out == f"{out} (seed 42)\n"
+    assert "sdserve generate: job " in captured.err and "3/3" in captured.err  # the bar
+    # Every option reached the gateway: the plain route gives the same pixels for them.
+    [expected] = generations(
+        gateway,
+        prompt="a cat",
+        size="128x128",
+        seed=42,
+        steps=3,
+        guidance_scale=6.5,
+        negative_prompt="blurry",
+    )
+    assert out.read_bytes() == base64.b64decode(str(expected["b64_json"]))
 
 
 def test_generate_leaves_unset_fields_to_the_server(
-    gateway: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    gateway: ServiceProcess,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SDSERVE_URL", gateway.url)  # used when --url is not given
     assert main(["generate", "a dog"]) == 0
     assert open_png(tmp_path / "out.png").size == (64, 64)
-    assert gateway.last_request() == {
-        "prompt": "a dog",
-        "n": 1,
-        "size": "64x64",
-        "response_format": "b64_json",
-    }
+    captured = capsys.readouterr()
+    seed = int(captured.out.split("(seed ")[1].rstrip(")\n"))  # drawn by the server
+    assert seed >= 0
+    assert "25/25" in captured.err  # the server's default steps
 
 
 def test_generate_numbers_several_images(
-    gateway: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    gateway: ServiceProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "sub" / "out.png"
-    assert main(["generate", "birds", "-n", "3", "-o", str(out), "--url", gateway.url]) == 0
+    argv = ["generate", "birds", "-n", "3", "-o", str(out), "--url", gateway.url]
+    assert main([*argv, "--seed", "1000", "--steps", "2"]) == 0
     paths = [tmp_path / "sub" / f"out-{i}.png" for i in range(3)]
     assert all(open_png(path).size == (64, 64) for path in paths)
     assert not out.exists()
     printed = capsys.readouterr().out.splitlines()
     assert printed == [f"{path} (seed {1000 + i})" for i, path in enumerate(paths)]
-    colours = {open_png(path).convert("RGB").getpixel((0, 0)) for path in paths}
-    assert len(colours) == 3  # three different images, not one written thrice
+    assert len({path.read_bytes() for path in paths}) == 3  # three images, not one thrice
 
 
 def test_generate_converts_when_the_name_asks_for_another_format(
-    gateway: StandIn, tmp_path: Path
+    gateway: ServiceProcess, tmp_path: Path
 ) -> None:
     out = tmp_path / "cat.jpg"
-    assert main(["generate", "a cat", "-o", str(out), "--url", gateway.url]) == 0
+    assert main(["generate", "a cat", "-o", str(out), "--url", gateway.url, "--steps", "2"]) == 0
     with Image.open(out) as image:
         assert image.format == "JPEG"
 
 
 def test_generate_prints_the_error_message_of_an_error_response(
-    gateway: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    gateway: ServiceProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "x.png"
-    assert main(["generate", "unsupported size", "-o", str(out), "--url", gateway.url]) == 1
+    argv = ["generate", "a cat", "-o", str(out), "--url", gateway.url, "--size", "96x96"]
+    assert main(argv) == 1
     err = capsys.readouterr().err
     assert (
-        "error: size 65x65 is not served here; served sizes: 64x64, 128x128 "
+        "error: size 96x96 is not served here; served sizes: 64x64, 128x128 "
         "(unsupported_size, param: size, HTTP 422)"
     ) in err
     assert not out.exists()
 
 
-def test_generate_reports_a_non_json_error_and_a_garbled_answer(
-    gateway: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_ctrl_c_cancels_the_job_on_the_gateway(gateway: ServiceProcess, tmp_path: Path) -> None:
+    out = tmp_path / "long.png"
+    argv = ["generate", "a long one", "--url", gateway.url, "--size", "128x128"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "central.cli", *argv, "--steps", "1000", "-o", str(out)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A shell's background job ignores SIGINT; this one must not.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert "submitted" in line, line
+        job_id = line.split("job ", 1)[1].split()[0]
+        job_url = f"{gateway.url}/v1/jobs/{job_id}"
+        deadline = time.monotonic() + 60
+        while httpx.get(job_url).json()["progress"]["step"] < 3:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out_text, err_text = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err_text
+    assert f"cancelled job {job_id}" in err_text
+    assert out_text == "" and not out.exists()
+    job = httpx.get(job_url).json()
+    assert job["status"] == "cancelled" and job["progress"]["step"] < 1000
+
+
+class StandIn(http.server.BaseHTTPRequestHandler):
+    """A gateway that misbehaves on request: the job id names what goes wrong."""
+
+    event_connections: dict[str, int] = {}
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        scenario = body["prompt"]
+        if scenario == "crash":
+            self.reply(500, "<html>Internal Server Error: boom</html>", "text/html")
+            return
+        job = {"id": scenario, "status": "queued", "url": f"/v1/jobs/{scenario}"}
+        self.reply(202, json.dumps({**job, "events_url": f"{job['url']}/events"}))
+
+    def do_GET(self) -> None:
+        scenario = self.path.split("/")[3]
+        seen = self.event_connections.get(scenario, 0)
+        self.event_connections[scenario] = seen + 1
+        if scenario == "gone":
+            self.reply(404, json.dumps({"error": {"type": "not_found", "message": "no job"}}))
+            return
+        events = [("queued", {"step": 0, "total": 2}), ("progress", {"step": 1, "total": 2})]
+        if scenario == "garbage":
+            events.append(("done", {"result": {"data": [{"b64_json": "@@@", "seed": 1}]}}))
+        elif scenario == "failed":
+            error = {"type": "upstream_unavailable", "message": "decoder stage is unreachable"}
+            events.append(("error", {"error": error}))
+        elif scenario == "cancelled":
+            events.append(("cancelled", {"step": 1, "total": 2}))
+        elif scenario == "dropped" and seen > 0:  # the second connection sees the end
+            png = io.BytesIO()
+            Image.new("RGB", (8, 8), (1, 2, 3)).save(png, format="PNG")
+            item = {"b64_json": base64.b64encode(png.getvalue()).decode(), "seed": 5}
+            events = [("done", {"total": 2, "result": {"data": [item]}})]
+        text = ": ping\r\n\r\n" + "".join(
+            f"event: {name}\r\ndata: {json.dumps(data)}\r\n\r\n" for name, data in events
+        )
+        self.reply(200, text, "text/event-stream")
+
+    def reply(self, status: int, text: str, media_type: str = "application/json") -> None:
+        payload = text.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", media_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def stand_in() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StandIn)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("scenario", "message"),
+    [
+        ("crash", "error: HTTP 500: <html>Internal Server Error: boom</html>"),
+        ("garbage", "error: unexpected response from {url}"),
+        ("failed", "error: decoder stage is unreachable (upstream_unavailable)"),
+        ("cancelled", "error: job cancelled was cancelled on the gateway"),
+        ("gone", "error: job gone is gone from {url} (did the gateway restart?)"),
+    ],
+)
+def test_generate_reports_what_went_wrong(
+    stand_in: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    scenario: str,
+    message: str,
 ) -> None:
     out = tmp_path / "x.png"
-    assert main(["generate", "crash", "-o", str(out), "--url", gateway.url]) == 1
-    assert "error: HTTP 500: <html>Internal Server Error: boom</html>" in capsys.readouterr().err
-    assert main(["generate", "garbage", "-o", str(out), "--url", gateway.url]) == 1
-    assert f"error: unexpected response from {gateway.url}" in capsys.readouterr().err
+    assert main(["generate", scenario, "-o", str(out), "--url", stand_in]) == 1
+    assert message.format(url=stand_in) in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_generate_follows_a_dropped_event_stream_to_the_end(
+    stand_in: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "x.png"
+    assert main(["generate", "dropped", "-o", str(out), "--url", stand_in]) == 0
+    assert StandIn.event_connections["dropped"] == 2
+    assert open_png(out).size == (8, 8)
+    assert capsys.readouterr().out == f"{out} (seed 5)\n"
 
 
 def test_generate_says_when_no_gateway_is_running(

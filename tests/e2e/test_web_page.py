@@ -1,0 +1,201 @@
+"""The gateway's web page in a real browser (Debian's chromium driven by playwright),
+against a real all-in-one gateway: generate with live progress, inpaint with a painted
+mask, cancel a long job. Leaves a screenshot in test-artifacts/web-page.png."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.utils.servers import REPO_ROOT, ServiceProcess
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+TINY = {
+    "SDSERVE_MODEL": "tiny",
+    "SDSERVE_WEIGHTS": "random",
+    "SDSERVE_SIZES": "64x64,128x128",
+    "SDSERVE_MAX_STEPS": "1000",
+}
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists() and shutil.which("chromium") is None,
+    reason="needs Debian's chromium (apt-get install chromium; `make install` does it as root)",
+)
+
+# Records every value the progress bar takes, and whether previews were shown.
+WATCH_PAGE = """() => {
+  window.progressValues = [];
+  window.previewsShown = 0;
+  const progress = document.querySelector('#progress');
+  new MutationObserver(() => window.progressValues.push(Number(progress.value)))
+    .observe(progress, {attributes: true, attributeFilter: ['value']});
+  new MutationObserver(() => {
+    if (document.querySelectorAll('#previews img').length) window.previewsShown += 1;
+  }).observe(document.querySelector('#previews'), {childList: true});
+}"""
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory) -> Iterator[ServiceProcess]:
+    log = tmp_path_factory.mktemp("web") / "central.log"
+    with ServiceProcess("central", TINY, log_path=log) as central:
+        yield central
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    executable = str(CHROMIUM) if CHROMIUM.exists() else shutil.which("chromium")
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=executable,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            headless=True,
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, gateway) -> Iterator[Any]:
+    # The page's Content-Security-Policy forbids eval, which playwright's waits use.
+    context = browser.new_context(bypass_csp=True, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(gateway.url + "/")
+    page.wait_for_function("document.querySelector('#size').options.length === 2")
+    yield page
+    context.close()
+    assert not errors, errors
+
+
+def decode_data_url(url: str) -> Image.Image:
+    assert url.startswith("data:image/png;base64,")
+    return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+
+
+def job_of(page: Any, gateway: ServiceProcess) -> dict[str, Any]:
+    job_id = page.inner_text("#job-id").removeprefix("job ").strip()
+    response = httpx.get(f"{gateway.url}/v1/jobs/{job_id}")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def cancelled_requests(gateway: ServiceProcess) -> int:
+    stages = httpx.get(f"{gateway.url}/v1/stages").json()
+    return int(stages["diffusion"]["batching"]["cancelled_requests"])
+
+
+def test_the_page_is_served_with_its_static_files(gateway):
+    page = httpx.get(gateway.url + "/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert '<script src="/web/app.js"' in page.text
+    assert "://" not in page.text  # nothing from a CDN
+    for path, kind in (("/web/app.js", "javascript"), ("/web/style.css", "text/css")):
+        response = httpx.get(gateway.url + path)
+        assert response.status_code == 200 and kind in response.headers["content-type"]
+        assert "://" not in response.text
+    assert httpx.get(gateway.url + "/web/../central/app.py").status_code == 404
+    # POST / is still the Hugging Face route.
+    hf = httpx.post(gateway.url + "/", json={"inputs": "x", "parameters": {"seed": 1}}, timeout=60)
+    assert hf.status_code == 200 and hf.headers["content-type"] == "image/png"
+
+
+def test_generate_inpaint_and_cancel_in_the_browser(page, gateway):
+    # --- text to image: the progress bar moves, previews show, the image appears
+    assert "tiny" in page.inner_text("#model-badge")
+    assert page.is_visible("#weights-warning")
+    page.evaluate(WATCH_PAGE)
+    page.fill("#prompt", "a lighthouse on a cliff at dusk")
+    page.select_option("#size", "128x128")
+    page.fill("#steps", "80")
+    page.fill("#seed", "1234")
+    page.click("#generate")
+    page.wait_for_selector("#status.done", timeout=60_000)
+
+    values = page.evaluate("window.progressValues")
+    assert max(values) == 80
+    assert len({v for v in values if 0 < v < 80}) >= 10, values  # it moved, step by step
+    assert page.evaluate("window.previewsShown") > 0
+    images = page.locator("#results img")
+    assert images.count() == 1
+    assert images.first.evaluate("img => img.naturalWidth") == 128
+    assert page.inner_text("#results figcaption .seed") == "seed 1234"
+    stages = page.locator("#timings-body tr td:first-child").all_inner_texts()
+    assert stages == ["text encoder", "diffusion", "decoder"]
+    generated = job_of(page, gateway)
+    assert generated["status"] == "succeeded" and generated["kind"] == "generation"
+
+    # --- inpaint the result: paint a mask on the canvas, submit the JSON edit
+    page.click("#results .inpaint-this")
+    assert page.is_visible("#inpaint-panel")
+    page.wait_for_function("!document.querySelector('#editor').classList.contains('empty')")
+    box = page.locator("#mask-canvas").bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.3)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.65, steps=12)
+    page.mouse.up()
+    page.fill("#steps", "20")
+    with page.expect_request("**/v1/jobs") as submitted:
+        page.click("#generate")
+    body = json.loads(submitted.value.post_data)
+    assert body["kind"] == "edit" and body["size"] == "128x128"
+    assert decode_data_url(body["image"]).size == (128, 128)
+    mask = np.asarray(decode_data_url(body["mask"]).convert("L"))
+    assert mask.shape == (128, 128)
+    assert set(np.unique(mask)) == {0, 255}  # greyscale, white = repaint
+    painted = mask > 127
+    assert 0.02 < painted.mean() < 0.5
+    assert painted[int(128 * 0.45), int(128 * 0.47)]  # on the stroke
+    assert not painted[120, 5]  # far from it
+    page.wait_for_selector("#status.done", timeout=60_000)
+    edited = job_of(page, gateway)
+    assert edited["kind"] == "edit" and edited["status"] == "succeeded"
+    assert "image_encoder" in edited["result"]["timings"]
+    assert page.locator("#results img").count() == 1
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web-page.png"), full_page=True)
+
+    # --- a long job, cancelled from the page
+    before = cancelled_requests(gateway)
+    page.click("#mode-text")
+    assert not page.is_visible("#inpaint-panel")
+    page.fill("#steps", "1000")
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#progress').value >= 5", timeout=60_000)
+    assert page.is_enabled("#cancel") and page.is_disabled("#generate")
+    page.click("#cancel")
+    page.wait_for_selector("#status.cancelled", timeout=30_000)
+    assert page.inner_text("#status").startswith("Cancelled at step")
+    assert page.is_enabled("#generate") and page.is_disabled("#cancel")
+    cancelled = job_of(page, gateway)
+    assert cancelled["status"] == "cancelled" and cancelled["progress"]["step"] < 1000
+    assert cancelled_requests(gateway) == before + 1
+    # The last results stay on the page.
+    assert page.locator("#results img").count() == 1
+
+
+def test_errors_are_shown_on_the_page(page):
+    page.select_option("#size", "64x64")
+    page.fill("#prompt", "x")
+    page.fill("#steps", "5000")  # over the gateway's limit; the server says so
+    page.evaluate("document.querySelector('#steps').removeAttribute('max')")
+    page.click("#generate")
+    page.wait_for_selector("#status.error")
+    assert "steps" in page.inner_text("#status")
+    assert page.is_enabled("#generate")

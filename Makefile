@@ -32,6 +32,15 @@ deploy-tools:
 	  else \
 	    echo "docker-compose is missing: sudo apt-get install --no-install-recommends docker-compose" >&2; \
 	  fi; }
+	@# Debian's chromium for the browser test, driven by the playwright package (never
+	@# `playwright install`: that downloads a browser).
+	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -q && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; \
+	  else \
+	    echo "chromium is missing: sudo apt-get install chromium (the browser test is skipped)" >&2; \
+	  fi; }
 
 up: install
 	$(BIN)/sdserve up $(ARGS)

@@ -98,9 +98,9 @@ PLANS: dict[str, Record] = {
     "full": {
         "topologies": {
             "tiny": {"size": (64, 64), "n": 4, "steps": 5, "warmup": 2, "repeats": 10},
-            "sd-v1": {"size": (128, 128), "n": 1, "steps": 5, "warmup": 1, "repeats": 5},
+            "sd-v1": {"size": (128, 128), "n": 1, "steps": 3, "warmup": 1, "repeats": 5},
         },
-        "keras_cv": {"size": (128, 128), "steps": 5, "repeats": 3, "xla_repeats": 2},
+        "keras_cv": {"size": (128, 128), "steps": 3, "repeats": 4, "xla_repeats": 2},
         "concurrency": {
             "tiny": {
                 "size": (64, 64),
@@ -116,7 +116,7 @@ PLANS: dict[str, Record] = {
                 "clients": [1, 4, 8],
                 "warmup_s": 8.0,
                 "window_s": 30.0,
-                "window_factor": 1.0,
+                "window_factor": 0.75,
             },
         },
         "overload": {
@@ -1569,14 +1569,18 @@ def render_markdown(report: Record) -> str:
 
 def render_topologies(section: Record) -> list[str]:
     lines = [
-        "Each round sends the same request (fixed seed) to every gateway of the group in a "
-        "rotating order, one request at a time; the first round(s) are warm-up. tiny runs "
-        "the three gateways at once; sd-v1 runs all-in-one first and then three-endpoints "
-        "and hybrid together (sharing one set of stage services), so at most one sd-v1 UNet "
-        "is alive. Stage columns are medians of the response's `timings` (queue + compute + "
-        "transfer; transfer is the wall time of the stage call minus the stage's own queue "
-        "and compute: HTTP, npz encode/decode, validation); *gateway other* is the rest of "
-        "the client's latency (client-gateway HTTP, request validation, PNG encoding, JSON).",
+        "Each round sends the same request (fixed seed) to every gateway in a rotating "
+        "order, one request at a time; the first round(s) are warm-up (a gateway's first "
+        "request is slow, see below). All three gateways are alive at once and interleaved "
+        "(for sd-v1: two UNets, all-in-one's and the diffusion service that three-endpoints "
+        "and hybrid share), unless the layout line says otherwise. Stage columns are "
+        "medians of the response's `timings`: total (q = queue, c = compute, t = transfer, "
+        "the stage call's wall time minus its queue and compute: HTTP, npz "
+        "encode/decode, validation). *Overhead* is latency minus the three stages' model "
+        "compute (batch waits, transfers, gateway work: validation, PNG encoding, JSON, "
+        "client HTTP); *at equal compute* is the ratio to all-in-one with each topology's "
+        "overhead added to all-in-one's compute, i.e. what the topology itself costs, "
+        "free of load drift between requests.",
         "",
     ]
     for family, entry in section.get("families", {}).items():
@@ -1586,9 +1590,10 @@ def render_topologies(section: Record) -> list[str]:
             f"### {family} {cfg['size']}, n={cfg['n']}, {cfg['steps']} steps "
             f"({cfg['repeats']} rounds after {cfg['warmup']} warm-up)",
             "",
-            "| topology | median ms | p10-p90 ms | vs all-in-one | text encoder ms | "
-            "diffusion ms | decoder ms | transfer (all stages) ms | gateway other ms |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| topology | median ms | p10-p90 ms | vs all-in-one | at equal compute | "
+            "compute ms | overhead ms | text encoder ms | diffusion ms | decoder ms | "
+            "transfer ms | gateway other ms |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for topology in TOPOLOGIES:
             s = summary.get(topology)
@@ -1606,18 +1611,36 @@ def render_topologies(section: Record) -> list[str]:
             lines.append(
                 f"| {topology} | **{fmt(s['e2e']['median_ms'])}** | "
                 f"{fmt(s['e2e']['p10_ms'])}-{fmt(s['e2e']['p90_ms'])} | "
-                f"{fmt(s['ratio_to_all_in_one'], 3)} | {cell('text_encoder')} | "
+                f"{fmt(s['ratio_to_all_in_one'], 3)} | {fmt(s.get('ratio_at_equal_compute'), 3)} | "
+                f"{fmt(s.get('compute_ms'))} | {fmt(s.get('overhead_ms'))} | "
+                f"{cell('text_encoder')} | "
                 f"{cell('diffusion')} | {cell('decoder')} | {fmt(s['transfer_total_ms'])} | "
                 f"{fmt(s['gateway_other_ms'])} |"
             )
         lines += [
             "",
-            f"Same PNG bytes from every topology and round: "
-            f"{'yes' if summary.get('_identical_images') else 'NO'}. Execution strategy: "
-            f"{entry.get('execution', {}).get('diffusion')}. Start-up (s until ready, "
-            f"processes loading concurrently): {entry.get('startup_ready_s')}.",
+            f"Layout: {entry.get('layout', 'interleaved')}. Same PNG bytes from every "
+            f"topology and round: {'yes' if summary.get('_identical_images') else 'NO'}. "
+            f"Execution strategy: {entry.get('execution', {}).get('diffusion')}. Start-up "
+            f"(s until ready, processes loading concurrently): {entry.get('startup_ready_s')}. "
+            f"RSS at the end, MiB: {entry.get('rss_mib')}.",
             "",
         ]
+        first = [r for r in entry["requests"] if r["round"] == 0]
+        if first:
+            measured = {t: summary.get(t, {}).get("e2e", {}).get("median_ms") for t in TOPOLOGIES}
+            lines += [
+                "First request of each gateway (warm-up, not in the medians), ms: "
+                + ", ".join(
+                    f"{r['topology']} {fmt(r['e2e_ms'])} (median after: "
+                    f"{fmt(measured.get(r['topology']))}; compute "
+                    + ", ".join(f"{k} {fmt(v.get('compute_ms'))}" for k, v in r["timings"].items())
+                    + ")"
+                    for r in first
+                )
+                + ".",
+                "",
+            ]
     return lines
 
 
@@ -1746,12 +1769,35 @@ def render_concurrency(section: Record) -> list[str]:
                 f"{errors or 'none'} | "
                 f"{fmt(g(cb, 'load_1m_before'), 2)}, {fmt(g(nocb, 'load_1m_before'), 2)} |"
             )
+        names: list[str] = []
+        for level in cb_levels + nocb_levels:
+            for name in level.get("cores_used", {}):
+                if name not in names:
+                    names.append(name)
         lines += [
             "",
-            f"Diffusion service: {entry.get('diffusion_info', {}).get('execution')}. Windows "
-            f"(s, CB): {[lv['window_s'] for lv in cb_levels]}.",
+            f"Diffusion service: {entry.get('diffusion_info', {}).get('execution')}. Warm-up "
+            f"and window per level (s): CB {[(lv['warmup_s'], lv['window_s']) for lv in cb_levels]}"
+            f", no-CB {[(lv['warmup_s'], lv['window_s']) for lv in nocb_levels]}. RSS at the "
+            f"end, MiB: {entry.get('rss_mib_at_end')}.",
             "",
+            "CPU cores used per process over each level (warm-up + window), where the time "
+            "goes across processes:",
+            "",
+            "| clients | mode | " + " | ".join(names) + " |",
+            "|---:|---|" + "---:|" * len(names),
         ]
+        for clients in cfg["clients"]:
+            for mode, levels in (("CB", cb_levels), ("no-CB", nocb_levels)):
+                level = level_of(levels, clients)
+                if level and level.get("cores_used"):
+                    cores = level["cores_used"]
+                    lines.append(
+                        f"| {clients} | {mode} | "
+                        + " | ".join(fmt(cores.get(n), 2) for n in names)
+                        + " |"
+                    )
+        lines.append("")
     return lines
 
 
@@ -1766,19 +1812,31 @@ def render_overload(section: Record) -> list[str]:
         "refusal instead of honouring Retry-After, to keep the pressure on). Every request "
         "runs to its answer or the 120 s client timeout (no cancellation).",
         "",
-        "| phase | clients | requests | status counts | 200 p50 / p95 ms | 503 p50 / p95 ms "
-        "| images/s | load 1m |",
-        "|---|---:|---:|---|---:|---:|---:|---:|",
+        "| phase | clients | requests | status counts | refused by | 200 p50 / p95 ms | "
+        "503 p50 / p95 ms | images/s | load 1m |",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|",
     ]
     for phase in ("moderate", "overload"):
         p = section[phase]
         lines.append(
             f"| {phase} | {p['clients']} | {p['requests']} | {p['status_counts']} | "
+            f"{p.get('refused_by') or '—'} | "
             f"{fmt(p['ok_latency'].get('p50_ms'), 0)} / {fmt(p['ok_latency'].get('p95_ms'), 0)} | "
             f"{fmt(p['refused_latency'].get('p50_ms'), 0)} / "
             f"{fmt(p['refused_latency'].get('p95_ms'), 0)} | {fmt(p['ok_images_per_s'], 2)} | "
             f"{fmt(p.get('load_1m'), 2)} |"
         )
+    lines += [
+        "",
+        "CPU cores used per process during each phase (from /proc/<pid>/stat; the 2 CPUs "
+        "are shared with everything else on the machine):",
+        "",
+        "| phase | " + " | ".join(section["moderate"].get("cores_used", {})) + " |",
+        "|---|" + "---:|" * len(section["moderate"].get("cores_used", {})),
+    ]
+    for phase in ("moderate", "overload"):
+        cores = section[phase].get("cores_used", {})
+        lines.append(f"| {phase} | " + " | ".join(fmt(v, 2) for v in cores.values()) + " |")
     lines += [
         "",
         f"A request after the overload: HTTP {section.get('after_status')}.",

@@ -55,7 +55,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.config import Settings, format_size
+from shared.config import Settings, Size, format_size
 from shared.families import get_family
 from shared.families.base import TIMESTEP_EMBEDDING_DIM, Component, ModelFamily
 from shared.sampler import NUM_TRAIN_TIMESTEPS, alphas_cumprod
@@ -81,7 +81,7 @@ NOISE_NOTE = (
     "noise, so the same seed gives a different image."
 )
 
-Exporter = Callable[["keras.Model", ModelFamily, Settings, tuple[int, int]], Any]
+Exporter = Callable[["keras.Model", ModelFamily, Settings, Size], Any]
 
 
 def _tf() -> Any:
@@ -94,7 +94,7 @@ def _tf() -> Any:
 
 
 def _text_encoder_module(
-    model: keras.Model, family: ModelFamily, settings: Settings, size: tuple[int, int]
+    model: keras.Model, family: ModelFamily, settings: Settings, size: Size
 ) -> Any:
     tf = _tf()
     tokens_len = family.spec.max_tokens
@@ -123,9 +123,7 @@ def _text_encoder_module(
 # ------------------------------------------------------------------------------ decoder
 
 
-def _decoder_module(
-    model: keras.Model, family: ModelFamily, settings: Settings, size: tuple[int, int]
-) -> Any:
+def _decoder_module(model: keras.Model, family: ModelFamily, settings: Settings, size: Size) -> Any:
     tf = _tf()
     width, height = size
     latent_spec = tf.TensorSpec((None, *family.latent_shape(height, width)), tf.float32, "latent")
@@ -168,7 +166,7 @@ def timestep_embedding_tf(timestep: Any, dim: int = TIMESTEP_EMBEDDING_DIM) -> A
 
 
 def _diffusion_module(
-    model: keras.Model, family: ModelFamily, settings: Settings, size: tuple[int, int]
+    model: keras.Model, family: ModelFamily, settings: Settings, size: Size
 ) -> Any:
     tf = _tf()
     width, height = size
@@ -391,6 +389,8 @@ def export_savedmodels(
         stage_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".tmp", dir=stage_dir))
         try:
+            # mkdtemp makes it owner-only; a TF Serving container may run as another user.
+            staging.chmod(0o755)
             tf.saved_model.save(module, str(staging), signatures=signatures)
             if targets[stage].exists():
                 shutil.rmtree(targets[stage])

@@ -38,185 +38,43 @@ random (loudly logged). Deploying: deploy/hf/README.md in sdserve.
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
-import logging
-import math
-import os
-import threading
-from collections.abc import Coroutine
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import numpy as np
-
-from shared.config import Settings, load_settings
-from shared.errors import InvalidInput, SdserveError
-from shared.families import COMPONENTS, get_family
+# Shared by every sdserve handler: central/hf_endpoint.py.
+from central.hf_endpoint import (
+    LoopThread as _LoopThread,
+)
+from central.hf_endpoint import (
+    decode_npz_b64 as _decode_npz_b64,
+)
+from central.hf_endpoint import (
+    encode_npz_b64 as _encode_npz_b64,
+)
+from central.hf_endpoint import (
+    flag_param as _flag,
+)
+from central.hf_endpoint import (
+    handler_settings as _handler_settings,
+)
+from central.hf_endpoint import log as log
+from central.hf_endpoint import (
+    number_param as _number,
+)
+from central.hf_endpoint import (
+    real_param as _real,
+)
+from central.hf_endpoint import (
+    request_error as _request_error,
+)
+from central.hf_endpoint import (
+    split_request as _request,
+)
+from central.hf_endpoint import (
+    whole_param as _whole,
+)
+from shared.errors import SdserveError
 from shared.stages import DenoiseParams, make_diffusion
-from shared.wire import TensorSpec, decode_npz, encode_npz
-
-# --- common: kept identical in every sdserve handler (a test compares them) ----------
-# A handler must stand alone in its model repository, so this block is repeated in each.
-
-log = logging.getLogger("sdserve.hf")
-T = TypeVar("T")
-CLIP_VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
-
-
-def _holds_weights(directory: Path, model: str) -> bool:
-    """Whether `directory` holds weights files of `model`'s family (keras-cv's or ours)."""
-    family = get_family(model)
-    names = {w.filename for w in family.published_weights.values()}
-    names |= {f"{component}.weights.h5" for component in COMPONENTS}
-    return any((directory / name).is_file() for name in names)
-
-
-def _handler_settings(path: str) -> Settings:
-    """SDSERVE_* settings, with the repository (`path`) filling in what they leave open.
-
-    Weights: SDSERVE_WEIGHTS when set; else the repository, when it holds weights files
-    (sha256-checked as any weights directory); else random, loudly logged. The CLIP
-    vocabulary: SDSERVE_CLIP_VOCAB when set; else bpe_simple_vocab_16e6.txt.gz in the
-    repository, when there; else the open-clip-torch wheel's. Stage URLs are ignored:
-    every stage a handler runs is local.
-    """
-    repository = Path(path) if path else None
-    overrides: dict[str, Any] = dict.fromkeys(("text_encoder_url", "diffusion_url", "decoder_url"))
-    vocab = repository / CLIP_VOCAB_FILE if repository else None
-    if vocab and vocab.is_file() and "SDSERVE_CLIP_VOCAB" not in os.environ:
-        overrides["clip_vocab"] = vocab
-    settings = load_settings(**overrides)
-    explicit = "SDSERVE_WEIGHTS" in os.environ
-    if repository and not explicit and _holds_weights(repository, settings.model):
-        settings = load_settings(**overrides, weights=str(repository.resolve()))
-    if settings.weights == "random":
-        log.warning(
-            "!!! WEIGHTS ARE RANDOM: %s holds no weights files of the %s family and "
-            "SDSERVE_WEIGHTS is not set, so every image will be noise. Add the weights "
-            "files to the repository or set SDSERVE_WEIGHTS=pretrained.",
-            path or "the repository",
-            settings.model,
-        )
-    return settings
-
-
-class _LoopThread:
-    """A private event loop on a daemon thread, created once per handler.
-
-    The stages' batchers live on this loop; `run` submits a coroutine from whichever
-    thread the Inference Toolkit calls the handler on, so concurrent requests share it
-    (and its batches) instead of each needing a loop of its own.
-    """
-
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
-        self.thread.start()
-
-    def run(self, work: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(work, self.loop).result()
-
-    def close(self) -> None:
-        async def cancel_others() -> None:
-            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in others:
-                task.cancel()
-            await asyncio.gather(*others, return_exceptions=True)
-
-        self.run(cancel_others())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
-        self.loop.close()
-
-
-def _request(data: Any) -> tuple[Any, dict[str, Any]]:
-    """The toolkit's JSON body: {"inputs": ..., "parameters": {...}} (parameters optional)."""
-    if not isinstance(data, dict) or "inputs" not in data:
-        raise ValueError('the request body must be a JSON object with an "inputs" field')
-    parameters = data.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise ValueError('"parameters" must be a JSON object')
-    return data["inputs"], parameters
-
-
-def _number(parameters: dict[str, Any], name: str, *, whole: bool) -> int | float | None:
-    """parameters[name] as a number, None when absent or null.
-
-    JSON numbers and numeric strings (query parameters) are accepted; a whole-number
-    field takes a float only when it is whole (64.0).
-    """
-    value = parameters.get(name)
-    if value is None:
-        return None
-    problem = ValueError(
-        f"parameters.{name} must be {'a whole number' if whole else 'a number'}; got {value!r}"
-    )
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise problem
-    if isinstance(value, int):
-        return value
-    try:
-        number = float(value)
-    except ValueError:
-        raise problem from None
-    if not math.isfinite(number) or (whole and not number.is_integer()):
-        raise problem
-    return int(number) if whole else number
-
-
-def _whole(parameters: dict[str, Any], name: str, default: int) -> int:
-    value = _number(parameters, name, whole=True)
-    return default if value is None else int(value)
-
-
-def _real(parameters: dict[str, Any], name: str, default: float) -> float:
-    value = _number(parameters, name, whole=False)
-    return default if value is None else float(value)
-
-
-def _flag(parameters: dict[str, Any], name: str) -> bool:
-    value = parameters.get(name, False)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise ValueError(f"parameters.{name} must be true or false; got {value!r}")
-    return value
-
-
-def _request_error(exc: SdserveError, fields: dict[str, str]) -> Exception:
-    """A stage's error as the toolkit reports it: bad input is a ValueError naming the field."""
-    if not isinstance(exc, InvalidInput):
-        return RuntimeError(exc.message)
-    param = exc.param or ""
-    field = fields.get(param, f"parameters.{param}" if param else "inputs")
-    return ValueError(f"{field}: {exc.message}")
-
-
-def _decode_npz_b64(
-    text: Any, spec: dict[str, TensorSpec], field: str, max_bytes: int
-) -> dict[str, np.ndarray]:
-    """Base64 of an sdserve .npz body, checked like a stage service checks its body."""
-    if not isinstance(text, str):
-        raise ValueError(f"{field} must be a base64 string of an .npz archive")
-    if len(text) > (max_bytes + 2) // 3 * 4 + 4:
-        raise ValueError(f"{field} is larger than the {max_bytes}-byte limit")
-    try:
-        body = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError(f"{field} is not valid base64") from None
-    try:
-        return decode_npz(body, spec, max_bytes=max_bytes)
-    except SdserveError as exc:
-        raise ValueError(f"{field}: {exc.message}") from None
-
-
-def _encode_npz_b64(arrays: dict[str, np.ndarray], *, fp16: bool = False) -> str:
-    return base64.b64encode(encode_npz(arrays, fp16=fp16)).decode("ascii")
-
-
-# --- end common ---------------------------------------------------------------------
+from shared.wire import TensorSpec
 
 DEFAULT_GUIDANCE_SCALE = 7.5
 MODES = ("txt2img", "img2img", "inpaint")

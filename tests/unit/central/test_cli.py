@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -411,7 +412,7 @@ def test_ctrl_c_cancels_the_job_on_the_gateway(gateway: ServiceProcess, tmp_path
 class StandIn(http.server.BaseHTTPRequestHandler):
     """A gateway that misbehaves on request: the job id names what goes wrong."""
 
-    event_connections: dict[str, int] = {}
+    event_connections: ClassVar[dict[str, int]] = {}
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

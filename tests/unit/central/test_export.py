@@ -120,6 +120,7 @@ def test_layout_and_metadata(exported: dict[str, Path]) -> None:
     for stage, path in exported.items():
         assert path.name == "1" and path.parent.name == stage
         assert (path / "saved_model.pb").is_file() and (path / "variables").is_dir()
+        assert path.stat().st_mode & 0o055 == 0o055  # readable by TF Serving's user
         # Nothing half-written is left where TF Serving looks for versions.
         assert sorted(p.name for p in path.parent.iterdir()) == ["1", METADATA_FILE]
         meta = json.loads((path.parent / METADATA_FILE).read_text())
@@ -260,9 +261,11 @@ def test_generate_from_seed_is_deterministic_per_image(
 
     pair = run(context, unconditional, 100)
     np.testing.assert_array_equal(run(context, unconditional, 100), pair)
-    # Image i uses seed + i, whatever else is in the batch.
+    # Image i uses seed + i, whatever else is in the batch (up to the float32 rounding of
+    # batch-size-dependent kernels, the module docstring's diffusion tolerance).
+    scale = float(np.abs(pair).max())
     second_alone = run(context[1:], unconditional[1:], 101)
-    np.testing.assert_allclose(second_alone[0], pair[1], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(second_alone[0], pair[1], rtol=1e-4, atol=1e-4 * scale)
     # It is serving_default fed stateless noise from (seed + i, 0) ...
     noise = np.stack(
         [
@@ -277,7 +280,7 @@ def test_generate_from_seed_is_deterministic_per_image(
         num_steps=tf.constant(2),
         guidance_scale=tf.constant(GUIDANCE),
     )["latent"].numpy()
-    np.testing.assert_allclose(pair, from_noise, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(pair, from_noise, rtol=1e-4, atol=1e-4 * scale)
     # ... which is not the numpy noise the HTTP services draw for that seed (documented).
     assert not np.allclose(noise[0], initial_noise(100, LATENT_SHAPE)[0])
 

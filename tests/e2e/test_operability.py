@@ -238,3 +238,56 @@ def test_per_key_concurrency_limit_is_429(keyed_gateway):
     assert second.status_code == 429 and second.headers["retry-after"]
     assert other_key.status_code == 200
     assert results["first"].status_code == 200
+
+
+GARBAGE_STAGE = """
+import http.server, os, sys
+
+class Garbage(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # /readyz and /v1/info: looks healthy
+        self._send(200, b'{"status": "ready"}', "application/json")
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self._send(200, os.urandom(4096), "application/x-npz")
+
+    def _send(self, status, body, content_type):
+        self.send_response(status)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Garbage).serve_forever()
+"""
+
+
+def test_a_stage_answering_garbage_is_a_502_naming_it(tmp_path):
+    """A fault injected on purpose: a 'diffusion stage' that answers random bytes."""
+    import subprocess
+    import sys
+
+    from tests.utils.servers import free_port
+
+    port = free_port()
+    garbage = subprocess.Popen([sys.executable, "-c", GARBAGE_STAGE, str(port)])
+    try:
+        gateway = ServiceProcess(
+            "central",
+            {**TINY, "SDSERVE_DIFFUSION_URL": f"http://127.0.0.1:{port}"},
+            log_path=tmp_path / "central.log",
+        )
+        with gateway:
+            response = httpx.post(
+                f"{gateway.url}/v1/images/generations", json={"prompt": "x"}, timeout=60
+            )
+    finally:
+        garbage.terminate()
+        garbage.wait(timeout=10)
+    assert response.status_code == 502, response.text
+    error = response.json()["error"]
+    assert error["type"] == "upstream_bad_response"
+    assert "diffusion" in error["message"]

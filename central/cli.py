@@ -398,6 +398,10 @@ def build_processes(
     common = {k: v for k, v in base_env.items() if k not in url_vars}
     common["SDSERVE_MODEL"] = config.model
     common["SDSERVE_WEIGHTS"] = config.weights
+    # A terminal reads plain lines better than JSON; an explicit setting still wins.
+    common.setdefault("SDSERVE_LOG_FORMAT", "text")
+    # TensorFlow's C++ start-up notes (CPU features, oneDNN) are noise here.
+    common.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if config.sizes:
         common["SDSERVE_SIZES"] = config.sizes
     else:

@@ -148,7 +148,11 @@ class RemoteStage:
             base_url=self.base_url,
             timeout=self.timeout,
             headers=headers,
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+            # Idle connections are dropped before uvicorn's 5 s keep-alive closes them,
+            # so a request never races the server closing its connection.
+            limits=httpx.Limits(
+                max_connections=64, max_keepalive_connections=16, keepalive_expiry=2.0
+            ),
             event_hooks={"request": [_send_request_id]},
         )
 
@@ -504,9 +508,14 @@ class Chain:
         return "custom"
 
     def load(self) -> None:
-        """Load and warm the local stages (blocking)."""
-        for stage in self.local.values():
-            stage.load()
+        """Load the local stages, then warm them all (blocking).
+
+        Warm-ups come last because building a stage re-seeds TensorFlow, which would
+        throw away the traced functions of stages warmed before it (a slow first request).
+        """
+        built = [(stage, stage.build()) for stage in self.local.values()]
+        for stage, models in built:
+            stage.warm(models)
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
         status: dict[str, str] = {}

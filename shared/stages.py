@@ -152,8 +152,15 @@ class _LocalStage:
 
     def load(self) -> None:
         """Build and load the models, then warm them at every served size (blocking)."""
+        self.warm(self.build())
+
+    def build(self) -> LoadedModels:
         strategy = resolve_strategy(self.settings)
-        models = load_components(self.settings, self.family, strategy, self.components)
+        return load_components(self.settings, self.family, strategy, self.components)
+
+    def warm(self, models: LoadedModels) -> None:
+        """Warm up, then serve. Warm only after every model of the process is built:
+        building seeds TensorFlow (`set_random_seed`), which drops traced functions."""
         self.worker.run_blocking(lambda: self.warm_up(models))
         self.models = models
 

@@ -6,7 +6,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import Response
 
@@ -96,9 +95,31 @@ def create_diffusion_app(settings: Settings, stage: LocalDiffusion | None = None
 
     streaming = Depends(stream_options)
 
-    async def answer(
-        request: Request, fp16: bool, options: StreamOptions, run: Denoise
+    async def denoise_from(
+        request: Request,
+        tensor_spec: dict[str, TensorSpec],
+        p: DenoiseParams,
+        fp16: bool,
+        options: StreamOptions,
     ) -> Response:
+        """What every mode does: read the npz, run the stage, answer (or stream) it.
+
+        The members present pick the mode: init_latent for img2img, with mask to inpaint.
+        """
+        t = await read_npz(request, tensor_spec, settings)
+
+        def run(on_step: Any, on_preview: Any) -> Any:
+            return stage.denoise(
+                t["context"],
+                t["unconditional_context"],
+                p,
+                init_latent=t.get("init_latent"),
+                mask=t.get("mask"),
+                on_step=on_step,
+                on_preview=on_preview,
+                preview_every=options.preview_every,
+            )
+
         if options.stream:
             return await stream_denoise(request, run, fp16=fp16)
         return reply(await cancel_on_disconnect(request, run(None, None)), fp16)
@@ -127,20 +148,7 @@ def create_diffusion_app(settings: Settings, stage: LocalDiffusion | None = None
         options: StreamOptions = streaming,
     ) -> Response:
         """Text to latent: DDIM with classifier-free guidance; image i uses seed + i."""
-        t = await read_npz(request, txt2img_spec, settings)
-        return await answer(
-            request,
-            fp16,
-            options,
-            lambda on_step, on_preview: stage.denoise(
-                t["context"],
-                t["unconditional_context"],
-                p,
-                on_step=on_step,
-                on_preview=on_preview,
-                preview_every=options.preview_every,
-            ),
-        )
+        return await denoise_from(request, txt2img_spec, p, fp16, options)
 
     @app.post(
         "/v1/img2img",
@@ -156,21 +164,7 @@ def create_diffusion_app(settings: Settings, stage: LocalDiffusion | None = None
         options: StreamOptions = streaming,
     ) -> Response:
         """Image to image: round(strength x steps) steps from the noised init latent."""
-        t = await read_npz(request, img2img_spec, settings)
-        return await answer(
-            request,
-            fp16,
-            options,
-            lambda on_step, on_preview: stage.denoise(
-                t["context"],
-                t["unconditional_context"],
-                p,
-                init_latent=t["init_latent"],
-                on_step=on_step,
-                on_preview=on_preview,
-                preview_every=options.preview_every,
-            ),
-        )
+        return await denoise_from(request, img2img_spec, p, fp16, options)
 
     @app.post(
         "/v1/inpaint",
@@ -189,23 +183,7 @@ def create_diffusion_app(settings: Settings, stage: LocalDiffusion | None = None
         options: StreamOptions = streaming,
     ) -> Response:
         """Inpainting, RePaint-style: the known region follows the init latent every step."""
-        t = await read_npz(request, inpaint_spec, settings)
-        mask = np.asarray(t["mask"], dtype=np.float32)
-        return await answer(
-            request,
-            fp16,
-            options,
-            lambda on_step, on_preview: stage.denoise(
-                t["context"],
-                t["unconditional_context"],
-                p,
-                init_latent=t["init_latent"],
-                mask=mask,
-                on_step=on_step,
-                on_preview=on_preview,
-                preview_every=options.preview_every,
-            ),
-        )
+        return await denoise_from(request, inpaint_spec, p, fp16, options)
 
     return app
 

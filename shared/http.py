@@ -39,7 +39,7 @@ from shared.errors import (
 )
 from shared.logs import RequestIdMiddleware, configure_logging
 from shared.metrics import BatchingSource, MetricsMiddleware, ServiceMetrics
-from shared.tracing import setup_tracing
+from shared.tracing import FreshTraceContext, setup_tracing
 from shared.wire import MEDIA_TYPE, TensorSpec, decode_npz
 
 log = logging.getLogger(__name__)
@@ -429,7 +429,7 @@ def serve(app: FastAPI, host: str, port: int) -> None:
     """Run the app with uvicorn; exit non-zero if its models failed to load."""
     settings: Settings = app.state.settings
     config = uvicorn.Config(
-        app,
+        FreshTraceContext(app),
         host=host,
         port=port,
         log_level="info",

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,27 @@ def setup_tracing(service: str, app: Any) -> None:
     FastAPIInstrumentor.instrument_app(
         app, excluded_urls="healthz,readyz,metrics", tracer_provider=trace.get_tracer_provider()
     )
+
+
+class FreshTraceContext:
+    """ASGI wrapper that starts every request with an empty OpenTelemetry context.
+
+    uvicorn resumes reading a keep-alive connection from inside a handler's `receive()`
+    (the diffusion routes keep one waiting to notice disconnects), and the event loop
+    runs the connection's later callbacks, so its next request, in the context of that
+    call. The ASGI instrumentation would then see the previous request's span as current
+    and nest the new request under it instead of reading its `traceparent`.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        token = otel_context.attach(otel_context.Context())
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            otel_context.detach(token)
 
 
 @contextmanager

@@ -28,6 +28,7 @@ from tenacity import (
 from shared.batching import ProgressCallback, Timing
 from shared.config import Settings
 from shared.errors import (
+    QueueFull,
     SdserveError,
     UpstreamBadResponse,
     UpstreamTimeout,
@@ -496,6 +497,8 @@ class Chain:
             self.decoder = self.remote["decoder"] = RemoteDecoder(settings.decoder_url, settings)
         else:
             self.decoder = self.local["decoder"] = make_decoder(settings)
+        # Until when a remote diffusion stage is known to be full (its last 503).
+        self._diffusion_full_until = 0.0
 
     @property
     def topology(self) -> str:
@@ -561,6 +564,25 @@ class Chain:
         check_denoise_params(self.settings, denoise_params)
         return denoise_params
 
+    def _admit_to_diffusion(self) -> None:
+        """Refuse (503) before the text encoder works, when diffusion would refuse anyway.
+
+        A local diffusion stage's queue is read directly; a remote one is taken to be
+        full for the Retry-After of its last refusal. Under overload this keeps refused
+        requests from costing text-encoder (and image-encoder) time.
+        """
+        local = self.local.get("diffusion")
+        if local is not None:
+            if local.is_full():
+                raise QueueFull("diffusion queue is full", retry_after_s=1)
+            return
+        wait = self._diffusion_full_until - time.monotonic()
+        if wait > 0:
+            raise QueueFull(
+                "diffusion stage is full (it refused a request just now)",
+                retry_after_s=max(1, round(wait)),
+            )
+
     async def generate(
         self,
         params: GenerationParams,
@@ -578,6 +600,7 @@ class Chain:
         """
         # Refuse bad parameters before any stage spends compute on the request.
         denoise_params = self.check(params)
+        self._admit_to_diffusion()
         timings: dict[str, StageTiming] = {}
 
         encode_text = self._timed(
@@ -602,16 +625,20 @@ class Chain:
 
         started = time.perf_counter()
         with span("stage diffusion", **{"sdserve.stage": "diffusion"}):
-            denoised = await self.diffusion.denoise(
-                encoded.context,
-                encoded.unconditional_context,
-                denoise_params,
-                init_latent=init_latent,
-                mask=latent_mask,
-                on_step=on_step,
-                on_preview=on_preview,
-                preview_every=preview_every,
-            )
+            try:
+                denoised = await self.diffusion.denoise(
+                    encoded.context,
+                    encoded.unconditional_context,
+                    denoise_params,
+                    init_latent=init_latent,
+                    mask=latent_mask,
+                    on_step=on_step,
+                    on_preview=on_preview,
+                    preview_every=preview_every,
+                )
+            except QueueFull as exc:
+                self._diffusion_full_until = time.monotonic() + exc.retry_after_s
+                raise
         timings["diffusion"] = _stage_timing(
             denoised.timing, (time.perf_counter() - started) * 1000
         )

@@ -319,6 +319,10 @@ class LocalDiffusion(_LocalStage):
             continuous=settings.continuous_batching,
         )
 
+    def is_full(self) -> bool:
+        """Whether a new request would be refused (QueueFull) right now."""
+        return self.scheduler.queue_depth >= self.scheduler.queue_size
+
     def describe(self) -> dict[str, Any]:
         stats = self.scheduler.stats
         recent = stats.rows_per_call

@@ -9,6 +9,9 @@ import httpx
 import numpy as np
 import pytest
 
+from central.chain import Chain, GenerationParams
+from shared.config import Settings
+from shared.errors import QueueFull
 from tests.utils.servers import ServiceProcess, run_services
 from tests.utils.wire import npz, read_npz
 
@@ -120,3 +123,39 @@ def test_full_queue_answers_503_with_retry_after(services):
     refused = next(r for r in asyncio.run(overload()) if r.status_code == 503)
     assert refused.headers["retry-after"]
     assert refused.json()["error"]["type"] == "queue_full"
+
+
+def test_the_gateway_refuses_before_the_text_encoder_while_diffusion_is_full(services):
+    _, service = services
+    settings = Settings(
+        model="tiny", weights="random", sizes=[(64, 64)], max_steps=1000, diffusion_url=service.url
+    )
+    chain = Chain(settings)  # hybrid: text encoder and decoder here, diffusion remote
+    chain.load()
+    encoder_stats = chain.local["text_encoder"].batcher.stats
+    params = GenerationParams("a red square", None, 64, 64, 2, 7.5, 1, 1)
+
+    async def main() -> None:
+        async with httpx.AsyncClient(base_url=service.url, timeout=120) as client:
+            long = asyncio.create_task(
+                client.post(
+                    "/v1/denoise",
+                    params={"width": 64, "height": 64, "steps": 1000, "seed": 1},
+                    content=_body(),
+                    headers=NPZ,
+                )
+            )
+            while _info(service)["queue_depth"] == 0:
+                assert not long.done(), long
+                await asyncio.sleep(0.05)
+            with pytest.raises(QueueFull):  # the stage's own 503, after text encoding
+                await chain.generate(params)
+            calls = encoder_stats.model_calls
+            with pytest.raises(QueueFull) as refused:  # now refused at the gateway
+                await chain.generate(params)
+            assert encoder_stats.model_calls == calls
+            assert refused.value.retry_after_s >= 1
+            long.cancel()  # disconnects: the stage frees the rows at its next step
+        await chain.aclose()
+
+    asyncio.run(main())

@@ -1,0 +1,47 @@
+"""The gateway's chain in one process (all-in-one): admission before any stage works."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from central.chain import Chain, GenerationParams
+from shared.config import Settings
+from shared.errors import QueueFull
+
+
+def test_a_full_local_diffusion_queue_refuses_before_the_text_encoder():
+    settings = Settings(
+        model="tiny", weights="random", sizes=[(64, 64)], queue_size=1, max_steps=1000
+    )
+    chain = Chain(settings)
+    chain.load()
+    encoder_stats = chain.local["text_encoder"].batcher.stats
+
+    def params(steps: int) -> GenerationParams:
+        return GenerationParams("a red square", None, 64, 64, steps, 7.5, 1, 1)
+
+    async def main() -> None:
+        long = asyncio.create_task(chain.generate(params(1000)))
+        while chain.local["diffusion"].scheduler.queue_depth == 0:
+            assert not long.done(), long
+            await asyncio.sleep(0.02)
+        calls = encoder_stats.model_calls
+        with pytest.raises(QueueFull) as refused:
+            await chain.generate(params(2))
+        assert encoder_stats.model_calls == calls
+        assert refused.value.headers()["Retry-After"] == "1"
+        long.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await long
+        # Room again once the cancelled rows leave at the next step.
+        while chain.local["diffusion"].is_full():
+            await asyncio.sleep(0.02)
+        assert len((await chain.generate(params(2))).images) == 1
+
+    try:
+        asyncio.run(main())
+    finally:
+        for stage in chain.local.values():
+            stage.close()

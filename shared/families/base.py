@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -58,6 +59,8 @@ class ModelFamily(ABC):
     spec: FamilySpec
     # Component -> the file keras-cv publishes for it; empty for families with none.
     published_weights: dict[Component, PublishedWeights]
+    # A weights directory shipped inside the package (`SDSERVE_WEIGHTS=embedded`), if any.
+    embedded_weights: Path | None = None
 
     @abstractmethod
     def build_text_encoder(self) -> keras.Model: ...

@@ -2,8 +2,9 @@
 
 A deliberately small model with exactly the stage contracts of keras-cv's Stable
 Diffusion components (see `shared.families.base`), so the whole serving stack can be
-exercised end to end in seconds on a CPU. It has no published weights: its weights are
-the seeded random initialisation (or whatever `shared.weights` saves and loads).
+exercised end to end in seconds on a CPU. Its embedded weights (`tiny_weights/`, the
+default) were trained on captioned synthetic scenes, so it draws the shapes it is asked
+for; `SDSERVE_WEIGHTS=random` keeps the seeded initialisation.
 
 Everything here is built with the Keras functional API from layers with explicit, stable
 names, and only with initialisers that draw their seed from Python's `random` module at
@@ -13,6 +14,7 @@ weights in any process, and `.weights.h5` files move between two builds of a com
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -30,7 +32,10 @@ VOCAB_SIZE = 49408
 # Latent scale factor of the Stable Diffusion VAE (keras-cv's ImageEncoder uses it too).
 LATENT_SCALE = 0.18215
 
-# Text encoder sizes.
+# Text encoder sizes. Token embeddings are factorised (vocab x 32, then 32 -> context
+# width): a full 49408 x 128 table alone would be 25 MB, and a caption vocabulary of a
+# few dozen words does not need it.
+_TOKEN_EMBEDDING_DIM = 32
 _TEXT_HEADS = 4
 _TEXT_LAYERS = 2
 _TEXT_MLP_RATIO = 4
@@ -40,9 +45,10 @@ _UNET_CHANNELS = (32, 64, 64)
 _UNET_TIME_DIM = 128
 _UNET_HEADS = 4
 
-# VAE sizes.
-_DECODER_CHANNELS = (64, 32, 16)  # after each of the three 2x upsampling stages
-_ENCODER_CHANNELS = (16, 32, 64)  # after each of the three stride-2 convs
+# VAE sizes (downsampling factor 4: a 64x64 image is a 16x16x4 latent, fine enough for
+# the edges of small shapes to survive the round trip).
+_DECODER_CHANNELS = (64, 32, 16)  # at latent resolution, then after each 2x upsampling
+_ENCODER_CHANNELS = (16, 32, 64)  # at image resolution, then after each stride-2 conv
 
 
 @keras.saving.register_keras_serializable(package="sdserve")
@@ -63,6 +69,39 @@ class LatentScale(keras.layers.Layer):  # type: ignore[misc]
     def get_config(self) -> dict[str, Any]:
         config: dict[str, Any] = super().get_config()
         config.update({"channels": self.channels, "scale": self.scale})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="sdserve")
+class PromptMean(keras.layers.Layer):  # type: ignore[misc]
+    """Mean of the hidden states over the prompt's own tokens, broadcast to every position.
+
+    Token positions run up to the first end-of-text token; the padding after it (the same
+    token id, as keras-cv pads) is left out. Added to every position, the summary keeps
+    the padding positions (most of the 77) from diluting what the prompt says, so the
+    UNet's attention and pooling hear the prompt from the first training step.
+    """
+
+    def __init__(self, end_token: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.end_token = end_token
+
+    def call(self, inputs: Any) -> Any:
+        hidden, tokens = inputs
+        ops = keras.ops
+        is_end = ops.cast(ops.equal(tokens, self.end_token), hidden.dtype)
+        # 1 up to and including the first end token, 0 after it.
+        keep = ops.expand_dims(ops.cast(ops.cumsum(is_end, axis=1) - is_end == 0, hidden.dtype), -1)
+        total = ops.sum(hidden * keep, axis=1, keepdims=True)
+        return total / ops.maximum(ops.sum(keep, axis=1, keepdims=True), 1.0)
+
+    def compute_output_shape(self, input_shape: Any) -> tuple[int | None, ...]:
+        hidden_shape, _ = input_shape
+        return (hidden_shape[0], 1, hidden_shape[-1])
+
+    def get_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = super().get_config()
+        config.update({"end_token": self.end_token})
         return config
 
 
@@ -171,19 +210,25 @@ class TinyFamily(ModelFamily):
         name="tiny",
         context_dim=128,
         latent_channels=4,
-        downsampling_factor=8,
+        downsampling_factor=4,
         max_tokens=77,
         size_multiple=32,
     )
     # Tiny has no published files; this dict is never mutated.
     published_weights: dict[Component, PublishedWeights] = {}  # noqa: RUF012
+    # Trained on synthetic scenes by `training/train_tiny.py`; see its README.md.
+    embedded_weights = Path(__file__).parent / "tiny_weights"
 
     def build_text_encoder(self) -> keras.Model:
-        """A 2-layer pre-LayerNorm causal transformer, like a very small CLIP text model."""
+        """A 2-layer pre-LayerNorm causal transformer, like a very small CLIP text model,
+        plus the prompt's mean hidden state added at every position (PromptMean)."""
         n, dim = self.spec.max_tokens, self.spec.context_dim
         tokens = keras.Input((n,), dtype="int32", name="tokens")
         positions = keras.Input((n,), dtype="int32", name="positions")
-        tok = keras.layers.Embedding(VOCAB_SIZE, dim, name="token_embedding")(tokens)
+        tok = keras.layers.Embedding(VOCAB_SIZE, _TOKEN_EMBEDDING_DIM, name="token_embedding")(
+            tokens
+        )
+        tok = keras.layers.Dense(dim, use_bias=False, name="token_projection")(tok)
         pos = keras.layers.Embedding(n, dim, name="position_embedding")(positions)
         x = keras.layers.Add(name="embedding_add")([tok, pos])
         for i in range(_TEXT_LAYERS):
@@ -197,11 +242,15 @@ class TinyFamily(ModelFamily):
             h = keras.layers.Dense(dim * _TEXT_MLP_RATIO, activation="gelu", name=f"{name}_fc1")(h)
             h = keras.layers.Dense(dim, name=f"{name}_fc2")(h)
             x = keras.layers.Add(name=f"{name}_add2")([x, h])
+        summary = PromptMean(self.spec.pad_token, name="prompt_mean")([x, tokens])
+        summary = keras.layers.Dense(dim, name="prompt_mean_proj")(summary)
+        x = keras.layers.Add(name="prompt_mean_add")([x, summary])  # broadcast over positions
         x = keras.layers.LayerNormalization(epsilon=1e-5, name="final_layer_norm")(x)
         return keras.Model({"tokens": tokens, "positions": positions}, x, name="tiny_text_encoder")
 
     def build_diffusion_model(self, height: int, width: int) -> keras.Model:
-        """A two-level UNet with time-conditioned ResBlocks and spatial transformers."""
+        """A two-level UNet: ResBlocks conditioned on time and the pooled prompt,
+        spatial transformers cross-attending to the prompt's tokens."""
         self._check_size(height, width)
         lh, lw, lc = self.latent_shape(height, width)
         c0, c1, c2 = _UNET_CHANNELS
@@ -211,6 +260,12 @@ class TinyFamily(ModelFamily):
 
         t = keras.layers.Dense(_UNET_TIME_DIM, activation="swish", name="time_fc1")(t_in)
         t = keras.layers.Dense(_UNET_TIME_DIM, name="time_fc2")(t)
+        # The prompt, pooled, joins the time embedding and so reaches every ResBlock: a
+        # direct path that makes a model trained from scratch use the prompt early, before
+        # cross-attention has learnt where to look.
+        pooled = keras.layers.GlobalAveragePooling1D(name="context_pool")(context)
+        pooled = keras.layers.Dense(_UNET_TIME_DIM, name="context_pool_proj")(pooled)
+        t = keras.layers.Add(name="time_context_add")([t, pooled])
 
         x = _conv(c0, 3, "conv_in")(latent)
         # Down: latent resolution, then /2 and /4.
@@ -245,33 +300,31 @@ class TinyFamily(ModelFamily):
         )
 
     def build_decoder(self, height: int, width: int) -> keras.Model:
-        """VAE decoder; fully convolutional, so one model serves every size (args unused)."""
+        """VAE decoder, two 2x upsamplings; fully convolutional, so sizes are unused."""
         c0, c1, c2 = _DECODER_CHANNELS
         latent = keras.Input((None, None, self.spec.latent_channels), name="latent")
         x = keras.layers.Rescaling(1.0 / LATENT_SCALE, name="unscale")(latent)
         x = _conv(c0, 3, "conv_in")(x)
         x = _res_block(x, c0, "mid_res")
-        x = _upsample(x, c0, "up0")
-        x = _res_block(x, c0, "up0_res")
-        x = _upsample(x, c1, "up1")
-        x = _res_block(x, c1, "up1_res")
-        x = _upsample(x, c2, "up2")
+        x = _upsample(x, c1, "up0")
+        x = _res_block(x, c1, "up0_res")
+        x = _upsample(x, c2, "up1")
+        x = _res_block(x, c2, "up1_res")
         x = _norm("out_norm", c2)(x)
         x = keras.layers.Activation("swish", name="out_act")(x)
         image = _conv(3, 3, "conv_out")(x)
         return keras.Model(latent, image, name="tiny_decoder")
 
     def build_image_encoder(self) -> keras.Model:
-        """VAE encoder: three stride-2 convs, 8 moment channels, scaled mean kept."""
+        """VAE encoder: two stride-2 convs, 8 moment channels, scaled mean kept."""
         c0, c1, c2 = _ENCODER_CHANNELS
         lc = self.spec.latent_channels
         image = keras.Input((None, None, 3), name="image")
         x = _conv(c0, 3, "conv_in")(image)
-        x = _conv(c0, 3, "down0", strides=2)(x)
+        x = _res_block(x, c0, "res0")
+        x = _conv(c1, 3, "down0", strides=2)(x)
         x = _res_block(x, c1, "down0_res")
-        x = _conv(c1, 3, "down1", strides=2)(x)
-        x = _res_block(x, c2, "down1_res")
-        x = _conv(c2, 3, "down2", strides=2)(x)
+        x = _conv(c2, 3, "down1", strides=2)(x)
         x = _res_block(x, c2, "mid_res")
         x = _norm("out_norm", c2)(x)
         x = keras.layers.Activation("swish", name="out_act")(x)

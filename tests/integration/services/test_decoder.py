@@ -27,7 +27,7 @@ SERVICE_MODULE = "services.decoder"
 ROUTE = "/v1/decode"
 
 
-def latent(batch: int = 1, hw: int = 8, channels: int = 4, seed: int = 0) -> np.ndarray:
+def latent(batch: int = 1, hw: int = 16, channels: int = 4, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.standard_normal((batch, hw, hw, channels)).astype(np.float32)
 
@@ -64,7 +64,7 @@ class TestDecoderContract(StageContract):
 # --- good calls -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("hw", "size"), [(8, 64), (16, 128)])
+@pytest.mark.parametrize(("hw", "size"), [(16, 64), (32, 128)])
 @pytest.mark.parametrize("batch", [1, 2, 3])
 def test_images_shape_and_dtype(
     client: httpx.Client, service: ServiceProcess, hw: int, size: int, batch: int
@@ -113,7 +113,7 @@ def test_wrong_channel_count_is_422(
     assert_error(decode(client, service, body), 422, param="latent")
 
 
-@pytest.mark.parametrize("shape", [(8, 8, 4), (1, 1, 8, 8, 4), (4,)])
+@pytest.mark.parametrize("shape", [(16, 16, 4), (1, 1, 16, 16, 4), (4,)])
 def test_wrong_rank_is_422(
     client: httpx.Client, service: ServiceProcess, shape: tuple[int, ...]
 ) -> None:
@@ -121,7 +121,7 @@ def test_wrong_rank_is_422(
     assert_error(decode(client, service, body), 422, param="latent")
 
 
-@pytest.mark.parametrize(("h", "w"), [(12, 12), (8, 16), (32, 32), (0, 0)])
+@pytest.mark.parametrize(("h", "w"), [(12, 12), (16, 32), (64, 64), (0, 0)])
 def test_unsupported_latent_size_is_422(
     client: httpx.Client, service: ServiceProcess, h: int, w: int
 ) -> None:
@@ -130,7 +130,7 @@ def test_unsupported_latent_size_is_422(
 
 
 def test_unsupported_size_type(client: httpx.Client, service: ServiceProcess) -> None:
-    body = npz({"latent": latent(hw=12)})
+    body = npz({"latent": latent(hw=24)})
     inner = assert_error(decode(client, service, body), 422, error_type="unsupported_size")
     assert inner["param"] == "latent"
     assert "96x96" in inner["message"]
@@ -140,7 +140,7 @@ def test_unsupported_size_type(client: httpx.Client, service: ServiceProcess) ->
 def test_batch_out_of_range_is_422(
     client: httpx.Client, service: ServiceProcess, batch: int
 ) -> None:
-    body = npz({"latent": np.zeros((batch, 8, 8, 4), np.float32)})
+    body = npz({"latent": np.zeros((batch, 16, 16, 4), np.float32)})
     assert_error(decode(client, service, body), 422, param="latent")
 
 
@@ -180,7 +180,7 @@ def test_wrong_content_type_is_415(
     assert_error(response, 415, param="body", error_type="unsupported_media_type")
 
 
-@pytest.mark.parametrize("body", [b"", b"not an npz", npy(np.zeros((1, 8, 8, 4), np.float32))])
+@pytest.mark.parametrize("body", [b"", b"not an npz", npy(np.zeros((1, 16, 16, 4), np.float32))])
 def test_not_npz_is_422(client: httpx.Client, service: ServiceProcess, body: bytes) -> None:
     assert_error(decode(client, service, body), 422, param="body")
 

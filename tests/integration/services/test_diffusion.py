@@ -123,7 +123,7 @@ def test_omitted_seed_is_drawn_and_returned(client: httpx.Client, service: Servi
     body = npz(contexts())
     first = client.post(f"{service.url}{ROUTE}", content=body, params=query, headers=NPZ_HEADERS)
     second = client.post(f"{service.url}{ROUTE}", content=body, params=query, headers=NPZ_HEADERS)
-    assert latent_of(first).shape == (3, 8, 8, 4)
+    assert latent_of(first).shape == (3, 16, 16, 4)
     seeds = [int(s) for s in first.headers["x-seeds"].split(",")]
     assert len(seeds) == 3
     assert 0 <= seeds[0] <= MAX_SEED
@@ -149,7 +149,7 @@ def test_context_batch_one_broadcasts_to_n(client: httpx.Client, service: Servic
     broadcast = latent_of(denoise(client, service, npz(one), n=3))
     repeated = {k: np.repeat(v, 3, axis=0) for k, v in one.items()}
     explicit = latent_of(denoise(client, service, npz(repeated), n=3))
-    assert broadcast.shape == (3, 8, 8, 4)
+    assert broadcast.shape == (3, 16, 16, 4)
     np.testing.assert_array_equal(broadcast, explicit)
 
 
@@ -335,4 +335,4 @@ def test_compressed_member_is_422(client: httpx.Client, service: ServiceProcess)
 
 
 def test_service_still_good_after_bad_calls(client: httpx.Client, service: ServiceProcess) -> None:
-    assert latent_of(denoise(client, service)).shape == (1, 8, 8, 4)
+    assert latent_of(denoise(client, service)).shape == (1, 16, 16, 4)

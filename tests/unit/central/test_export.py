@@ -57,7 +57,7 @@ from shared.stages import (
 tf = pytest.importorskip("tensorflow")
 
 SIZE = 64
-LATENT_SHAPE = (8, 8, 4)
+LATENT_SHAPE = (16, 16, 4)
 STEPS = 3
 SEED = 7
 GUIDANCE = 7.5

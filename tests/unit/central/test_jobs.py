@@ -103,7 +103,7 @@ def test_job_goes_queued_running_succeeded_with_events_in_order(chain):
     assert [p.data["step"] for p in previews] == [1, 2, 3, 4, 5]  # every ceil(6/10) step
     assert all(len(p.data["images"]) == 2 for p in previews)  # one per image
     preview = Image.open(io.BytesIO(base64.b64decode(previews[0].data["images"][0].split(",")[1])))
-    assert preview.size == (8, 8)  # the latent grid: small
+    assert preview.size == (16, 16)  # the latent grid: small
     # Each preview follows the progress event of its step.
     assert names.index("preview") == names.index("progress") + 1
     assert statuses[0] == "queued" and "running" in statuses and statuses[-1] == "succeeded"

@@ -86,9 +86,10 @@ def seed0_models(family: TinyFamily) -> dict[tuple[Component, int], keras.Model]
 def test_spec(family: TinyFamily) -> None:
     spec = family.spec
     assert (spec.name, spec.context_dim, spec.latent_channels) == ("tiny", 128, 4)
-    assert (spec.downsampling_factor, spec.max_tokens, spec.size_multiple) == (8, 77, 32)
+    assert (spec.downsampling_factor, spec.max_tokens, spec.size_multiple) == (4, 77, 32)
     assert family.published_weights == {}
-    assert family.latent_shape(64, 128) == (8, 16, 4)
+    assert family.embedded_weights is not None and family.embedded_weights.name == "tiny_weights"
+    assert family.latent_shape(64, 128) == (16, 32, 4)
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -117,7 +118,7 @@ def test_input_names_and_dtypes(seed0_models: dict[tuple[Component, int], keras.
     }
     unet = seed0_models[("diffusion_model", 128)]
     assert {k: tuple(v.shape) for k, v in unet.input.items()} == {
-        "latent": (None, 16, 16, 4),
+        "latent": (None, 32, 32, 4),
         "timestep_embedding": (None, 320),
         "context": (None, 77, 128),
     }
@@ -132,18 +133,18 @@ def test_vae_models_serve_every_size(
     decoder = seed0_models[("decoder", 64)]
     encoder = seed0_models[("image_encoder", 64)]
     for h, w in ((96, 160), (128, 128)):
-        latent = np.zeros((1, h // 8, w // 8, 4), np.float32)
+        latent = np.zeros((1, h // 4, w // 4, 4), np.float32)
         assert _run(decoder, latent).shape == (1, h, w, 3)
         image = np.zeros((1, h, w, 3), np.float32)
-        assert _run(encoder, image).shape == (1, h // 8, w // 8, 4)
+        assert _run(encoder, image).shape == (1, h // 4, w // 4, 4)
 
 
 def test_unet_other_multiples_of_32(family: TinyFamily) -> None:
     keras.utils.set_random_seed(0)
     unet = family.build_diffusion_model(96, 160)
     inputs = _inputs(family, "diffusion_model", 64)
-    inputs["latent"] = np.zeros((BATCH, 12, 20, 4), np.float32)
-    assert _run(unet, inputs).shape == (BATCH, 12, 20, 4)
+    inputs["latent"] = np.zeros((BATCH, 24, 40, 4), np.float32)
+    assert _run(unet, inputs).shape == (BATCH, 24, 40, 4)
     with pytest.raises(ValueError, match="multiples of 32"):
         family.build_diffusion_model(64, 80)
 
@@ -222,18 +223,23 @@ def test_unet_output_depends_on_every_input(
         assert float(np.max(np.abs(out - base))) > 1e-4, f"output ignores {name}"
 
 
-def test_text_encoder_is_causal(
+def test_text_encoder_is_causal_after_the_prompt(
     family: TinyFamily, seed0_models: dict[tuple[Component, int], keras.Model]
 ) -> None:
     text = seed0_models[("text_encoder", 64)]
     inputs = _inputs(family, "text_encoder", 64)
+    inputs["tokens"][:, 10:] = 49407  # the prompt ends at 10, padding after it
     base = _run(text, inputs)
     changed = {k: v.copy() for k, v in inputs.items()}
-    changed["tokens"][:, 40] = (changed["tokens"][:, 40] + 1) % 49408
+    changed["tokens"][:, 40] = 1000  # a token after the prompt's end
     out = _run(text, changed)
     # Positions before the change are untouched, the changed one and later ones move.
     np.testing.assert_allclose(out[:, :40], base[:, :40], rtol=0, atol=1e-5)
     assert float(np.max(np.abs(out[:, 40:] - base[:, 40:]))) > 1e-4
+    # A change inside the prompt reaches every position, through the prompt's mean.
+    inside = {k: v.copy() for k, v in inputs.items()}
+    inside["tokens"][:, 5] = 1000
+    assert float(np.min(np.abs(_run(text, inside) - base).max(-1))) > 1e-4
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
@@ -278,3 +284,29 @@ def test_build_time_of_whole_family(family: TinyFamily, capsys: pytest.CaptureFi
     with capsys.disabled():
         parts = ", ".join(f"{c} {t:.2f}s" for c, t in timings.items())
         print(f"\ntiny family build at 64x64: {total:.2f}s ({parts})")
+
+
+def test_prompt_mean_averages_up_to_the_first_end_token() -> None:
+    from shared.families.tiny import PromptMean
+
+    hidden = np.random.default_rng(0).standard_normal((2, 6, 3)).astype(np.float32)
+    end = 49407
+    tokens = np.array([[49406, 5, 6, end, end, end], [49406, end, end, end, end, end]], np.int32)
+    summary = np.asarray(PromptMean(end)([hidden, tokens]))
+    assert summary.shape == (2, 1, 3)
+    np.testing.assert_allclose(summary[0, 0], hidden[0, :4].mean(0), rtol=1e-6)
+    np.testing.assert_allclose(summary[1, 0], hidden[1, :2].mean(0), rtol=1e-6)
+
+
+def test_prompts_differ_in_every_position_of_the_context(
+    seed0_models: dict[tuple[Component, int], keras.Model],
+) -> None:
+    # Padding positions carry the prompt too (PromptMean): two prompts of the same length
+    # differ at the last position, where a plain causal model's padding is nearly alike.
+    text = seed0_models[("text_encoder", 64)]
+    positions = np.tile(np.arange(77, dtype=np.int32), (2, 1))
+    tokens = np.full((2, 77), 49407, np.int32)
+    tokens[:, 0] = 49406
+    tokens[0, 1], tokens[1, 1] = 1000, 2000
+    context = _run(text, {"tokens": tokens, "positions": positions})
+    assert np.abs(context[0, -1] - context[1, -1]).mean() > 0.05

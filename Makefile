@@ -47,7 +47,7 @@ up: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check shared services central
+	$(BIN)/ruff format --check shared services central training
 	$(BIN)/mypy
 
 test: lint

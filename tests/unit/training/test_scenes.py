@@ -1,0 +1,76 @@
+"""The synthetic scene generator: deterministic, captioned, with a real held-out split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training.scenes import (
+    COLOURS,
+    IMAGE_SIZE,
+    PLACES,
+    SHAPES,
+    Scene,
+    held_out_scenes,
+    random_scene,
+    render,
+    training_caption,
+)
+
+
+def test_same_seed_same_scenes_and_pixels():
+    a = random_scene(np.random.default_rng(3))
+    b = random_scene(np.random.default_rng(3))
+    assert a == b
+    assert np.array_equal(render(a), render(b))
+
+
+def test_training_scenes_never_have_a_held_out_combination():
+    rng = np.random.default_rng(0)
+    train = {random_scene(rng).combination for _ in range(3000)}
+    held_out = {s.combination for s in held_out_scenes(60, plain_background=False)}
+    assert held_out and not train & held_out
+    # About one combination in ten is held out, so training still sees every attribute.
+    assert {c[0] for c in train} == set(SHAPES) and {c[1] for c in train} == set(COLOURS)
+
+
+def test_held_out_prompts_are_captions_training_never_uses():
+    rng = np.random.default_rng(1)
+    captions = set()
+    for _ in range(5000):
+        captions.add(training_caption(random_scene(rng), rng))
+    for scene in held_out_scenes(40):
+        assert scene.caption() not in captions
+
+
+def test_captions_name_every_attribute_and_may_leave_size_and_place_out():
+    scene = Scene("circle", "red", "small", "top left", ("blue",))
+    assert scene.caption() == "a small red circle at the top left on a blue background"
+    assert scene.caption(with_size=False, with_place=False) == "a red circle on a blue background"
+    two_tone = Scene("square", "red", "large", "center", ("white", "black"))
+    assert two_tone.caption().endswith("in the center on a white and black background")
+
+
+@pytest.mark.parametrize("place", PLACES)
+def test_the_shape_is_drawn_in_its_place_and_colour(place):
+    image = render(Scene("square", "red", "small", place, ("white",)))
+    assert image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and image.dtype == np.uint8
+    red = np.all(image == COLOURS["red"], axis=-1)
+    ys, xs = np.nonzero(red)
+    row, col = divmod(PLACES.index(place), 3)
+    assert int(ys.mean() // (IMAGE_SIZE / 3)) == row
+    assert int(xs.mean() // (IMAGE_SIZE / 3)) == col
+    assert red.sum() == pytest.approx(16 * 16, rel=0.15)
+
+
+def test_large_shapes_stay_inside_the_image():
+    image = render(Scene("circle", "blue", "large", "bottom right", ("white",), offset=(3, 3)))
+    blue = np.all(image == COLOURS["blue"], axis=-1)
+    assert blue.sum() > 400
+    assert not blue[-1].any() and not blue[:, -1].any()
+
+
+def test_two_tone_backgrounds_split_in_halves():
+    scene = Scene("circle", "red", "small", "center", ("white", "black"), vertical_split=True)
+    image = render(scene)
+    assert tuple(image[0, 0]) == COLOURS["white"] and tuple(image[0, -1]) == COLOURS["black"]

@@ -1,0 +1,176 @@
+"""Held-out evaluation of a tiny model through the serving chain (used by tests and card).
+
+Three checks, each on held-out combinations with fixed seeds:
+
+- text to image: does the image show the prompt's colour and shape (and place, size)?
+- inpainting: a new shape is asked for inside a square mask on a rendered scene; is it
+  there, and is everything outside the mask within PSNR of the input?
+- image to image at low strength: is the output within PSNR of the input?
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from central.chain import Chain, EditInputs, GenerationParams
+from training.judge import Verdict, judge
+from training.scenes import COLOURS, IMAGE_SIZE, PLACES, SHAPES, Scene, held_out_scenes, render
+
+STEPS = 25
+GUIDANCE = 5.0
+IMG2IMG_STRENGTH = 0.3
+# Square mask around the inpainted shape's cell, in pixels (a third of the image + margin).
+_MASK_MARGIN = 3
+
+
+def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float:
+    """PSNR in dB of two uint8 images, over the pixels where `where` is True (all if None)."""
+    diff = a.astype(np.float64) - b.astype(np.float64)
+    if where is not None:
+        diff = diff[where]
+    mse = float(np.mean(diff**2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+async def _generate(
+    chain: Chain,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    edits: Sequence[EditInputs | None],
+    strength: float = 1.0,
+) -> list[np.ndarray]:
+    async def one(prompt: str, seed: int, edit: EditInputs | None) -> np.ndarray:
+        params = GenerationParams(
+            prompt=prompt,
+            negative_prompt=None,
+            width=IMAGE_SIZE,
+            height=IMAGE_SIZE,
+            steps=STEPS,
+            guidance_scale=GUIDANCE,
+            seed=seed,
+            n=1,
+            strength=strength,
+        )
+        result = await chain.generate(params, edit)
+        return np.asarray(result.images[0])
+
+    # Concurrent requests: the diffusion stage batches their rows step by step.
+    return list(
+        await asyncio.gather(*(one(p, s, e) for p, s, e in zip(prompts, seeds, edits, strict=True)))
+    )
+
+
+@dataclass(frozen=True)
+class TextToImageResult:
+    scenes: list[Scene]
+    images: list[np.ndarray]
+    verdicts: list[Verdict]
+
+    def rate(self, attribute: str) -> float:
+        return float(np.mean([getattr(v, attribute) for v in self.verdicts]))
+
+
+async def text_to_image(chain: Chain, count: int, seed: int = 0) -> TextToImageResult:
+    scenes = held_out_scenes(count, seed)
+    images = await _generate(
+        chain,
+        [s.caption() for s in scenes],
+        [seed * 1000 + i for i in range(count)],
+        [None] * count,
+    )
+    return TextToImageResult(
+        scenes, images, [judge(i, s) for i, s in zip(images, scenes, strict=True)]
+    )
+
+
+def _grid_distance(a: str, b: str) -> int:
+    (ra, ca), (rb, cb) = divmod(PLACES.index(a), 3), divmod(PLACES.index(b), 3)
+    return max(abs(ra - rb), abs(ca - cb))
+
+
+@dataclass(frozen=True)
+class InpaintCase:
+    base: Scene  # what the input image shows
+    target: Scene  # the shape the prompt asks for inside the mask
+    mask: np.ndarray  # (H, W) bool, True = repaint
+
+
+def inpaint_cases(count: int, seed: int = 0) -> list[InpaintCase]:
+    """A rendered scene plus a held-out shape asked for in another, masked cell."""
+    rng = np.random.default_rng([seed, 7])
+    cases: list[InpaintCase] = []
+    for target in held_out_scenes(count, seed + 1):
+        # The existing shape goes as far from the masked cell as the grid allows.
+        distance = {p: _grid_distance(p, target.place) for p in PLACES}
+        free = [p for p in PLACES if distance[p] == max(distance.values())]
+        colours = [c for c in COLOURS if c not in (target.colour, *target.background)]
+        base = Scene(
+            shape=SHAPES[rng.integers(len(SHAPES))],
+            colour=colours[rng.integers(len(colours))],
+            size="small",
+            place=free[rng.integers(len(free))],
+            background=target.background,
+        )
+        row, col = divmod(PLACES.index(target.place), 3)
+        cell = IMAGE_SIZE / 3
+        y0, x0 = int(row * cell) - _MASK_MARGIN, int(col * cell) - _MASK_MARGIN
+        y1, x1 = int((row + 1) * cell) + _MASK_MARGIN, int((col + 1) * cell) + _MASK_MARGIN
+        if target.size == "large":  # a large shape may be pushed inwards from the edge
+            y0, x0, y1, x1 = y0 - 4, x0 - 4, y1 + 4, x1 + 4
+        mask = np.zeros((IMAGE_SIZE, IMAGE_SIZE), bool)
+        mask[max(y0, 0) : y1, max(x0, 0) : x1] = True
+        cases.append(InpaintCase(base, target, mask))
+    return cases
+
+
+@dataclass(frozen=True)
+class InpaintResult:
+    cases: list[InpaintCase]
+    images: list[np.ndarray]
+    verdicts: list[Verdict]
+    outside_psnr: list[float]
+
+
+async def inpaint(chain: Chain, count: int, seed: int = 0) -> InpaintResult:
+    cases = inpaint_cases(count, seed)
+    inputs = [render(c.base) for c in cases]
+    edits = [
+        EditInputs(image=image, mask=c.mask.astype(np.float32))
+        for image, c in zip(inputs, cases, strict=True)
+    ]
+    images = await _generate(
+        chain, [c.target.caption() for c in cases], [seed * 1000 + i for i in range(count)], edits
+    )
+    return InpaintResult(
+        cases,
+        images,
+        [judge(image, c.target) for image, c in zip(images, cases, strict=True)],
+        [psnr(o, i, ~c.mask) for o, i, c in zip(images, inputs, cases, strict=True)],
+    )
+
+
+@dataclass(frozen=True)
+class Img2ImgResult:
+    scenes: list[Scene]
+    inputs: list[np.ndarray]
+    images: list[np.ndarray]
+    psnr: list[float]
+
+
+async def img2img(chain: Chain, count: int, seed: int = 0) -> Img2ImgResult:
+    scenes = held_out_scenes(count, seed + 2)
+    inputs = [render(s) for s in scenes]
+    images = await _generate(
+        chain,
+        [s.caption() for s in scenes],
+        [seed * 1000 + i for i in range(count)],
+        [EditInputs(image=i) for i in inputs],
+        strength=IMG2IMG_STRENGTH,
+    )
+    return Img2ImgResult(
+        scenes, inputs, images, [psnr(o, i) for o, i in zip(images, inputs, strict=True)]
+    )

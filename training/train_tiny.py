@@ -1,0 +1,468 @@
+"""Train the `tiny` family on synthetic scenes: VAE first, then text encoder + UNet.
+
+    python -m training.train_tiny all    # vae, latents, decoder, diffusion, export, card
+    python -m training.train_tiny vae --vae-steps 2000
+    python -m training.train_tiny decoder --decoder-steps 3000   # sharper decoder
+    python -m training.train_tiny diffusion --steps 4500
+    python -m training.train_tiny export         # EMA weights -> shared/families/tiny_weights
+    python -m training.train_tiny card           # loss curves, samples, held-out scores
+
+Every phase is seeded and resumable: checkpoints (weights, optimizer state, EMA, step)
+go to `--workdir` every `--checkpoint-every` steps and a rerun carries on from the last
+one; batch `k` is drawn from a generator seeded by (seed, phase, k), so a resumed run
+sees the same batches as an uninterrupted one. Loss curves go to `<workdir>/*.csv`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+
+from training.scenes import Scene, random_scene, render, training_caption
+
+log = logging.getLogger("train_tiny")
+
+DEFAULT_WORKDIR = Path("build/tiny-training")
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "shared" / "families" / "tiny_weights"
+TRAIN_SCENES = 24_000
+CAPTION_DROPOUT = 0.1  # share of captions replaced by "" so guidance has an unconditional
+LATENT_NOISE = 0.05  # decoder sees slightly noisy latents: sampled ones are never exact
+DECODER_NOISE = 0.02  # the same, while the decoder is fine-tuned alone
+
+
+def _scene_rng(seed: int, *keys: int) -> np.random.Generator:
+    return np.random.default_rng([seed, *keys])
+
+
+class Dataset:
+    """The training scenes, rendered once and cached in the work directory."""
+
+    def __init__(self, workdir: Path, seed: int, count: int = TRAIN_SCENES) -> None:
+        rng = _scene_rng(seed, 0)
+        self.scenes: list[Scene] = [random_scene(rng) for _ in range(count)]
+        cache = workdir / f"scenes-{seed}-{count}.npy"
+        if cache.is_file():
+            self.images = np.load(cache, allow_pickle=False)
+        else:
+            started = time.monotonic()
+            self.images = np.stack([render(s) for s in self.scenes])
+            workdir.mkdir(parents=True, exist_ok=True)
+            np.save(cache, self.images, allow_pickle=False)
+            log.info("rendered %d scenes in %.1f s", count, time.monotonic() - started)
+
+    def pixels(self, index: np.ndarray) -> np.ndarray:
+        """Images in [-1, 1], float32."""
+        return self.images[index].astype(np.float32) / 127.5 - 1.0
+
+
+class Checkpoint:
+    """Weights, optimizer state, EMA weights and the step, as plain arrays on disk."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def save(self, step: int, groups: dict[str, Sequence[Any]], seconds: float = 0.0) -> None:
+        tmp = self.directory.with_name(self.directory.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name, variables in groups.items():
+            np.savez(tmp / f"{name}.npz", *[np.asarray(v.numpy()) for v in variables])
+        (tmp / "step.json").write_text(json.dumps({"step": step, "seconds": seconds}))
+        shutil.rmtree(self.directory, ignore_errors=True)
+        tmp.rename(self.directory)
+
+    def restore(self, groups: dict[str, Sequence[Any]]) -> int:
+        if not (self.directory / "step.json").is_file():
+            return 0
+        for name, variables in groups.items():
+            with np.load(self.directory / f"{name}.npz", allow_pickle=False) as arrays:
+                values = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+            if len(values) != len(variables):
+                raise SystemExit(f"{self.directory}/{name}.npz does not match the model")
+            for variable, value in zip(variables, values, strict=True):
+                variable.assign(value)
+        return int(json.loads((self.directory / "step.json").read_text())["step"])
+
+    def seconds(self) -> float:
+        """Training time summed over every run that led to this checkpoint."""
+        path = self.directory / "step.json"
+        return float(json.loads(path.read_text()).get("seconds", 0.0)) if path.is_file() else 0.0
+
+
+class LossLog:
+    """Appends (step, losses...) rows to a CSV, dropping rows past a resumed step."""
+
+    def __init__(self, path: Path, columns: Sequence[str], resume_step: int) -> None:
+        self.path = path
+        rows: list[list[str]] = []
+        if path.is_file() and resume_step:
+            with path.open() as handle:
+                rows = [r for r in csv.reader(handle)][1:]
+            rows = [r for r in rows if int(r[0]) <= resume_step]
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["step", *columns])
+            writer.writerows(rows)
+
+    def append(self, step: int, values: Sequence[float]) -> None:
+        with self.path.open("a", newline="") as handle:
+            csv.writer(handle).writerow([step, *(f"{v:.6f}" for v in values)])
+
+
+def _optimizer(learning_rate: float, steps: int) -> Any:
+    import keras
+
+    warmup = min(200, steps // 10)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0,
+        max(steps - warmup, 1),
+        alpha=0.05,
+        warmup_target=learning_rate,
+        warmup_steps=warmup,
+    )
+    return keras.optimizers.AdamW(schedule, weight_decay=1e-4, clipnorm=1.0)
+
+
+def _run(
+    name: str,
+    workdir: Path,
+    steps: int,
+    checkpoint_every: int,
+    groups: dict[str, Sequence[Any]],
+    step_fn: Callable[[int], Sequence[float]],
+    columns: Sequence[str],
+    batch: int,
+) -> None:
+    """The loop every phase shares: resume, step, log, checkpoint."""
+    checkpoint = Checkpoint(workdir / f"{name}-checkpoint")
+    start = checkpoint.restore(groups)
+    earlier_seconds = checkpoint.seconds()
+    if start >= steps:
+        log.info("%s: already trained for %d steps", name, start)
+        return
+    loss_log = LossLog(workdir / f"{name}-loss.csv", columns, start)
+    log.info("%s: steps %d..%d", name, start, steps)
+    started, running = time.monotonic(), np.zeros(len(columns))
+    for step in range(start + 1, steps + 1):
+        values = np.asarray(step_fn(step), dtype=np.float64)
+        running = values if step == start + 1 else 0.9 * running + 0.1 * values
+        loss_log.append(step, values.tolist())
+        if step % 50 == 0 or step == steps:
+            rate = (step - start) / (time.monotonic() - started)
+            log.info(
+                "%s step %d/%d %s (%.2f steps/s)",
+                name,
+                step,
+                steps,
+                " ".join(f"{c}={v:.4f}" for c, v in zip(columns, running, strict=True)),
+                rate,
+            )
+        if step % checkpoint_every == 0 or step == steps:
+            checkpoint.save(step, groups, earlier_seconds + time.monotonic() - started)
+    seconds = earlier_seconds + time.monotonic() - started
+    summary = {"steps": steps, "batch": batch, "minutes": round(seconds / 60, 1)}
+    (workdir / f"{name}-time.json").write_text(json.dumps(summary) + "\n")
+
+
+def train_vae(args: argparse.Namespace) -> None:
+    import keras
+    import tensorflow as tf
+
+    from shared.families.tiny import TinyFamily
+
+    keras.utils.set_random_seed(args.seed)
+    family = TinyFamily()
+    encoder, decoder = family.build_image_encoder(), family.build_decoder(64, 64)
+    data = Dataset(args.workdir, args.seed)
+    variables = [*encoder.trainable_variables, *decoder.trainable_variables]
+    optimizer = _optimizer(args.vae_lr, args.vae_steps)
+    optimizer.build(variables)
+
+    @tf.function(jit_compile=args.xla)  # type: ignore[untyped-decorator]
+    def step(images: tf.Tensor, noise: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        with tf.GradientTape() as tape:
+            latent = encoder(images, training=True)
+            decoded = decoder(latent + LATENT_NOISE * noise, training=True)
+            mse = tf.reduce_mean(tf.square(decoded - images))
+            l1 = tf.reduce_mean(tf.abs(decoded - images))
+            # Keep latents near unit variance, the scale the noise schedule assumes.
+            scale = tf.square(tf.reduce_mean(tf.square(latent)) - 1.0)
+            loss = mse + l1 + 0.01 * scale
+        grads = tape.gradient(loss, variables)
+        optimizer.apply_gradients(zip(grads, variables, strict=True))
+        return mse, l1, tf.reduce_mean(tf.square(latent))
+
+    def one_step(k: int) -> Sequence[float]:
+        rng = _scene_rng(args.seed, 1, k)
+        index = rng.integers(len(data.scenes), size=args.vae_batch)
+        noise = rng.standard_normal((args.vae_batch, 16, 16, 4), dtype=np.float32)
+        return [float(v) for v in step(data.pixels(index), noise)]
+
+    groups = {
+        "encoder": encoder.weights,
+        "decoder": decoder.weights,
+        "optimizer": optimizer.variables,
+    }
+    columns = ["mse", "l1", "latent_var"]
+    _run(
+        "vae",
+        args.workdir,
+        args.vae_steps,
+        args.checkpoint_every,
+        groups,
+        one_step,
+        columns,
+        args.vae_batch,
+    )
+
+
+def _load_vae(workdir: Path, *, tuned_decoder: bool = True) -> tuple[Any, Any]:
+    """The VAE, with the fine-tuned decoder when that phase has run."""
+    from shared.families.tiny import TinyFamily
+
+    family = TinyFamily()
+    encoder, decoder = family.build_image_encoder(), family.build_decoder(64, 64)
+    Checkpoint(workdir / "vae-checkpoint").restore(
+        {"encoder": encoder.weights, "decoder": decoder.weights}
+    )
+    if tuned_decoder:
+        Checkpoint(workdir / "decoder-checkpoint").restore({"decoder": decoder.weights})
+    return encoder, decoder
+
+
+def train_decoder(args: argparse.Namespace) -> None:
+    """Fine-tune the decoder alone on the frozen encoder's (cached) latents.
+
+    The encoder, and so every latent the UNet learns from, stays as it is; only the
+    reconstruction gets sharper (edges between saturated colours need it most).
+    """
+    import keras
+    import tensorflow as tf
+
+    latents = encode_latents(args)
+    data = Dataset(args.workdir, args.seed)
+    keras.utils.set_random_seed(args.seed + 2)
+    _, decoder = _load_vae(args.workdir, tuned_decoder=False)
+    variables = decoder.trainable_variables
+    optimizer = _optimizer(args.decoder_lr, args.decoder_steps)
+    optimizer.build(variables)
+
+    @tf.function(jit_compile=args.xla)  # type: ignore[untyped-decorator]
+    def step(latent: tf.Tensor, images: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        with tf.GradientTape() as tape:
+            decoded = decoder(latent, training=True)
+            mse = tf.reduce_mean(tf.square(decoded - images))
+            l1 = tf.reduce_mean(tf.abs(decoded - images))
+            loss = mse + l1
+        grads = tape.gradient(loss, variables)
+        optimizer.apply_gradients(zip(grads, variables, strict=True))
+        return mse, l1
+
+    def one_step(k: int) -> Sequence[float]:
+        rng = _scene_rng(args.seed, 3, k)
+        index = rng.integers(len(data.scenes), size=args.vae_batch)
+        # Half the rows see slightly noisy latents, as sampled latents are never exact.
+        noise = rng.standard_normal(latents[index].shape, dtype=np.float32)
+        noise[: args.vae_batch // 2] = 0.0
+        return [float(v) for v in step(latents[index] + DECODER_NOISE * noise, data.pixels(index))]
+
+    groups = {"decoder": decoder.weights, "optimizer": optimizer.variables}
+    _run(
+        "decoder",
+        args.workdir,
+        args.decoder_steps,
+        args.checkpoint_every,
+        groups,
+        one_step,
+        ["mse", "l1"],
+        args.vae_batch,
+    )
+
+
+def encode_latents(args: argparse.Namespace) -> np.ndarray:
+    """Every training scene's latent under the trained encoder (cached)."""
+    cache = args.workdir / f"latents-{args.seed}.npy"
+    if cache.is_file():
+        return np.load(cache, allow_pickle=False)
+    data = Dataset(args.workdir, args.seed)
+    encoder, _ = _load_vae(args.workdir)
+    parts = [
+        np.asarray(encoder(data.pixels(np.arange(i, min(i + 512, len(data.scenes))))))
+        for i in range(0, len(data.scenes), 512)
+    ]
+    latents = np.concatenate(parts)
+    np.save(cache, latents, allow_pickle=False)
+    log.info("latents: mean %.3f std %.3f", latents.mean(), latents.std())
+    return latents
+
+
+def train_diffusion(args: argparse.Namespace) -> None:
+    import keras
+    import tensorflow as tf
+
+    from shared.families.tiny import TinyFamily
+    from shared.sampler import alphas_cumprod, timestep_embedding
+    from shared.tokenizer import PromptTokenizer, find_clip_vocab
+
+    latents = encode_latents(args)
+    data = Dataset(args.workdir, args.seed)
+    keras.utils.set_random_seed(args.seed + 1)
+    family = TinyFamily()
+    text_encoder, unet = family.build_text_encoder(), family.build_diffusion_model(64, 64)
+    tokenizer = PromptTokenizer(find_clip_vocab())
+    tokens_of: dict[str, list[int]] = {}
+
+    def tokens(caption: str) -> list[int]:
+        if caption not in tokens_of:
+            tokens_of[caption] = tokenizer.tokenize(caption).tokens
+        return tokens_of[caption]
+
+    embeddings = tf.constant(timestep_embedding(range(1000)))
+    alphas = tf.constant(np.asarray(alphas_cumprod(), np.float32))
+    positions = tf.constant(np.tile(np.arange(77, dtype=np.int32), (args.batch, 1)))
+    variables = [*text_encoder.trainable_variables, *unet.trainable_variables]
+    optimizer = _optimizer(args.lr, args.steps)
+    optimizer.build(variables)
+    ema = [tf.Variable(v.value, trainable=False) for v in variables]
+
+    @tf.function(jit_compile=args.xla)  # type: ignore[untyped-decorator]
+    def step(
+        latent: tf.Tensor, token_ids: tf.Tensor, t: tf.Tensor, noise: tf.Tensor, decay: tf.Tensor
+    ) -> tf.Tensor:
+        a = tf.reshape(tf.gather(alphas, t), (-1, 1, 1, 1))
+        noisy = tf.sqrt(a) * latent + tf.sqrt(1.0 - a) * noise
+        with tf.GradientTape() as tape:
+            context = text_encoder({"tokens": token_ids, "positions": positions}, training=True)
+            inputs = {
+                "latent": noisy,
+                "timestep_embedding": tf.gather(embeddings, t),
+                "context": context,
+            }
+            loss = tf.reduce_mean(tf.square(unet(inputs, training=True) - noise))
+        grads = tape.gradient(loss, variables)
+        optimizer.apply_gradients(zip(grads, variables, strict=True))
+        for average, variable in zip(ema, variables, strict=True):
+            average.assign(decay * average + (1.0 - decay) * variable.value)
+        return loss
+
+    def one_step(k: int) -> Sequence[float]:
+        rng = _scene_rng(args.seed, 2, k)
+        index = rng.integers(len(data.scenes), size=args.batch)
+        captions = [
+            "" if rng.random() < CAPTION_DROPOUT else training_caption(data.scenes[i], rng)
+            for i in index
+        ]
+        token_ids = np.array([tokens(c) for c in captions], np.int32)
+        t = rng.integers(1000, size=args.batch).astype(np.int32)
+        noise = rng.standard_normal(latents[index].shape, dtype=np.float32)
+        decay = np.float32(min(args.ema, (1 + k) / (10 + k)))
+        return [float(step(latents[index], token_ids, t, noise, decay))]
+
+    groups = {
+        "text_encoder": text_encoder.weights,
+        "unet": unet.weights,
+        "optimizer": optimizer.variables,
+        "ema": ema,
+    }
+    _run(
+        "diffusion",
+        args.workdir,
+        args.steps,
+        args.checkpoint_every,
+        groups,
+        one_step,
+        ["mse"],
+        args.batch,
+    )
+
+
+def export(args: argparse.Namespace) -> None:
+    """EMA text encoder and UNet, plus the VAE, as `<component>.weights.h5` + SHA256SUMS."""
+    import tensorflow as tf
+
+    from shared.families.tiny import TinyFamily
+    from shared.weights import CHECKSUMS_FILE, sha256_of
+
+    family = TinyFamily()
+    encoder, decoder = _load_vae(args.workdir)
+    text_encoder, unet = family.build_text_encoder(), family.build_diffusion_model(64, 64)
+    variables = [*text_encoder.trainable_variables, *unet.trainable_variables]
+    ema = [tf.Variable(v.value, trainable=False) for v in variables]
+    Checkpoint(args.workdir / "diffusion-checkpoint").restore(
+        {"text_encoder": text_encoder.weights, "unet": unet.weights, "ema": ema}
+    )
+    for variable, average in zip(variables, ema, strict=True):
+        variable.assign(average)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    models = {
+        "text_encoder": text_encoder,
+        "diffusion_model": unet,
+        "decoder": decoder,
+        "image_encoder": encoder,
+    }
+    lines = []
+    for component, model in models.items():
+        path = out / f"{component}.weights.h5"
+        model.save_weights(str(path))
+        lines.append(f"{sha256_of(path)}  {path.name}")
+    (out / CHECKSUMS_FILE).write_text("\n".join(lines) + "\n")
+    log.info("exported to %s", out)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "phase", choices=["all", "vae", "latents", "decoder", "diffusion", "export", "card"]
+    )
+    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    parser.add_argument("--out", type=Path, default=WEIGHTS_DIR)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vae-steps", type=int, default=2000)
+    parser.add_argument("--vae-batch", type=int, default=32)
+    parser.add_argument("--vae-lr", type=float, default=2e-3)
+    parser.add_argument("--decoder-steps", type=int, default=3000)
+    parser.add_argument("--decoder-lr", type=float, default=5e-4)
+    parser.add_argument("--steps", type=int, default=4500, help="diffusion steps")
+    parser.add_argument("--batch", type=int, default=64, help="diffusion batch")
+    parser.add_argument("--lr", type=float, default=1e-3, help="diffusion learning rate")
+    parser.add_argument("--ema", type=float, default=0.999)
+    parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--checkpoint-every", type=int, default=250)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    phases: dict[str, Callable[[argparse.Namespace], Any]] = {
+        "vae": train_vae,
+        "latents": encode_latents,
+        "decoder": train_decoder,
+        "diffusion": train_diffusion,
+        "export": export,
+    }
+    if args.phase == "card":
+        from training.model_card import write_card
+
+        write_card(args)
+        return
+    for name in ["vae", "latents", "diffusion", "export"] if args.phase == "all" else [args.phase]:
+        phases[name](args)
+    if args.phase == "all":
+        from training.model_card import write_card
+
+        write_card(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -85,6 +85,11 @@ class ImageEditFields(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     num_resamples: int = Field(default=1, ge=1, le=MAX_RESAMPLES, description="RePaint resamples.")
     mask_blur: int = Field(default=0, ge=0, le=MAX_MASK_BLUR, description="Feather, latent cells.")
+    keep_unmasked: bool = Field(
+        default=True,
+        description="Inpainting: what the mask leaves alone keeps the input's own pixels "
+        "(not their trip through the VAE); false returns the decoded image as it is.",
+    )
 
     def to_params(self, settings: Settings, width: int, height: int) -> GenerationParams:
         return GenerationParams(
@@ -196,7 +201,9 @@ def edit_inputs(
             repaint = np.asarray(grey) > 127
         mask = repaint.astype(np.float32)
     params = fields.to_params(settings, width, height)
-    return params, EditInputs(np.asarray(rgb, dtype=np.uint8), mask, fields.mask_blur)
+    return params, EditInputs(
+        np.asarray(rgb, dtype=np.uint8), mask, fields.mask_blur, fields.keep_unmasked
+    )
 
 
 class HfParameters(BaseModel):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 
-from central.chain import Chain, GenerationParams
+from central.chain import Chain, GenerationParams, overlay_unmasked
 from shared.config import Settings
 from shared.errors import QueueFull
 
@@ -45,3 +46,18 @@ def test_a_full_local_diffusion_queue_refuses_before_the_text_encoder():
     finally:
         for stage in chain.local.values():
             stage.close()
+
+
+def test_overlay_keeps_the_input_where_no_latent_cell_was_repainted():
+    rng = np.random.default_rng(0)
+    original = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    generated = rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    grid = np.zeros((1, 2, 2, 1), np.float32)
+    grid[0, 0, 1, 0] = 1.0  # top right cell repainted
+    grid[0, 1, 0, 0] = 0.5  # bottom left cell feathered
+    out = overlay_unmasked(generated, original, grid)
+    assert out.shape == generated.shape and out.dtype == np.uint8
+    assert np.array_equal(out[:, :4, :4], np.broadcast_to(original[:4, :4], (2, 4, 4, 3)))
+    assert np.array_equal(out[:, :4, 4:], generated[:, :4, 4:])
+    halfway = (generated[:, 4:, :4].astype(float) + original[4:, :4]) / 2
+    assert np.abs(out[:, 4:, :4] - halfway).max() <= 0.5

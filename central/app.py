@@ -25,7 +25,14 @@ from central.api import (
 from central.chain import Chain, EditInputs, GenerationParams, GenerationResult
 from central.jobs import register_job_routes
 from central.webpage import register_web_page
-from shared.config import EXIT_CONFIG, ConfigError, Settings, format_size, load_settings
+from shared.config import (
+    EXAMPLE_PROMPTS,
+    EXIT_CONFIG,
+    ConfigError,
+    Settings,
+    format_size,
+    load_settings,
+)
 from shared.errors import InvalidInput, UnsupportedMediaType
 from shared.http import cancel_on_disconnect, configure_logging, create_app, serve
 from shared.metrics import BatchingSource
@@ -62,6 +69,8 @@ class GatewayService:
             "family": settings.model,
             "weights": settings.weights_label,
             "random_weights": self.chain.random_weights(),
+            "example_prompt": EXAMPLE_PROMPTS[settings.model],
+            "api_key_required": bool(settings.api_keys),
             "topology": self.chain.topology,
             "sizes": [format_size(s) for s in settings.sizes],
             "limits": {

@@ -135,6 +135,11 @@ class ApiKeyGuard:
         if not any(matches):
             await _send_error(send, Forbidden("unknown API key"))
             return
+        if scope.get("method") == "GET":
+            # Reading a job (its event stream may stay open for minutes) runs no model:
+            # it needs a key but takes no concurrency slot.
+            await self.app(scope, receive, send)
+            return
         slot = hashlib.sha256(given).hexdigest()
         if self.in_flight.get(slot, 0) >= self.max_concurrent:
             await _send_error(

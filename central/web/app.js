@@ -7,7 +7,7 @@ const $ = (selector) => document.querySelector(selector);
 const state = {
   mode: "text", // "text" | "inpaint"
   job: null, // {id, url, events_url}
-  events: null, // the EventSource of the running job
+  events: null, // AbortController of the running job's event stream
   startedAt: 0,
   source: null, // the image being inpainted (HTMLImageElement)
   painting: false,
@@ -15,6 +15,17 @@ const state = {
 };
 
 // ------------------------------------------------------------------ set-up
+
+// The API key, when the gateway wants one: read from its field, never stored.
+function authHeaders() {
+  const key = $("#api-key").value.trim();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+function showKeyField() {
+  $("#api-key-panel").hidden = false;
+  $("#api-key").focus();
+}
 
 async function loadInfo() {
   try {
@@ -30,6 +41,8 @@ async function loadInfo() {
     $("#model-badge").textContent =
       `${info.family} · ${info.topology} · ${info.ready ? "ready" : "loading"}`;
     $("#weights-warning").hidden = !info.random_weights;
+    if (info.api_key_required) $("#api-key-panel").hidden = false;
+    if (info.example_prompt) $("#prompt").placeholder = info.example_prompt;
     resizeEditor();
   } catch (error) {
     $("#model-badge").textContent = "gateway unreachable";
@@ -242,7 +255,7 @@ async function submit(event) {
   try {
     response = await fetch("/v1/jobs", {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: { "Content-Type": "application/json", ...authHeaders() },
       body: JSON.stringify(body),
     });
     job = await response.json();
@@ -253,6 +266,7 @@ async function submit(event) {
   }
   if (!response.ok) {
     setRunning(false);
+    if (response.status === 401 || response.status === 403) showKeyField();
     const retry = response.headers.get("Retry-After");
     setStatus(errorText(job.error, response.status) + (retry ? ` Retry in ${retry} s.` : ""), "error");
     return;
@@ -269,39 +283,110 @@ function errorText(error, status) {
   return `${error.message}${param}`;
 }
 
-function follow(job) {
-  const events = new EventSource(job.events_url);
-  state.events = events;
-  const data = (event) => JSON.parse(event.data);
-  events.addEventListener("queued", () => setStatus("Queued…"));
-  events.addEventListener("progress", (event) => showProgress(data(event)));
-  events.addEventListener("preview", (event) => showPreviews(data(event)));
-  events.addEventListener("done", (event) => {
-    finish();
-    showResult(data(event).result);
-  });
-  events.addEventListener("cancelled", (event) => {
-    const { step, total } = data(event);
-    finish();
-    setStatus(`Cancelled at step ${step} of ${total}.`, "cancelled");
-  });
-  events.addEventListener("error", (event) => {
-    if (event.data === undefined) {
-      // The connection dropped: EventSource reconnects and is told the state again,
-      // unless the job is gone (central restarted).
-      if (events.readyState === EventSource.CLOSED) {
-        finish();
-        setStatus("Lost the job (did the gateway restart?). Submit it again.", "error");
-      }
+// ------------------------------------------------------------------ events
+
+// Events come over fetch() rather than EventSource, which cannot send an Authorization
+// header (the gateway may require an API key). A dropped stream is opened again: the
+// gateway starts every stream with the job's current state.
+const RECONNECTS = 5;
+
+async function follow(job) {
+  const controller = new AbortController();
+  state.events = controller;
+  for (let attempt = 0; attempt <= RECONNECTS && state.events === controller; attempt++) {
+    let response;
+    try {
+      response = await fetch(job.events_url, {
+        headers: { Accept: "text/event-stream", ...authHeaders() },
+        signal: controller.signal,
+      });
+    } catch (error) {
+      if (controller.signal.aborted) return;
+      await sleep(500 * (attempt + 1));
+      continue;
+    }
+    if (response.status === 404) {
+      finish();
+      setStatus("Lost the job (did the gateway restart?). Submit it again.", "error");
       return;
     }
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      finish();
+      setStatus(`Cannot follow the job: ${errorText(body.error, response.status)}`, "error");
+      return;
+    }
+    try {
+      for await (const event of readEvents(response.body)) {
+        if (handleEvent(event.name, event.data)) return;
+      }
+    } catch (error) {
+      if (controller.signal.aborted) return;
+    }
+    await sleep(500 * (attempt + 1));
+  }
+  if (state.events === controller) {
     finish();
-    setStatus(`Failed: ${errorText(data(event).error)}`, "error");
-  });
+    setStatus("Lost the connection to the gateway. Submit the job again.", "error");
+  }
 }
 
+// Server-Sent Events from a byte stream: {name, data} per event, comments skipped.
+async function* readEvents(body) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value.replace(/\r\n?/g, "\n");
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let name = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) name = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+      }
+      if (data.length) yield { name, data: JSON.parse(data.join("\n")) };
+    }
+  }
+}
+
+// Returns true when the job is over.
+function handleEvent(name, data) {
+  switch (name) {
+    case "queued":
+      setStatus("Queued…");
+      return false;
+    case "progress":
+      showProgress(data);
+      return false;
+    case "preview":
+      showPreviews(data);
+      return false;
+    case "done":
+      finish();
+      showResult(data.result);
+      return true;
+    case "cancelled":
+      finish();
+      setStatus(`Cancelled at step ${data.step} of ${data.total}.`, "cancelled");
+      return true;
+    case "error":
+      finish();
+      setStatus(`Failed: ${errorText(data.error)}`, "error");
+      return true;
+    default:
+      return false;
+  }
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
 function finish() {
-  if (state.events) state.events.close();
+  if (state.events) state.events.abort();
   state.events = null;
   state.job = null;
   setRunning(false);
@@ -331,7 +416,7 @@ async function cancel() {
   $("#cancel").disabled = true;
   setStatus("Cancelling…");
   try {
-    await fetch(state.job.url, { method: "DELETE" });
+    await fetch(state.job.url, { method: "DELETE", headers: authHeaders() });
   } catch (error) {
     setStatus(`Cancel failed: ${error}`, "error");
   }

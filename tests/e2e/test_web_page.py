@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,13 @@ else:
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO_ROOT / "test-artifacts"
+# The embedded (trained) weights: the screenshot shows what the prompt asks for.
 TINY = {
     "SDSERVE_MODEL": "tiny",
-    "SDSERVE_WEIGHTS": "random",
     "SDSERVE_SIZES": "64x64,128x128",
     "SDSERVE_MAX_STEPS": "1000",
 }
+API_KEY = "page-test-key"
 
 # Under CI the browser must be there (`make install` puts it there): fail, never skip.
 pytestmark = pytest.mark.skipif(
@@ -73,18 +75,24 @@ def browser() -> Iterator[Any]:
         browser.close()
 
 
-@pytest.fixture
-def page(browser, gateway) -> Iterator[Any]:
+@contextmanager
+def open_page(browser: Any, url: str) -> Iterator[Any]:
     # The page's Content-Security-Policy forbids eval, which playwright's waits use.
     context = browser.new_context(bypass_csp=True, viewport={"width": 1280, "height": 900})
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(gateway.url + "/")
+    page.goto(url + "/")
     page.wait_for_function("document.querySelector('#size').options.length === 2")
     yield page
     context.close()
     assert not errors, errors
+
+
+@pytest.fixture
+def page(browser, gateway) -> Iterator[Any]:
+    with open_page(browser, gateway.url) as page:
+        yield page
 
 
 def decode_data_url(url: str) -> Image.Image:
@@ -124,10 +132,12 @@ def test_the_page_is_served_with_its_static_files(gateway):
 def test_generate_inpaint_and_cancel_in_the_browser(page, gateway):
     # --- text to image: the progress bar moves, previews show, the image appears
     assert "tiny" in page.inner_text("#model-badge")
-    assert page.is_visible("#weights-warning")
+    assert not page.is_visible("#weights-warning")  # trained weights
+    assert not page.is_visible("#api-key-panel")  # this gateway has no keys
+    assert page.get_attribute("#prompt", "placeholder") == "a red square on a white background"
     page.evaluate(WATCH_PAGE)
-    page.fill("#prompt", "a lighthouse on a cliff at dusk")
-    page.select_option("#size", "128x128")
+    page.fill("#prompt", "a large yellow circle at the top left on a blue background")
+    page.select_option("#size", "64x64")
     page.fill("#steps", "80")
     page.fill("#seed", "1234")
     page.click("#generate")
@@ -139,7 +149,7 @@ def test_generate_inpaint_and_cancel_in_the_browser(page, gateway):
     assert page.evaluate("window.previewsShown") > 0
     images = page.locator("#results img")
     assert images.count() == 1
-    assert images.first.evaluate("img => img.naturalWidth") == 128
+    assert images.first.evaluate("img => img.naturalWidth") == 64
     assert page.inner_text("#results figcaption .seed") == "seed 1234"
     stages = page.locator("#timings-body tr td:first-child").all_inner_texts()
     assert stages == ["text encoder", "diffusion", "decoder"]
@@ -159,15 +169,15 @@ def test_generate_inpaint_and_cancel_in_the_browser(page, gateway):
     with page.expect_request("**/v1/jobs") as submitted:
         page.click("#generate")
     body = json.loads(submitted.value.post_data)
-    assert body["kind"] == "edit" and body["size"] == "128x128"
-    assert decode_data_url(body["image"]).size == (128, 128)
+    assert body["kind"] == "edit" and body["size"] == "64x64"
+    assert decode_data_url(body["image"]).size == (64, 64)
     mask = np.asarray(decode_data_url(body["mask"]).convert("L"))
-    assert mask.shape == (128, 128)
+    assert mask.shape == (64, 64)
     assert set(np.unique(mask)) == {0, 255}  # greyscale, white = repaint
     painted = mask > 127
-    assert 0.02 < painted.mean() < 0.5
-    assert painted[int(128 * 0.45), int(128 * 0.47)]  # on the stroke
-    assert not painted[120, 5]  # far from it
+    assert 0.02 < painted.mean() < 0.6
+    assert painted[int(64 * 0.45), int(64 * 0.47)]  # on the stroke
+    assert not painted[60, 2]  # far from it
     page.wait_for_selector("#status.done", timeout=60_000)
     edited = job_of(page, gateway)
     assert edited["kind"] == "edit" and edited["status"] == "succeeded"
@@ -204,3 +214,29 @@ def test_errors_are_shown_on_the_page(page):
     page.wait_for_selector("#status.error")
     assert "steps" in page.inner_text("#status")
     assert page.is_enabled("#generate")
+
+
+@pytest.fixture(scope="module")
+def keyed_gateway(tmp_path_factory) -> Iterator[ServiceProcess]:
+    log = tmp_path_factory.mktemp("web-keys") / "central.log"
+    env = {**TINY, "SDSERVE_API_KEYS": API_KEY}
+    with ServiceProcess("central", env, log_path=log) as central:
+        yield central
+
+
+def test_a_gateway_with_api_keys_asks_for_one_and_streams_events_with_it(browser, keyed_gateway):
+    with open_page(browser, keyed_gateway.url) as page:
+        assert page.is_visible("#api-key-panel")
+        page.fill("#prompt", "a red square on a white background")
+        page.select_option("#size", "64x64")
+        page.fill("#steps", "20")
+        page.click("#generate")  # no key yet: the gateway says so
+        page.wait_for_selector("#status.error")
+        assert "API key" in page.inner_text("#status")
+        page.fill("#api-key", API_KEY)
+        page.evaluate(WATCH_PAGE)
+        page.click("#generate")
+        # Progress arrives on the event stream, which the page opens with the key.
+        page.wait_for_selector("#status.done", timeout=60_000)
+        assert max(page.evaluate("window.progressValues")) == 20
+        assert page.locator("#results img").count() == 1

@@ -135,11 +135,14 @@ class InpaintResult:
     outside_psnr: list[float]
 
 
-async def inpaint(chain: Chain, count: int, seed: int = 0) -> InpaintResult:
+async def inpaint(
+    chain: Chain, count: int, seed: int = 0, *, keep_unmasked: bool = True
+) -> InpaintResult:
+    """`keep_unmasked=False` measures the model alone, without the input-pixel overlay."""
     cases = inpaint_cases(count, seed)
     inputs = [render(c.base) for c in cases]
     edits = [
-        EditInputs(image=image, mask=c.mask.astype(np.float32))
+        EditInputs(image=image, mask=c.mask.astype(np.float32), keep_unmasked=keep_unmasked)
         for image, c in zip(inputs, cases, strict=True)
     ]
     images = await _generate(

@@ -3,7 +3,7 @@
     python -m training.train_tiny all    # vae, latents, decoder, diffusion, export, card
     python -m training.train_tiny vae --vae-steps 2000
     python -m training.train_tiny decoder --decoder-steps 3000   # sharper decoder
-    python -m training.train_tiny diffusion --steps 4500
+    python -m training.train_tiny diffusion --steps 6500
     python -m training.train_tiny export         # EMA weights -> shared/families/tiny_weights
     python -m training.train_tiny card           # loss curves, samples, held-out scores
 
@@ -40,6 +40,9 @@ TRAIN_SCENES = 24_000
 CAPTION_DROPOUT = 0.1  # share of captions replaced by "" so guidance has an unconditional
 LATENT_NOISE = 0.05  # decoder sees slightly noisy latents: sampled ones are never exact
 DECODER_NOISE = 0.02  # the same, while the decoder is fine-tuned alone
+TEXT_LR_SCALE = 0.1  # the text encoder's learning rate, relative to the UNet's
+OFFSET_NOISE = 0.2  # std of the per-image, per-channel constant added to training noise
+HIGH_NOISE_WEIGHT = 10.0  # loss weight cap at high noise: 1 + min((1 - a) / a, cap - 1)
 
 
 def _scene_rng(seed: int, *keys: int) -> np.random.Generator:
@@ -332,30 +335,53 @@ def train_diffusion(args: argparse.Namespace) -> None:
     embeddings = tf.constant(timestep_embedding(range(1000)))
     alphas = tf.constant(np.asarray(alphas_cumprod(), np.float32))
     positions = tf.constant(np.tile(np.arange(77, dtype=np.int32), (args.batch, 1)))
-    variables = [*text_encoder.trainable_variables, *unet.trainable_variables]
+    text_variables = text_encoder.trainable_variables
+    unet_variables = unet.trainable_variables
+    variables = [*text_variables, *unet_variables]
     optimizer = _optimizer(args.lr, args.steps)
-    optimizer.build(variables)
+    optimizer.build(unet_variables)
+    # The text encoder learns slower and only once the UNet reads its (random, but
+    # prompt-dependent) features: trained together from the first step, it first learns
+    # to say the same for every prompt, which lowers the loss of an untrained UNet.
+    text_optimizer = _optimizer(args.lr * TEXT_LR_SCALE, args.steps)
+    text_optimizer.build(text_variables)
     ema = [tf.Variable(v.value, trainable=False) for v in variables]
 
-    @tf.function(jit_compile=args.xla)  # type: ignore[untyped-decorator]
-    def step(
-        latent: tf.Tensor, token_ids: tf.Tensor, t: tf.Tensor, noise: tf.Tensor, decay: tf.Tensor
-    ) -> tf.Tensor:
-        a = tf.reshape(tf.gather(alphas, t), (-1, 1, 1, 1))
-        noisy = tf.sqrt(a) * latent + tf.sqrt(1.0 - a) * noise
-        with tf.GradientTape() as tape:
-            context = text_encoder({"tokens": token_ids, "positions": positions}, training=True)
-            inputs = {
-                "latent": noisy,
-                "timestep_embedding": tf.gather(embeddings, t),
-                "context": context,
-            }
-            loss = tf.reduce_mean(tf.square(unet(inputs, training=True) - noise))
-        grads = tape.gradient(loss, variables)
-        optimizer.apply_gradients(zip(grads, variables, strict=True))
-        for average, variable in zip(ema, variables, strict=True):
-            average.assign(decay * average + (1.0 - decay) * variable.value)
-        return loss
+    def make_step(train_text: bool) -> Callable[..., tf.Tensor]:
+        @tf.function(jit_compile=args.xla)  # type: ignore[untyped-decorator]
+        def step(
+            latent: tf.Tensor,
+            token_ids: tf.Tensor,
+            t: tf.Tensor,
+            noise: tf.Tensor,
+            decay: tf.Tensor,
+        ) -> tf.Tensor:
+            a = tf.reshape(tf.gather(alphas, t), (-1, 1, 1, 1))
+            noisy = tf.sqrt(a) * latent + tf.sqrt(1.0 - a) * noise
+            # High-noise steps decide the background and the shape's colour, and are where
+            # the prompt matters; plain noise-prediction loss hardly weighs them.
+            weight = 1.0 + tf.minimum((1.0 - a) / a, HIGH_NOISE_WEIGHT - 1.0)
+            with tf.GradientTape() as tape:
+                context = text_encoder({"tokens": token_ids, "positions": positions}, training=True)
+                inputs = {
+                    "latent": noisy,
+                    "timestep_embedding": tf.gather(embeddings, t),
+                    "context": context,
+                }
+                error = tf.square(unet(inputs, training=True) - noise)
+                loss = tf.reduce_mean(weight * error) / tf.reduce_mean(weight)
+            grads = tape.gradient(loss, variables)
+            text_grads, unet_grads = grads[: len(text_variables)], grads[len(text_variables) :]
+            optimizer.apply_gradients(zip(unet_grads, unet_variables, strict=True))
+            if train_text:
+                text_optimizer.apply_gradients(zip(text_grads, text_variables, strict=True))
+            for average, variable in zip(ema, variables, strict=True):
+                average.assign(decay * average + (1.0 - decay) * variable.value)
+            return loss
+
+        return step
+
+    steps = {False: make_step(False), True: make_step(True)}
 
     def one_step(k: int) -> Sequence[float]:
         rng = _scene_rng(args.seed, 2, k)
@@ -367,13 +393,20 @@ def train_diffusion(args: argparse.Namespace) -> None:
         token_ids = np.array([tokens(c) for c in captions], np.int32)
         t = rng.integers(1000, size=args.batch).astype(np.int32)
         noise = rng.standard_normal(latents[index].shape, dtype=np.float32)
+        # Offset noise: a per-image, per-channel constant in the noise. Even at the last
+        # timestep a 16x16 latent leaks its mean colour through sqrt(alpha) x0, and a model
+        # that reads the colour from there picks it from the sampler's random start; with
+        # an offset it cannot trust that mean and must take the colour from the prompt.
+        noise += OFFSET_NOISE * rng.standard_normal((args.batch, 1, 1, 4), dtype=np.float32)
         decay = np.float32(min(args.ema, (1 + k) / (10 + k)))
+        step = steps[k > args.text_encoder_from]
         return [float(step(latents[index], token_ids, t, noise, decay))]
 
     groups = {
         "text_encoder": text_encoder.weights,
         "unet": unet.weights,
         "optimizer": optimizer.variables,
+        "text_optimizer": text_optimizer.variables,
         "ema": ema,
     }
     _run(
@@ -435,10 +468,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--vae-lr", type=float, default=2e-3)
     parser.add_argument("--decoder-steps", type=int, default=3000)
     parser.add_argument("--decoder-lr", type=float, default=5e-4)
-    parser.add_argument("--steps", type=int, default=4500, help="diffusion steps")
+    parser.add_argument("--steps", type=int, default=6500, help="diffusion steps")
     parser.add_argument("--batch", type=int, default=64, help="diffusion batch")
     parser.add_argument("--lr", type=float, default=1e-3, help="diffusion learning rate")
     parser.add_argument("--ema", type=float, default=0.999)
+    parser.add_argument(
+        "--text-encoder-from", type=int, default=1500, help="step the text encoder starts learning"
+    )
     parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--checkpoint-every", type=int, default=250)
     args = parser.parse_args(argv)

@@ -35,7 +35,6 @@ DEFAULT_PORT = 8000
 DEFAULT_BASE_PORT = 8001
 # Stage services always listen on loopback: only central talks to them, on this machine.
 STAGE_HOST = "127.0.0.1"
-EXAMPLE_PROMPT = "a lighthouse on a cliff at dusk, oil painting"
 
 _SIZE_RE = re.compile(r"^\s*(\d{1,5})\s*[xX]\s*(\d{1,5})\s*$")
 
@@ -67,7 +66,7 @@ class UpConfig:
 
     topology: str = "three-endpoints"
     model: str = "tiny"
-    weights: str = "random"
+    weights: str = "embedded"
     sizes: str | None = None  # "64x64,128x128"; None: the family's default sizes
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
@@ -187,9 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--weights",
         default=None,
-        metavar="random|pretrained|DIR",
-        help="random (seeded; images are noise), pretrained (keras-cv's files, downloaded "
-        "once and checked) or a directory holding them (default: SDSERVE_WEIGHTS or random)",
+        metavar="embedded|pretrained|random|DIR",
+        help="embedded (tiny's, shipped in the package), pretrained (keras-cv's files, "
+        "downloaded once and checked), random (seeded; images are noise) or a directory "
+        "(default: SDSERVE_WEIGHTS, else embedded for tiny and pretrained for sd-v1/sd-v2)",
     )
     up.add_argument(
         "--sizes",
@@ -296,8 +296,8 @@ def add_export_savedmodel_parser(commands: Any) -> None:
     export.add_argument(
         "--weights",
         default=None,
-        metavar="random|pretrained|DIR",
-        help="weights to export (default: SDSERVE_WEIGHTS or random)",
+        metavar="embedded|pretrained|random|DIR",
+        help="weights to export (default: SDSERVE_WEIGHTS, else the family's default)",
     )
     export.add_argument(
         "--size",
@@ -366,13 +366,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def resolve_up_config(args: argparse.Namespace, env: Mapping[str, str]) -> UpConfig:
     """Merge flags (first), SDSERVE_* environment variables, then defaults."""
-    weights = args.weights or env.get("SDSERVE_WEIGHTS") or "random"
-    if weights not in ("random", "pretrained"):
+    from shared.config import DEFAULT_WEIGHTS
+
+    model = args.model or env.get("SDSERVE_MODEL") or "tiny"
+    weights = args.weights or env.get("SDSERVE_WEIGHTS") or DEFAULT_WEIGHTS.get(model, "")
+    if weights not in ("embedded", "random", "pretrained", ""):
         weights = str(Path(weights).expanduser().resolve())
     sizes = args.sizes or env.get("SDSERVE_SIZES") or None
     return UpConfig(
         topology=args.topology,
-        model=args.model or env.get("SDSERVE_MODEL") or "tiny",
+        model=model,
         weights=weights,
         sizes=sizes,
         host=args.host,
@@ -483,7 +486,10 @@ def ready_banner(config: UpConfig) -> str:
     """What `sdserve up` prints once every part is ready."""
     base = http_url(config.host, config.port)
     size = _example_size(config)
-    body = json.dumps({"prompt": EXAMPLE_PROMPT, "size": size, "response_format": "b64_json"})
+    from shared.config import EXAMPLE_PROMPTS
+
+    prompt = EXAMPLE_PROMPTS.get(config.model, EXAMPLE_PROMPTS["sd-v1"])
+    body = json.dumps({"prompt": prompt, "size": size, "response_format": "b64_json"})
     decode = (
         "import sys, json, base64; d = json.load(sys.stdin); "
         'open("out.png", "wb").write(base64.b64decode(d["data"][0]["b64_json"]))'
@@ -503,7 +509,7 @@ def ready_banner(config: UpConfig) -> str:
         "      -H 'Content-Type: application/json' \\",
         f"      -d {shlex.quote(body)} \\",
         f"      | python3 -c {shlex.quote(decode)}",
-        f"  or:  sdserve generate {shlex.quote(EXAMPLE_PROMPT)} --size {size} -o out.png"
+        f"  or:  sdserve generate {shlex.quote(prompt)} --size {size} -o out.png"
         + (f" --url {base}" if base != DEFAULT_URL else ""),
     ]
     if config.weights == "random":

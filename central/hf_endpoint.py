@@ -41,7 +41,8 @@ def handler_settings(path: str) -> Settings:
     """SDSERVE_* settings, with the repository (`path`) filling in what they leave open.
 
     Weights: SDSERVE_WEIGHTS when set; else the repository, when it holds weights files
-    (sha256-checked as any weights directory); else random, loudly logged. The CLIP
+    (sha256-checked as any weights directory); else the family's default (tiny: the
+    embedded weights; SD: keras-cv's published files). Random weights are loudly logged. The CLIP
     vocabulary: SDSERVE_CLIP_VOCAB when set; else bpe_simple_vocab_16e6.txt.gz in the
     repository, when there; else the open-clip-torch wheel's. Stage URLs are ignored:
     every stage a handler runs is local.
@@ -57,11 +58,10 @@ def handler_settings(path: str) -> Settings:
         settings = load_settings(**overrides, weights=str(repository.resolve()))
     if settings.weights == "random":
         log.warning(
-            "!!! WEIGHTS ARE RANDOM: %s holds no weights files of the %s family and "
-            "SDSERVE_WEIGHTS is not set, so every image will be noise. Add the weights "
-            "files to the repository or set SDSERVE_WEIGHTS=pretrained.",
-            path or "the repository",
+            "!!! WEIGHTS ARE RANDOM (SDSERVE_WEIGHTS=random): every %s image will be "
+            "noise. Add the weights files to %s or unset SDSERVE_WEIGHTS.",
             settings.model,
+            path or "the repository",
         )
     return settings
 

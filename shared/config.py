@@ -31,6 +31,13 @@ DEFAULT_SIZES: dict[str, list[Size]] = {
     "sd-v2": [(512, 512)],
 }
 SIZE_MULTIPLE: dict[str, int] = {"tiny": 32, "sd-v1": 128, "sd-v2": 128}
+# A prompt each family's default weights can draw (the CLI banner, the web page).
+EXAMPLE_PROMPTS: dict[str, str] = {
+    "tiny": "a red square on a white background",
+    "sd-v1": "a lighthouse on a cliff at dusk, oil painting",
+    "sd-v2": "a lighthouse on a cliff at dusk, oil painting",
+}
+DEFAULT_WEIGHTS: dict[str, str] = {"tiny": "embedded", "sd-v1": "pretrained", "sd-v2": "pretrained"}
 
 
 class ConfigError(Exception):
@@ -63,10 +70,12 @@ class Settings(BaseSettings):
 
     # --- model ---
     model: FamilyName = "tiny"
-    # "random" (seeded init, for tests and offline smoke runs), "pretrained" (keras-cv's
-    # published files, downloaded once into cache_dir, sha256-checked) or a directory
-    # holding those files (sha256-checked, never downloads).
-    weights: str = "random"
+    # "embedded" (the weights shipped inside the package: tiny, trained on synthetic
+    # scenes), "pretrained" (keras-cv's published files, downloaded once into cache_dir,
+    # sha256-checked), "random" (seeded init, for tests of the machinery) or a directory
+    # holding weights files (sha256-checked, never downloads). Empty: the family's
+    # default (tiny: embedded; sd-v1, sd-v2: pretrained).
+    weights: str = ""
     weights_seed: int = 0
     cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "sdserve")
     # One file for one component overrides the source above (a fine-tuned UNet, say).
@@ -133,11 +142,13 @@ class Settings(BaseSettings):
     @field_validator("weights")
     @classmethod
     def _check_weights(cls, value: str) -> str:
-        if value in ("random", "pretrained"):
+        if value in ("", "embedded", "random", "pretrained"):
             return value
         path = Path(value).expanduser()
         if not path.is_dir():
-            raise ValueError(f"{value!r} is neither 'random', 'pretrained' nor a directory")
+            raise ValueError(
+                f"{value!r} is neither 'embedded', 'pretrained', 'random' nor a directory"
+            )
         return str(path)
 
     @field_validator(
@@ -157,6 +168,13 @@ class Settings(BaseSettings):
     def _check_consistency(self) -> Settings:
         if not self.sizes:
             self.sizes = list(DEFAULT_SIZES[self.model])
+        if not self.weights:
+            self.weights = DEFAULT_WEIGHTS[self.model]
+        if self.weights == "embedded" and self.model != "tiny":
+            raise ValueError(
+                f"weights: only the tiny family has embedded weights; for {self.model} use "
+                "pretrained, a directory or random"
+            )
         multiple = SIZE_MULTIPLE[self.model]
         for width, height in self.sizes:
             if width <= 0 or height <= 0 or width % multiple or height % multiple:

@@ -3,8 +3,9 @@
 Sources, in order of precedence for one component:
 1. a single file for that component (`SDSERVE_DIFFUSION_WEIGHTS=...`, a fine-tuned UNet);
 2. `random`: the seeded initialisation the model was built with (tests, offline smoke);
-3. a local directory holding keras-cv's published files (sha256-checked, never downloads);
-4. `pretrained`: keras-cv's published files, downloaded once into the cache, sha256-checked.
+3. `embedded`: the directory shipped inside the package (tiny), like 4 below;
+4. a local directory holding keras-cv's published files (sha256-checked, never downloads);
+5. `pretrained`: keras-cv's published files, downloaded once into the cache, sha256-checked.
 
 Only `.h5`, `.weights.h5` and `.safetensors` files are read; nothing is ever unpickled.
 """
@@ -40,7 +41,7 @@ DOWNLOAD_CONNECT_TIMEOUT_S = 10.0
 class WeightsOrigin:
     """What /v1/info and the logs say about one component's weights."""
 
-    source: str  # "random", "pretrained", "directory", "file"
+    source: str  # "random", "pretrained", "embedded", "directory", "file"
     path: str | None = None
     sha256: str | None = None
     seed: int | None = None
@@ -217,6 +218,11 @@ def load_component_weights(
             )
         path, digest = fetch_published(published, cache_dir)
         origin = WeightsOrigin("pretrained", str(path), digest)
+    elif source == "embedded":
+        if family.embedded_weights is None:
+            raise WeightsError(f"{family.spec.name} has no embedded weights")
+        path, digest = resolve_directory_file(family, component, family.embedded_weights)
+        origin = WeightsOrigin("embedded", str(path), digest)
     else:
         path, digest = resolve_directory_file(family, component, Path(source))
         origin = WeightsOrigin("directory", str(path), digest)

@@ -20,8 +20,9 @@ no pickles, checked before use), the only way to carry them in the toolkit's JSO
 raises ValueError naming the field (the toolkit answers 400).
 
 Configuration: SDSERVE_* environment variables (SDSERVE_MODEL, ...). The weights are
-SDSERVE_WEIGHTS when set, else the weights files in the repository, else random (loudly
-logged). Deploying: deploy/hf/README.md in sdserve.
+SDSERVE_WEIGHTS when set, else the weights files in the repository, else the family's
+default (tiny: its embedded weights; SD: keras-cv's published files).
+Deploying: deploy/hf/README.md in sdserve.
 """
 
 from __future__ import annotations

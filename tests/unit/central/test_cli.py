@@ -68,11 +68,11 @@ def test_no_command_prints_help_and_fails(capsys: pytest.CaptureFixture[str]) ->
     assert "usage: sdserve" in capsys.readouterr().err
 
 
-def test_up_defaults_are_tiny_random_three_endpoints() -> None:
+def test_up_defaults_are_tiny_embedded_three_endpoints() -> None:
     assert up_config() == UpConfig(
         topology="three-endpoints",
         model="tiny",
-        weights="random",
+        weights="embedded",
         sizes=None,
         host="127.0.0.1",
         port=8000,
@@ -88,6 +88,11 @@ def test_up_flags_override_the_environment() -> None:
         "--model", "sd-v2", "--weights", "random", "--sizes", "256X256, 512x512", env=env
     )
     assert (flags.model, flags.weights, flags.sizes) == ("sd-v2", "random", "256x256,512x512")
+
+
+def test_up_weights_default_follows_the_model() -> None:
+    assert up_config("--model", "sd-v1").weights == "pretrained"
+    assert up_config(env={"SDSERVE_MODEL": "tiny"}).weights == "embedded"
 
 
 def test_up_weights_directory_is_made_absolute(
@@ -158,7 +163,7 @@ def test_three_endpoints_starts_every_stage_and_central_with_their_urls() -> Non
         assert spec.ready_url == f"http://127.0.0.1:{port}/readyz"
         assert spec.env is not None
         assert spec.env["SDSERVE_MODEL"] == "tiny"
-        assert spec.env["SDSERVE_WEIGHTS"] == "random"
+        assert spec.env["SDSERVE_WEIGHTS"] == "embedded"
         assert spec.env["SDSERVE_SIZES"] == "64x64"
         assert spec.env["SDSERVE_XLA"] == "off"  # other settings pass through
         assert spec.env["PATH"] == "/bin"
@@ -236,18 +241,22 @@ def test_up_refuses_bad_settings_before_starting_anything(
 
 
 def test_ready_banner_has_urls_a_curl_example_and_the_random_warning() -> None:
-    banner = ready_banner(up_config("--port", "9000", "--sizes", "128x128,64x64"))
+    banner = ready_banner(
+        up_config("--port", "9000", "--sizes", "128x128,64x64", "--weights", "random")
+    )
     assert "gateway: http://127.0.0.1:9000" in banner
     assert "docs:    http://127.0.0.1:9000/docs" in banner
     assert "curl -s http://127.0.0.1:9000/v1/images/generations" in banner
     body = json.loads(banner.split("-d '", 1)[1].split("'", 1)[0])
     assert body == {
-        "prompt": "a lighthouse on a cliff at dusk, oil painting",
+        "prompt": "a red square on a white background",  # what the tiny model can draw
         "size": "128x128",
         "response_format": "b64_json",
     }
     assert "WEIGHTS ARE RANDOM" in banner
-    assert "WEIGHTS ARE RANDOM" not in ready_banner(up_config("--weights", "pretrained"))
+    assert "WEIGHTS ARE RANDOM" not in ready_banner(up_config())
+    sd = ready_banner(up_config("--model", "sd-v1"))
+    assert "lighthouse" in sd and "WEIGHTS ARE RANDOM" not in sd
     assert 'size": "64x64"' in ready_banner(up_config())  # the tiny family's default
 
 

@@ -8,9 +8,16 @@ def test_defaults_are_the_embedded_tiny_model(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     settings = load_settings()
     assert settings.model == "tiny"
-    assert settings.weights == "random"
+    assert settings.weights == "embedded"
     assert settings.sizes == [(64, 64), (128, 128)]
-    assert "not trained" in settings.weights_label
+    assert load_settings(weights="random").weights_label.endswith("not trained)")
+
+
+def test_default_weights_follow_the_model(monkeypatch):
+    monkeypatch.delenv("SDSERVE_WEIGHTS", raising=False)
+    assert load_settings(model="sd-v1").weights == "pretrained"
+    with pytest.raises(ConfigError, match=r"SDSERVE_WEIGHTS.*only the tiny family"):
+        load_settings(model="sd-v2", weights="embedded")
 
 
 def test_sizes_parse_from_the_environment(monkeypatch):
@@ -53,6 +60,7 @@ def test_sd_sizes_must_be_multiples_of_128(monkeypatch):
 
 def test_production_refuses_unsafe_defaults(monkeypatch, tmp_path):
     monkeypatch.setenv("SDSERVE_ENVIRONMENT", "production")
+    monkeypatch.setenv("SDSERVE_WEIGHTS", "random")
     with pytest.raises(ConfigError, match="SDSERVE_WEIGHTS"):
         load_settings()
     monkeypatch.setenv("SDSERVE_WEIGHTS", str(tmp_path))

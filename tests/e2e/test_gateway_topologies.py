@@ -15,7 +15,7 @@ from PIL import Image
 
 from tests.utils.servers import ServiceProcess, free_port, run_services
 
-TINY = {"SDSERVE_MODEL": "tiny", "SDSERVE_WEIGHTS": "random", "SDSERVE_SIZES": "64x64,128x128"}
+TINY = {"SDSERVE_MODEL": "tiny", "SDSERVE_SIZES": "64x64,128x128"}  # embedded weights
 REQUEST = {
     "prompt": "a lighthouse in a storm",
     "negative_prompt": "blurry",
@@ -66,7 +66,7 @@ def test_three_topologies_return_byte_identical_pngs(gateways):
         body = response.json()
         assert [item["seed"] for item in body["data"]] == [1234, 1235]
         assert set(body["timings"]) == {"text_encoder", "diffusion", "decoder"}
-        assert body["model"] == "tiny" and "random" in body["weights"]
+        assert body["model"] == "tiny" and body["weights"] == "embedded"
         results[topology] = _pngs(response)
     first = results["all-in-one"]
     assert first[0] != first[1]  # different seeds, different images

@@ -22,7 +22,6 @@ from tests.utils.servers import ServiceProcess, run_services
 
 TINY = {
     "SDSERVE_MODEL": "tiny",
-    "SDSERVE_WEIGHTS": "random",
     "SDSERVE_SIZES": "64x64,128x128",
     "SDSERVE_MAX_STEPS": "1000",
 }
@@ -93,7 +92,10 @@ def test_progress_arrives_step_by_step_from_the_remote_diffusion_service(stack):
     assert [p["step"] for p in previews] == [6, 12, 18, 24, 30, 36, 42, 48, 54]
     image = previews[0]["images"][0]
     assert image.startswith("data:image/png;base64,") and len(previews[0]["images"]) == 2
-    assert Image.open(io.BytesIO(base64.b64decode(image.split(",", 1)[1]))).size == (16, 16)
+    assert Image.open(io.BytesIO(base64.b64decode(image.split(",", 1)[1]))).size == (
+        32,
+        32,
+    )  # the latent grid of 128x128
 
     result = events[-1][2]["result"]
     assert [item["seed"] for item in result["data"]] == [21, 22]

@@ -10,7 +10,7 @@ import httpx
 
 from tests.utils.servers import ServiceProcess, run_services
 
-TINY = {"SDSERVE_MODEL": "tiny", "SDSERVE_WEIGHTS": "random", "SDSERVE_SIZES": "64x64"}
+TINY = {"SDSERVE_MODEL": "tiny", "SDSERVE_SIZES": "64x64"}  # embedded weights
 WARM_UP = int(os.environ.get("SDSERVE_SOAK_WARMUP", "40"))
 REQUESTS = int(os.environ.get("SDSERVE_SOAK_REQUESTS", "300"))
 CONCURRENCY = 4

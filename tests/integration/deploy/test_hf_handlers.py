@@ -321,8 +321,11 @@ def test_diffusion_n_images_use_consecutive_seeds(handlers: dict[str, Any]) -> N
     latents = read_npz_b64(pair["npz"], LATENT)["latent"]
     assert latents.shape == (2, *LATENT_SHAPE)
     second = handlers["diffusion"]({"inputs": contexts, "parameters": {"steps": 2, "seed": 41}})
+    # Alone or second in a batch of two: the same image up to float rounding (oneDNN's
+    # kernels depend on the batch size), 1e-4 of the latent's scale.
+    scale = float(np.abs(latents[1]).max())
     np.testing.assert_allclose(
-        read_npz_b64(second["npz"], LATENT)["latent"][0], latents[1], rtol=1e-5, atol=1e-5
+        read_npz_b64(second["npz"], LATENT)["latent"][0], latents[1], rtol=0, atol=1e-4 * scale
     )
 
 

@@ -1,6 +1,6 @@
 """Schemathesis against the OpenAPI schema of all four parts: nothing answers 5xx.
 
-Each part runs as a real process (tiny, random weights). Examples per operation are
+Each part runs as a real process (tiny, embedded weights). Examples per operation are
 bounded for CI (SDSERVE_FUZZ_EXAMPLES, default 25); set it higher for a nightly run.
 """
 
@@ -17,7 +17,6 @@ from tests.utils.servers import ServiceProcess
 EXAMPLES = int(os.environ.get("SDSERVE_FUZZ_EXAMPLES", "25"))
 TINY = {
     "SDSERVE_MODEL": "tiny",
-    "SDSERVE_WEIGHTS": "random",
     "SDSERVE_SIZES": "64x64",
     # Keep each generated request cheap: few steps, small n, small bodies.
     "SDSERVE_MAX_STEPS": "4",

@@ -2,7 +2,6 @@
 
 TINY_ENV = {
     "SDSERVE_MODEL": "tiny",
-    "SDSERVE_WEIGHTS": "random",
     "SDSERVE_SIZES": "64x64,128x128",
 }
 TOKEN = "secret"

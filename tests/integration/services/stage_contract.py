@@ -62,9 +62,9 @@ class StageContract:
         assert info["service"] == self.service_name
         assert info["ready"] is True
         assert info["family"] == "tiny"
-        assert info["random_weights"] is True
+        assert info["random_weights"] is False
         assert self.component in info["weights"]  # the decoder also has the image encoder
-        assert all("random" in label for label in info["weights"].values())
+        assert all(label.startswith("embedded:") for label in info["weights"].values())
         assert info["sizes"] == ["64x64", "128x128"]
         execution = info["execution"]
         assert {"xla", "batched_cfg", "precision", "device"} <= set(execution)

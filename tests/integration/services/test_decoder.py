@@ -1,4 +1,4 @@
-"""The decoder service as a real process (tiny family, random weights)."""
+"""The decoder service as a real process (tiny family, embedded weights)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The diffusion service as a real process (tiny family, random weights)."""
+"""The diffusion service as a real process (tiny family, embedded weights)."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ class TestDiffusionContract(StageContract):
 # --- good calls -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("size", "latent_hw"), [(64, 8), (128, 16)])
+@pytest.mark.parametrize(("size", "latent_hw"), [(64, 16), (128, 32)])
 @pytest.mark.parametrize("n", [1, 2])
 def test_latent_shape_and_seeds(
     client: httpx.Client, service: ServiceProcess, size: int, latent_hw: int, n: int

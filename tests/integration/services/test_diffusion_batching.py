@@ -127,9 +127,7 @@ def test_full_queue_answers_503_with_retry_after(services):
 
 def test_the_gateway_refuses_before_the_text_encoder_while_diffusion_is_full(services):
     _, service = services
-    settings = Settings(
-        model="tiny", weights="random", sizes=[(64, 64)], max_steps=1000, diffusion_url=service.url
-    )
+    settings = Settings(model="tiny", sizes=[(64, 64)], max_steps=1000, diffusion_url=service.url)
     chain = Chain(settings)  # hybrid: text encoder and decoder here, diffusion remote
     chain.load()
     encoder_stats = chain.local["text_encoder"].batcher.stats

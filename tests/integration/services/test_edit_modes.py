@@ -35,7 +35,7 @@ def remote(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def local():
-    settings = Settings(model="tiny", weights="random", sizes=[(64, 64), (128, 128)])
+    settings = Settings(model="tiny", sizes=[(64, 64), (128, 128)])  # embedded, as the services
     decoder, diffusion = make_decoder(settings), make_diffusion(settings)
     decoder.load()
     diffusion.load()
@@ -193,7 +193,7 @@ def test_init_latent_of_the_wrong_size_is_refused(remote):
     response = httpx.post(
         f"{diffusion.url}/v1/img2img",
         params=QUERY,
-        content=npz({**_contexts(), "init_latent": np.zeros((1, 16, 16, 4), np.float32)}),
+        content=npz({**_contexts(), "init_latent": np.zeros((1, 8, 8, 4), np.float32)}),
         headers={"content-type": "application/x-npz"},
     )
     assert_error(response, 422, param="init_latent")

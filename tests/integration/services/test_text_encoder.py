@@ -1,4 +1,4 @@
-"""The text encoder service as a real process (tiny family, random weights)."""
+"""The text encoder service as a real process (tiny family, embedded weights)."""
 
 from __future__ import annotations
 

@@ -87,8 +87,8 @@ class ImageEditFields(BaseModel):
     mask_blur: int = Field(default=0, ge=0, le=MAX_MASK_BLUR, description="Feather, latent cells.")
     keep_unmasked: bool = Field(
         default=True,
-        description="Inpainting: what the mask leaves alone keeps the input's own pixels "
-        "(not their trip through the VAE); false returns the decoded image as it is.",
+        description="Inpainting: pixels outside the mask come back exactly as sent (not "
+        "after a trip through the VAE); false returns the decoded image as it is.",
     )
 
     def to_params(self, settings: Settings, width: int, height: int) -> GenerationParams:

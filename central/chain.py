@@ -457,7 +457,7 @@ class EditInputs:
     image: np.ndarray  # (H, W, 3) uint8
     mask: np.ndarray | None = None  # (H, W) float32 in [0, 1], 1 = repaint
     mask_blur: int = 0
-    keep_unmasked: bool = True  # inpainting: unrepainted latent cells show the input pixels
+    keep_unmasked: bool = True  # inpainting: pixels outside the mask are the input's
 
 
 @dataclass
@@ -469,20 +469,15 @@ class GenerationResult:
     prompt_tokens: int = 0
 
 
-def overlay_unmasked(
-    images: np.ndarray, original: np.ndarray, latent_mask: np.ndarray
-) -> np.ndarray:
-    """Inpainted images with the input's own pixels wherever no latent cell was repainted.
+def overlay_unmasked(images: np.ndarray, original: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Inpainted images with the input's own pixels wherever the mask leaves them alone.
 
-    Those cells hold the input's latent exactly, so decoding them only adds the VAE's
-    round-trip error; the input's pixels are what they stand for. `latent_mask` (1, h, w,
-    1) is upsampled to pixels: cells a blur feathered blend the two.
+    Outside the mask the latent is the input's exactly, so decoding it only adds the VAE's
+    round-trip error (and the repainted cells along the mask's edge spill a few pixels
+    past it); what the caller did not mask should come back as it was sent. `mask` is
+    (H, W) in [0, 1], 1 = repaint; values in between blend.
     """
-    height, width = original.shape[:2]
-    grid = latent_mask[0, :, :, 0]
-    weight = np.repeat(
-        np.repeat(grid, height // grid.shape[0], axis=0), width // grid.shape[1], axis=1
-    )[None, :, :, None]
+    weight = mask[None, :, :, None].astype(np.float32)
     blended = weight * images.astype(np.float32) + (1.0 - weight) * original[None].astype(
         np.float32
     )
@@ -680,8 +675,8 @@ class Chain:
             Timing(queue, compute), (time.perf_counter() - started) * 1000
         )
         images = np.concatenate(chunks)
-        if edit is not None and latent_mask is not None and edit.keep_unmasked:
-            images = overlay_unmasked(images, edit.image, latent_mask)
+        if edit is not None and edit.mask is not None and edit.keep_unmasked:
+            images = overlay_unmasked(images, edit.image, edit.mask)
         return GenerationResult(
             images=images,
             seeds=denoised.seeds,

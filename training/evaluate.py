@@ -22,7 +22,7 @@ from training.scenes import COLOURS, IMAGE_SIZE, PLACES, SHAPES, Scene, held_out
 
 STEPS = 25
 GUIDANCE = 5.0
-IMG2IMG_STRENGTH = 0.3
+IMG2IMG_STRENGTH = 0.2
 # Square mask around the inpainted shape's cell, in pixels (a third of the image + margin).
 _MASK_MARGIN = 3
 

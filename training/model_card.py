@@ -100,7 +100,10 @@ def write_card(args: argparse.Namespace) -> dict[str, Any]:
 
     out: Path = args.out
     plot_losses(args.workdir, out)
-    settings = load_settings(model="tiny", weights=str(out), sizes="64x64")
+    # Every prompt is sent at once: room for all of them, and big running batches.
+    settings = load_settings(
+        model="tiny", weights=str(out), sizes="64x64", max_batch=64, queue_size=256
+    )
     chain = Chain(settings)
     chain.load()
 
@@ -140,8 +143,9 @@ def write_card(args: argparse.Namespace) -> dict[str, Any]:
             "colour_and_shape_inside": float(
                 np.mean([v.colour_and_shape for v in inpainted.verdicts])
             ),
-            "outside_psnr_db_min": float(np.min(inpainted.outside_psnr)),
-            "outside_psnr_db_median": float(np.median(inpainted.outside_psnr)),
+            "colour_inside": float(np.mean([v.colour for v in inpainted.verdicts])),
+            "outside_psnr_db_min": _finite(float(np.min(inpainted.outside_psnr))),
+            "outside_psnr_db_median": _finite(float(np.median(inpainted.outside_psnr))),
             "without_overlay_outside_psnr_db_min": float(np.min(raw_inpainted.outside_psnr)),
             "without_overlay_outside_psnr_db_median": float(np.median(raw_inpainted.outside_psnr)),
         },
@@ -179,6 +183,15 @@ def write_card(args: argparse.Namespace) -> dict[str, Any]:
     return scores
 
 
+def _db(value: float | str) -> str:
+    return value if isinstance(value, str) else f"{value:.1f} dB"
+
+
+def _finite(value: float) -> float | str:
+    """PSNR of identical images is infinite, which JSON cannot hold."""
+    return value if np.isfinite(value) else "identical"
+
+
 def _score_rows(scores: dict[str, Any]) -> str:
     t2i, inp, i2i = scores["text_to_image"], scores["inpainting"], scores["img2img"]
     rows = [
@@ -188,12 +201,16 @@ def _score_rows(scores: dict[str, Any]) -> str:
         ("text to image: place", f"{t2i['place']:.0%}"),
         ("text to image: size", f"{t2i['size']:.0%}"),
         (
-            f"inpainting: asked-for shape inside the mask ({inp['cases']} cases)",
+            f"inpainting: asked-for colour inside the mask ({inp['cases']} cases)",
+            f"{inp['colour_inside']:.0%}",
+        ),
+        (
+            "inpainting: asked-for colour and shape inside the mask",
             f"{inp['colour_and_shape_inside']:.0%}",
         ),
         (
             "inpainting: PSNR outside the mask, min / median",
-            f"{inp['outside_psnr_db_min']:.1f} / {inp['outside_psnr_db_median']:.1f} dB",
+            f"{_db(inp['outside_psnr_db_min'])} / {_db(inp['outside_psnr_db_median'])}",
         ),
         (
             "inpainting without the overlay (`keep_unmasked: false`): the same PSNR",
@@ -211,9 +228,12 @@ def _score_rows(scores: dict[str, Any]) -> str:
 CARD = """# Model card: sdserve `tiny`, trained on synthetic scenes
 
 The weights `SDSERVE_MODEL=tiny` serves by default (`SDSERVE_WEIGHTS=embedded`). A toy
-latent diffusion model: it draws one coloured shape on a plain or two-tone background, as
-the prompt says, at 64x64. It exists so that a machine with no network gets a system that
-visibly follows prompts, and so that tests can check that it does.
+latent diffusion model trained to draw one coloured shape on a plain or two-tone
+background, at 64x64, so that a machine with no network gets a system that visibly
+follows prompts, and tests can check that it does. **Where it stands**: it paints the
+background and the shape's colour the prompt names on most held-out prompts; its shapes
+are still blobs and it does not follow the place (scores below). The issue's target
+(colour and shape on 90 % of held-out prompts) is not met by these weights.
 
 ## Data
 `training/scenes.py`: deterministic captioned scenes, {train_scenes}: one filled circle,
@@ -271,13 +291,18 @@ Inpainting (input with the mask shown pale, then the result):
 |---|---|---|---|---|---|
 {table}
 
-Inpainting keeps the input's own pixels wherever no latent cell was repainted (the
-default `keep_unmasked: true`); the band of repainted cells around the mask, up to 3
-pixels wide, is the model's. Without that overlay every pixel has been through the VAE.
+Inpainting returns the input's own pixels outside the mask (the default
+`keep_unmasked: true`, as diffusers' overlay does); without that overlay every pixel has
+been through the VAE, and the repainted latent cells along the mask's edge reach a few
+pixels past it: the row "without the overlay" measures the model alone.
 
 ## Limits
-One shape per image, eight colours, three shapes, 64x64; anything else in a prompt is
-ignored or confuses it. 128x128 runs (the UNet is convolutional) but was never trained.
+One shape per image, eight colours, 64x64; anything else in a prompt is ignored or
+confuses it. Shapes come out as rounded blobs (the judge then mostly sees circles) and
+places are close to chance: the UNet's attention has no position embedding, so "at the
+top left" has little to attach to, and the training budget (about an hour on 2 CPU cores)
+ends before fine shape detail is learnt. 128x128 runs (the UNet is convolutional) but was
+never trained.
 
 ## Raw scores
 ```json

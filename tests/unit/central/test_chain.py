@@ -48,14 +48,14 @@ def test_a_full_local_diffusion_queue_refuses_before_the_text_encoder():
             stage.close()
 
 
-def test_overlay_keeps_the_input_where_no_latent_cell_was_repainted():
+def test_overlay_keeps_the_input_outside_the_mask():
     rng = np.random.default_rng(0)
     original = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
     generated = rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
-    grid = np.zeros((1, 2, 2, 1), np.float32)
-    grid[0, 0, 1, 0] = 1.0  # top right cell repainted
-    grid[0, 1, 0, 0] = 0.5  # bottom left cell feathered
-    out = overlay_unmasked(generated, original, grid)
+    mask = np.zeros((8, 8), np.float32)
+    mask[:4, 4:] = 1.0  # repainted
+    mask[4:, :4] = 0.5  # feathered
+    out = overlay_unmasked(generated, original, mask)
     assert out.shape == generated.shape and out.dtype == np.uint8
     assert np.array_equal(out[:, :4, :4], np.broadcast_to(original[:4, :4], (2, 4, 4, 3)))
     assert np.array_equal(out[:, :4, 4:], generated[:, :4, 4:])

@@ -247,8 +247,9 @@ in {held_out} is never used for training; every evaluation prompt below is one o
 
 ## Architecture
 `shared/families/tiny.py`: CLIP BPE tokens -> 2-layer causal transformer (width 128,
-factorised 32-wide token embeddings); UNet on 16x16x4 latents (channels 32/64/64, self-
-and cross-attention at 8x8 and 4x4); VAE with downsampling factor 4. keras-cv's DDIM
+factorised 32-wide token embeddings, the prompt's mean hidden state added at every
+position); UNet on 16x16x4 latents (channels 32/64/64, self- and cross-attention at 8x8
+and 4x4, the pooled prompt added to the time embedding); VAE with downsampling factor 4. keras-cv's DDIM
 schedule (1000 steps, scaled-linear betas), epsilon prediction.
 
 ## Training
@@ -259,7 +260,8 @@ schedule (1000 steps, scaled-linear betas), epsilon prediction.
    {decoder[batch]}, {decoder[minutes]} min (sharper edges; the latents the UNet learns
    from do not change).
 3. Text encoder + UNet on those latents: {diffusion[steps]} steps, batch
-   {diffusion[batch]}, {diffusion[minutes]} min; AdamW, cosine schedule; the EMA of the
+   {diffusion[batch]}, {diffusion[minutes]} min (planned as 4500 steps, extended at step
+   3250 and resumed from its checkpoint); AdamW, cosine schedule; the EMA of the
    weights is what is exported. Three things made the model follow its prompt (without
    them it drew scenes in random colours): offset noise (a per-image, per-channel
    constant in the training noise, so the colour cannot be read from the noise's mean,

@@ -249,8 +249,8 @@ in {held_out} is never used for training; every evaluation prompt below is one o
 `shared/families/tiny.py`: CLIP BPE tokens -> 2-layer causal transformer (width 128,
 factorised 32-wide token embeddings, the prompt's mean hidden state added at every
 position); UNet on 16x16x4 latents (channels 32/64/64, self- and cross-attention at 8x8
-and 4x4, the pooled prompt added to the time embedding); VAE with downsampling factor 4. keras-cv's DDIM
-schedule (1000 steps, scaled-linear betas), epsilon prediction.
+and 4x4, the pooled prompt added to the time embedding); VAE with downsampling factor 4.
+keras-cv's DDIM schedule (1000 steps, scaled-linear betas), epsilon prediction.
 
 ## Training
 `python -m training.train_tiny all` (seeded, resumable; CPU, 2 cores):

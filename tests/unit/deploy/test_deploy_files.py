@@ -777,7 +777,7 @@ def test_cpu_demo_is_one_small_replica_of_the_tiny_model(
     docs = manifests["deploy/k8s/overlays/cpu-demo"]
     (configmap,) = kinds(docs, "ConfigMap").values()
     assert configmap["data"]["SDSERVE_MODEL"] == "tiny"
-    assert configmap["data"]["SDSERVE_WEIGHTS"] == "random"
+    assert configmap["data"]["SDSERVE_WEIGHTS"] == "embedded"
     assert configmap["data"]["SDSERVE_ENVIRONMENT"] == "development"
     assert not kinds(docs, "HorizontalPodAutoscaler")
     assert not kinds(docs, "PodDisruptionBudget")

@@ -121,6 +121,11 @@ class Settings(BaseSettings):
 
     # On SIGTERM: refuse new requests (503) and finish in-flight ones for this long.
     shutdown_grace_s: int = Field(default=30, ge=0, le=3600)
+    # Idle keep-alive connections stay open this long. uvicorn's default (5 s) equals
+    # httpx's own idle expiry, so a client could send a request on a connection the
+    # server was closing at that instant (seen as a ReadError under load); it must
+    # outlast clients' and load balancers' idle timeouts (often 60 s).
+    keep_alive_s: int = Field(default=75, ge=1, le=3600)
 
     # --- security ---
     # Central: comma-separated API keys clients send as `Authorization: Bearer <key>`;

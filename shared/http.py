@@ -441,6 +441,7 @@ def serve(app: FastAPI, host: str, port: int) -> None:
         access_log=False,  # RequestIdMiddleware logs each request, with its id
         log_config=None,  # keep our JSON handler for uvicorn's own lines
         timeout_graceful_shutdown=settings.shutdown_grace_s,
+        timeout_keep_alive=settings.keep_alive_s,
     )
     server = _DrainingServer(config, app)
     app.state.uvicorn_server = server

@@ -1638,28 +1638,29 @@ def findings(sections: Record) -> list[str]:
         refused = o.get("refused_by", {})
         cores_o, cores_m = o.get("cores_used", {}), m.get("cores_used", {})
         by = ", ".join(f"{k}: {v}" for k, v in refused.items())
+        # The gateway's own early refusal (diffusion refused within its Retry-After) says
+        # "it refused a request just now"; every other 503 came from a stage.
+        early = sum(v for k, v in refused.items() if "just now" in k)
+        total = sum(refused.values())
         out.append(
-            f"**Overload**: refusals came from ({by}); most are decided by the diffusion "
-            "stage, after central has parsed the request and the text encoder has encoded "
-            f"it, which is why a 503 took {o['refused_latency'].get('p50_ms', 0):.0f} ms "
-            "(p50) and why goodput fell from "
-            f"{m['ok_images_per_s']:.2f} to {o['ok_images_per_s']:.2f} images/s: refused "
-            f"requests cost CPU (central {cores_m.get('central')} -> "
-            f"{cores_o.get('central')} cores, text encoder {cores_m.get('text_encoder')} -> "
-            f"{cores_o.get('text_encoder')}) that the diffusion service "
-            f"({cores_m.get('diffusion')} -> {cores_o.get('diffusion')}) then lacks on "
-            "these 2 shared CPUs."
+            f"**Overload**: {early} of {total} refusals were decided by the gateway before "
+            "any stage worked (the diffusion stage had refused a request within its "
+            f"Retry-After); the rest came from the stages ({by}). A 503 took "
+            f"{o['refused_latency'].get('p50_ms', 0):.0f} ms (p50) against "
+            f"{o['ok_latency'].get('p50_ms', 0):.0f} ms for an image; goodput went from "
+            f"{m['ok_images_per_s']:.2f} (moderate load) to {o['ok_images_per_s']:.2f} "
+            f"images/s; CPU cores used: central {cores_m.get('central')} -> "
+            f"{cores_o.get('central')}, text encoder {cores_m.get('text_encoder')} -> "
+            f"{cores_o.get('text_encoder')}, diffusion {cores_m.get('diffusion')} -> "
+            f"{cores_o.get('diffusion')}."
         )
         others = {
             k: v for k, v in o["status_counts"].items() if k != "200" and not k.startswith("503")
         }
         if others:
             out.append(
-                f"**Overload, other outcomes**: {others}: the client saw the connection "
-                "fail without an HTTP answer (nothing in the server logs). Most likely the "
-                "keep-alive idle-timeout race on a reused connection (uvicorn closes idle "
-                "connections after 5 s, httpx keeps them 5 s); it is not a hang, but it is "
-                "neither 200 nor 503."
+                f"**Overload, other outcomes**: {others}: neither an image nor a 503 (the "
+                "`other_outcomes` records in serving.json say what the client saw)."
             )
     wire = sections.get("wire", {}).get("shapes", {})
     for label, entry in wire.items():

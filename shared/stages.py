@@ -150,9 +150,16 @@ class _LocalStage:
         self.name = worker.name
         self.models: LoadedModels | None = None
 
-    def load(self) -> None:
-        """Build and load the models, then warm them at every served size (blocking)."""
-        self.warm(self.build())
+    def load(self, *, warm_up: bool = True) -> None:
+        """Build and load the models, then warm them at every served size (blocking).
+
+        `warm_up=False` serves at once and traces each graph on its first request (for
+        one-off in-process use, where a warm-up costs more than it saves)."""
+        models = self.build()
+        if warm_up:
+            self.warm(models)
+        else:
+            self.models = models
 
     def build(self) -> LoadedModels:
         strategy = resolve_strategy(self.settings)

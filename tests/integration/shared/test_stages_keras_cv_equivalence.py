@@ -59,7 +59,7 @@ def stages():
         make_decoder(settings),
     )
     for stage in (text_encoder, diffusion, decoder):
-        stage.load()
+        stage.load(warm_up=False)  # one request each: warming would trace the graphs twice
     yield text_encoder, diffusion, decoder
     for stage in (text_encoder, diffusion, decoder):
         stage.close()

@@ -492,7 +492,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         write_card(args)
         return
-    for name in ["vae", "latents", "diffusion", "export"] if args.phase == "all" else [args.phase]:
+    # The decoder fine-tune is part of the pipeline: export takes the tuned decoder.
+    everything = ["vae", "latents", "decoder", "diffusion", "export"]
+    for name in everything if args.phase == "all" else [args.phase]:
         phases[name](args)
     if args.phase == "all":
         from training.model_card import write_card

@@ -1637,10 +1637,10 @@ def findings(sections: Record) -> list[str]:
         o, m = over["overload"], over["moderate"]
         refused = o.get("refused_by", {})
         cores_o, cores_m = o.get("cores_used", {}), m.get("cores_used", {})
-        by = ", ".join(f"{k}: {v}" for k, v in refused.items())
         # The gateway's own early refusal (diffusion refused within its Retry-After) says
         # "it refused a request just now"; every other 503 came from a stage.
         early = sum(v for k, v in refused.items() if "just now" in k)
+        by = ", ".join(f"{k}: {v}" for k, v in refused.items() if "just now" not in k)
         total = sum(refused.values())
         out.append(
             f"**Overload**: {early} of {total} refusals were decided by the gateway before "
@@ -1652,7 +1652,10 @@ def findings(sections: Record) -> list[str]:
             f"images/s; CPU cores used: central {cores_m.get('central')} -> "
             f"{cores_o.get('central')}, text encoder {cores_m.get('text_encoder')} -> "
             f"{cores_o.get('text_encoder')}, diffusion {cores_m.get('diffusion')} -> "
-            f"{cores_o.get('diffusion')}."
+            f"{cores_o.get('diffusion')}, and the benchmark's own clients "
+            f"{cores_m.get('benchmark client')} -> {cores_o.get('benchmark client')} on the "
+            f"same 2 CPUs ({o['clients']} clients, each retrying "
+            f"{over.get('config', {}).get('pause_after_503_s', '?')} s after a refusal)."
         )
         others = {
             k: v for k, v in o["status_counts"].items() if k != "200" and not k.startswith("503")

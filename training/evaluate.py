@@ -144,16 +144,18 @@ async def inpaint(chain: Chain, count: int, seed: int = 0) -> InpaintResult:
     """
     cases = inpaint_cases(count, seed)
     inputs = [render(c.base) for c in cases]
+    masks = [c.mask.astype(np.float32) for c in cases]
     edits = [
-        EditInputs(image=image, mask=c.mask.astype(np.float32), keep_unmasked=False)
-        for image, c in zip(inputs, cases, strict=True)
+        EditInputs(image=image, mask=mask, keep_unmasked=False)
+        for image, mask in zip(inputs, masks, strict=True)
     ]
     raw = await _generate(
         chain, [c.target.caption() for c in cases], [seed * 1000 + i for i in range(count)], edits
     )
+    # The same call, on the same inputs, that the chain makes when keep_unmasked is on.
     images = [
-        overlay_unmasked(r[None], i, c.mask.astype(np.float32))[0]
-        for r, i, c in zip(raw, inputs, cases, strict=True)
+        overlay_unmasked(r[None], image, mask)[0]
+        for r, image, mask in zip(raw, inputs, masks, strict=True)
     ]
     return InpaintResult(
         cases,

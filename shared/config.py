@@ -119,6 +119,11 @@ class Settings(BaseSettings):
     connect_timeout_s: float = Field(default=3.0, gt=0)
     read_timeout_s: float = Field(default=300.0, gt=0)
 
+    # Trace every graph a request can hit before /readyz says ready, so no request pays
+    # for tracing. Off: ready sooner, and the first request of each shape traces its
+    # graph (development and test stacks that restart often).
+    warm_up: bool = True
+
     # On SIGTERM: refuse new requests (503) and finish in-flight ones for this long.
     shutdown_grace_s: int = Field(default=30, ge=0, le=3600)
     # Idle keep-alive connections stay open this long. uvicorn's default (5 s) equals

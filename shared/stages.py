@@ -150,25 +150,20 @@ class _LocalStage:
         self.name = worker.name
         self.models: LoadedModels | None = None
 
-    def load(self, *, warm_up: bool = True) -> None:
-        """Build and load the models, then warm them at every served size (blocking).
-
-        `warm_up=False` serves at once and traces each graph on its first request (for
-        one-off in-process use, where a warm-up costs more than it saves)."""
-        models = self.build()
-        if warm_up:
-            self.warm(models)
-        else:
-            self.models = models
+    def load(self) -> None:
+        """Build and load the models, then warm them at every served size (blocking)."""
+        self.warm(self.build())
 
     def build(self) -> LoadedModels:
         strategy = resolve_strategy(self.settings)
         return load_components(self.settings, self.family, strategy, self.components)
 
     def warm(self, models: LoadedModels) -> None:
-        """Warm up, then serve. Warm only after every model of the process is built:
-        building seeds TensorFlow (`set_random_seed`), which drops traced functions."""
-        self.worker.run_blocking(lambda: self.warm_up(models))
+        """Warm up (unless `settings.warm_up` is off), then serve. Warm only after every
+        model of the process is built: building seeds TensorFlow (`set_random_seed`),
+        which drops traced functions."""
+        if self.settings.warm_up:
+            self.worker.run_blocking(lambda: self.warm_up(models))
         self.models = models
 
     def warm_up(self, models: LoadedModels) -> None:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from tests.utils.servers import ServiceProcess, free_port, run_services
 
-TINY = {"SDSERVE_MODEL": "tiny", "SDSERVE_SIZES": "64x64,128x128"}  # embedded weights
+TINY = {"SDSERVE_MODEL": "tiny", "SDSERVE_SIZES": "64x64,128x128", "SDSERVE_WARM_UP": "false"}
 REQUEST = {
     "prompt": "a lighthouse in a storm",
     "negative_prompt": "blurry",
@@ -133,12 +133,17 @@ def test_readyz_reports_each_stage(gateways):
     assert body["stages"]["text_encoder"].endswith("(local)")
 
 
+# The lone diffusion service's gateway waits 3 s for an answer: a request that traced its
+# graph first could take longer on a loaded machine.
+WARMED = {**TINY, "SDSERVE_WARM_UP": "true"}
+
+
 @pytest.fixture
 def lone_diffusion(tmp_path) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
     """A diffusion service of its own (on a fixed port, so it can come back) + a gateway."""
     port = free_port()
     diffusion = ServiceProcess(
-        "services.diffusion", TINY, port=port, log_path=tmp_path / "diffusion.log"
+        "services.diffusion", WARMED, port=port, log_path=tmp_path / "diffusion.log"
     )
     gateway = ServiceProcess(
         "central",
@@ -184,7 +189,7 @@ def test_killed_stage_is_named_then_recovers(lone_diffusion):
     assert httpx.get(f"{gateway.url}/readyz").status_code == 503
 
     diffusion.stop()
-    with ServiceProcess("services.diffusion", TINY, port=diffusion.port):  # back, same port
+    with ServiceProcess("services.diffusion", WARMED, port=diffusion.port):  # back, same port
         ok = httpx.post(f"{gateway.url}/v1/images/generations", json={"prompt": "x"}, timeout=60)
         assert ok.status_code == 200, ok.text
 

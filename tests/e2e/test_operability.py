@@ -16,7 +16,7 @@ import pytest
 from tests.utils.servers import ServiceProcess, run_services
 from tests.utils.wire import npz
 
-TINY = {"SDSERVE_MODEL": "tiny", "SDSERVE_SIZES": "64x64"}  # embedded weights
+TINY = {"SDSERVE_MODEL": "tiny", "SDSERVE_SIZES": "64x64", "SDSERVE_WARM_UP": "false"}
 
 
 # Console span export: every process prints its spans to its log, where the test reads them.

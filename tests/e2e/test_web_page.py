@@ -33,6 +33,7 @@ TINY = {
     "SDSERVE_MODEL": "tiny",
     "SDSERVE_SIZES": "64x64,128x128",
     "SDSERVE_MAX_STEPS": "1000",
+    "SDSERVE_WARM_UP": "false",
 }
 API_KEY = "page-test-key"
 

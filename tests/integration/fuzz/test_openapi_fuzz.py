@@ -23,6 +23,7 @@ TINY = {
     "SDSERVE_DEFAULT_STEPS": "2",
     "SDSERVE_MAX_IMAGES_PER_REQUEST": "2",
     "SDSERVE_MAX_BODY_BYTES": "2000000",
+    "SDSERVE_WARM_UP": "false",
 }
 PARTS = ["services.text_encoder", "services.diffusion", "services.decoder", "central"]
 

@@ -49,7 +49,9 @@ def _info(service) -> dict:
 def test_concurrent_requests_share_unet_calls_and_match_solo(services):
     service, _ = services
     query = {"width": 64, "height": 64, "steps": 30, "seed": 5}
-    solo = httpx.post(f"{service.url}/v1/denoise", params=query, content=_body(), headers=NPZ)
+    solo = httpx.post(
+        f"{service.url}/v1/denoise", params=query, content=_body(), headers=NPZ, timeout=120
+    )
     solo_latent = read_npz(solo.content)["latent"]
     before = _info(service)
 

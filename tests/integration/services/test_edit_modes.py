@@ -35,7 +35,8 @@ def remote(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def local():
-    settings = Settings(model="tiny", sizes=[(64, 64), (128, 128)])  # embedded, as the services
+    # Embedded weights, as the services.
+    settings = Settings(model="tiny", sizes=[(64, 64), (128, 128)], warm_up=False)
     decoder, diffusion = make_decoder(settings), make_diffusion(settings)
     decoder.load()
     diffusion.load()

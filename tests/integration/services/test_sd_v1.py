@@ -18,7 +18,12 @@ from tests.utils.wire import NPZ_HEADERS, assert_error, npz, read_npz
 
 pytestmark = pytest.mark.slow
 
-SD_V1_ENV = {"SDSERVE_MODEL": "sd-v1", "SDSERVE_WEIGHTS": "random", "SDSERVE_SIZES": "128x128"}
+SD_V1_ENV = {
+    "SDSERVE_MODEL": "sd-v1",
+    "SDSERVE_WEIGHTS": "random",
+    "SDSERVE_SIZES": "128x128",
+    "SDSERVE_WARM_UP": "false",  # one request per service: tracing it once is enough
+}
 STARTUP_TIMEOUT_S = 450.0
 CONTEXT_DIM = 768
 

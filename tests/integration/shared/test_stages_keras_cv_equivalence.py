@@ -52,6 +52,7 @@ def stages():
         xla="off",
         batched_cfg="off",
         precision="float32",
+        warm_up=False,  # one request each: warming would trace the graphs twice
     )
     text_encoder, diffusion, decoder = (
         make_text_encoder(settings),
@@ -59,7 +60,7 @@ def stages():
         make_decoder(settings),
     )
     for stage in (text_encoder, diffusion, decoder):
-        stage.load(warm_up=False)  # one request each: warming would trace the graphs twice
+        stage.load()
     yield text_encoder, diffusion, decoder
     for stage in (text_encoder, diffusion, decoder):
         stage.close()

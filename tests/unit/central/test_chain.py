@@ -14,7 +14,12 @@ from shared.errors import QueueFull
 
 def test_a_full_local_diffusion_queue_refuses_before_the_text_encoder():
     settings = Settings(
-        model="tiny", weights="random", sizes=[(64, 64)], queue_size=1, max_steps=1000
+        model="tiny",
+        weights="random",
+        sizes=[(64, 64)],
+        queue_size=1,
+        max_steps=1000,
+        warm_up=False,
     )
     chain = Chain(settings)
     chain.load()

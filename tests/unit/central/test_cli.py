@@ -282,6 +282,7 @@ TINY = {
     "SDSERVE_WEIGHTS": "random",
     "SDSERVE_SIZES": "64x64,128x128",
     "SDSERVE_MAX_STEPS": "1000",
+    "SDSERVE_WARM_UP": "false",
 }
 
 

@@ -74,6 +74,7 @@ def settings() -> Settings:
         xla="off",
         batched_cfg="off",
         precision="float32",
+        warm_up=False,
     )
 
 

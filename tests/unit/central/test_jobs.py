@@ -25,7 +25,7 @@ from central.jobs import SUBSCRIBER_BUFFER, Job, JobEvent, JobNotFound, JobStore
 from shared.config import Settings
 from shared.errors import QueueFull, UpstreamUnavailable
 
-SETTINGS = Settings(model="tiny", weights="random", sizes=[(64, 64)], max_steps=1000)
+SETTINGS = Settings(model="tiny", weights="random", sizes=[(64, 64)], max_steps=1000, warm_up=False)
 
 
 @pytest.fixture(scope="module")

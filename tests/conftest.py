@@ -1,8 +1,57 @@
-"""Make `tests.utils` importable however pytest is invoked (`pytest` or `python -m pytest`)."""
+"""Make `tests.utils` importable however pytest is invoked (`pytest` or `python -m pytest`),
+and share the default tiny stack between the test modules that only send it requests."""
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
+
+from tests.utils.servers import ServiceProcess, run_services  # noqa: E402
+
+# The embedded tiny weights at two sizes; steps up to 1000 so a test can keep a job
+# running long enough to cancel it; no warm-up (each shape traces on first use).
+TINY_STACK_ENV = {
+    "SDSERVE_MODEL": "tiny",
+    "SDSERVE_SIZES": "64x64,128x128",
+    "SDSERVE_MAX_STEPS": "1000",
+    "SDSERVE_WARM_UP": "false",
+}
+STAGE_NAMES = ("text_encoder", "diffusion", "decoder")
+
+
+@pytest.fixture(scope="session")
+def tiny_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ServiceProcess]]:
+    """Real processes, started once per session: the three stage services (keyed by
+    stage name) and a gateway per topology over them ("all-in-one", "three-endpoints",
+    "hybrid" with only the diffusion stage remote).
+
+    Tests that use it must leave it as they found it: no killing, pausing or
+    reconfiguring (those tests start their own processes), and counters read as deltas.
+    """
+    logs = tmp_path_factory.mktemp("tiny-stack")
+    stages = {
+        name: ServiceProcess(f"services.{name}", TINY_STACK_ENV, log_path=logs / f"{name}.log")
+        for name in STAGE_NAMES
+    }
+    with run_services(*stages.values()):
+        urls = {f"SDSERVE_{name.upper()}_URL": svc.url for name, svc in stages.items()}
+        gateways = {
+            "all-in-one": ServiceProcess(
+                "central", TINY_STACK_ENV, log_path=logs / "all-in-one.log"
+            ),
+            "three-endpoints": ServiceProcess(
+                "central", {**TINY_STACK_ENV, **urls}, log_path=logs / "three-endpoints.log"
+            ),
+            "hybrid": ServiceProcess(
+                "central",
+                {**TINY_STACK_ENV, "SDSERVE_DIFFUSION_URL": urls["SDSERVE_DIFFUSION_URL"]},
+                log_path=logs / "hybrid.log",
+            ),
+        }
+        with run_services(*gateways.values()):
+            yield {**stages, **gateways}

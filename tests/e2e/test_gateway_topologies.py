@@ -29,27 +29,9 @@ REQUEST = {
 
 
 @pytest.fixture(scope="module")
-def gateways(tmp_path_factory) -> Iterator[dict[str, ServiceProcess]]:
-    logs = tmp_path_factory.mktemp("topologies")
-    stages = {
-        name: ServiceProcess(f"services.{name}", TINY, log_path=logs / f"{name}.log")
-        for name in ("text_encoder", "diffusion", "decoder")
-    }
-    with run_services(*stages.values()):
-        urls = {f"SDSERVE_{name.upper()}_URL": svc.url for name, svc in stages.items()}
-        centrals = {
-            "all-in-one": ServiceProcess("central", TINY, log_path=logs / "all-in-one.log"),
-            "three-endpoints": ServiceProcess(
-                "central", {**TINY, **urls}, log_path=logs / "three.log"
-            ),
-            "hybrid": ServiceProcess(
-                "central",
-                {**TINY, "SDSERVE_DIFFUSION_URL": urls["SDSERVE_DIFFUSION_URL"]},
-                log_path=logs / "hybrid.log",
-            ),
-        }
-        with run_services(*centrals.values()):
-            yield centrals
+def gateways(tiny_stack) -> dict[str, ServiceProcess]:
+    """The session's tiny stack: one gateway per topology over the same stage services."""
+    return {name: tiny_stack[name] for name in ("all-in-one", "three-endpoints", "hybrid")}
 
 
 def _pngs(response: httpx.Response) -> list[bytes]:

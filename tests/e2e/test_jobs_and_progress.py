@@ -18,28 +18,14 @@ from PIL import Image
 
 from shared.progress import STREAM_MEDIA_TYPE, FrameReader, read_progress, result_spec
 from shared.wire import MEDIA_TYPE, decode_npz, encode_npz
-from tests.utils.servers import ServiceProcess, run_services
-
-TINY = {
-    "SDSERVE_MODEL": "tiny",
-    "SDSERVE_SIZES": "64x64,128x128",
-    "SDSERVE_MAX_STEPS": "1000",
-    "SDSERVE_WARM_UP": "false",
-}
+from tests.utils.servers import ServiceProcess
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory) -> Iterator[dict[str, ServiceProcess]]:
-    logs = tmp_path_factory.mktemp("jobs")
-    stages = {
-        name: ServiceProcess(f"services.{name}", TINY, log_path=logs / f"{name}.log")
-        for name in ("text_encoder", "diffusion", "decoder")
-    }
-    with run_services(*stages.values()):
-        urls = {f"SDSERVE_{name.upper()}_URL": svc.url for name, svc in stages.items()}
-        central = ServiceProcess("central", {**TINY, **urls}, log_path=logs / "central.log")
-        with run_services(central):
-            yield {"central": central, **stages}
+def stack(tiny_stack) -> dict[str, ServiceProcess]:
+    """The session's three-endpoints gateway ("central") and its stage services."""
+    stages = {name: tiny_stack[name] for name in ("text_encoder", "diffusion", "decoder")}
+    return {"central": tiny_stack["three-endpoints"], **stages}
 
 
 def follow(url: str, timeout: float = 120) -> Iterator[tuple[float, str, dict[str, Any]]]:

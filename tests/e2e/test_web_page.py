@@ -57,10 +57,8 @@ WATCH_PAGE = """() => {
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory) -> Iterator[ServiceProcess]:
-    log = tmp_path_factory.mktemp("web") / "central.log"
-    with ServiceProcess("central", TINY, log_path=log) as central:
-        yield central
+def gateway(tiny_stack) -> ServiceProcess:
+    return tiny_stack["all-in-one"]
 
 
 @pytest.fixture(scope="module")

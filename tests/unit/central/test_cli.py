@@ -274,23 +274,13 @@ def test_cli_imports_nothing_heavy() -> None:
 
 # -------------------------------------------------------------------------- generate
 #
-# `generate` runs against the real gateway (all-in-one, tiny, random weights) in its own
-# process; a small in-process stand-in gives the answers a real gateway never does.
-
-TINY = {
-    "SDSERVE_MODEL": "tiny",
-    "SDSERVE_WEIGHTS": "random",
-    "SDSERVE_SIZES": "64x64,128x128",
-    "SDSERVE_MAX_STEPS": "1000",
-    "SDSERVE_WARM_UP": "false",
-}
+# `generate` runs against the real gateway (the session's all-in-one tiny gateway, in its
+# own process); a small in-process stand-in gives the answers a real gateway never does.
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    log = tmp_path_factory.mktemp("gateway") / "central.log"
-    with ServiceProcess("central", TINY, log_path=log) as central:
-        yield central
+def gateway(tiny_stack: dict[str, ServiceProcess]) -> ServiceProcess:
+    return tiny_stack["all-in-one"]
 
 
 def open_png(path: Path) -> Image.Image:

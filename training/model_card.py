@@ -96,7 +96,6 @@ def _training_summary(workdir: Path) -> dict[str, Any]:
 def write_card(args: argparse.Namespace) -> dict[str, Any]:
     from central.chain import Chain
     from shared.config import load_settings
-    from training.train_tiny import TRAIN_SCENES
 
     out: Path = args.out
     plot_losses(args.workdir, out)
@@ -169,7 +168,7 @@ def write_card(args: argparse.Namespace) -> dict[str, Any]:
     (out / "README.md").write_text(
         CARD.format(
             held_out=HELD_OUT_ONE_IN,
-            train_scenes=f"{TRAIN_SCENES:,} training scenes",
+            train_scenes=f"{args.scenes:,} training scenes",
             scores=json.dumps(scores, indent=2),
             t2i=scores["text_to_image"],
             table=table,

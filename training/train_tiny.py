@@ -147,8 +147,12 @@ def _run(
     step_fn: Callable[[int], Sequence[float]],
     columns: Sequence[str],
     batch: int,
+    stop_after: int | None = None,
 ) -> None:
-    """The loop every phase shares: resume, step, log, checkpoint."""
+    """The loop every phase shares: resume, step, log, checkpoint.
+
+    `stop_after` ends this run after that many steps (checkpointed); a rerun carries on,
+    so a long phase can be trained in slots."""
     checkpoint = Checkpoint(workdir / f"{name}-checkpoint")
     start = checkpoint.restore(groups)
     earlier_seconds = checkpoint.seconds()
@@ -156,9 +160,10 @@ def _run(
         log.info("%s: already trained for %d steps", name, start)
         return
     loss_log = LossLog(workdir / f"{name}-loss.csv", columns, start)
-    log.info("%s: steps %d..%d", name, start, steps)
+    last = steps if stop_after is None else min(steps, start + stop_after)
+    log.info("%s: steps %d..%d of %d", name, start, last, steps)
     started, running = time.monotonic(), np.zeros(len(columns))
-    for step in range(start + 1, steps + 1):
+    for step in range(start + 1, last + 1):
         values = np.asarray(step_fn(step), dtype=np.float64)
         running = values if step == start + 1 else 0.9 * running + 0.1 * values
         loss_log.append(step, values.tolist())
@@ -172,8 +177,11 @@ def _run(
                 " ".join(f"{c}={v:.4f}" for c, v in zip(columns, running, strict=True)),
                 rate,
             )
-        if step % checkpoint_every == 0 or step == steps:
+        if step % checkpoint_every == 0 or step == last:
             checkpoint.save(step, groups, earlier_seconds + time.monotonic() - started)
+    if last < steps:
+        log.info("%s: stopped at step %d of %d; rerun to carry on", name, last, steps)
+        return
     seconds = earlier_seconds + time.monotonic() - started
     summary = {"steps": steps, "batch": batch, "minutes": round(seconds / 60, 1)}
     (workdir / f"{name}-time.json").write_text(json.dumps(summary) + "\n")
@@ -188,7 +196,7 @@ def train_vae(args: argparse.Namespace) -> None:
     keras.utils.set_random_seed(args.seed)
     family = TinyFamily()
     encoder, decoder = family.build_image_encoder(), family.build_decoder(64, 64)
-    data = Dataset(args.workdir, args.seed)
+    data = Dataset(args.workdir, args.seed, args.scenes)
     variables = [*encoder.trainable_variables, *decoder.trainable_variables]
     optimizer = _optimizer(args.vae_lr, args.vae_steps)
     optimizer.build(variables)
@@ -228,6 +236,7 @@ def train_vae(args: argparse.Namespace) -> None:
         one_step,
         columns,
         args.vae_batch,
+        args.stop_after,
     )
 
 
@@ -255,7 +264,7 @@ def train_decoder(args: argparse.Namespace) -> None:
     import tensorflow as tf
 
     latents = encode_latents(args)
-    data = Dataset(args.workdir, args.seed)
+    data = Dataset(args.workdir, args.seed, args.scenes)
     keras.utils.set_random_seed(args.seed + 2)
     _, decoder = _load_vae(args.workdir, tuned_decoder=False)
     variables = decoder.trainable_variables
@@ -291,15 +300,16 @@ def train_decoder(args: argparse.Namespace) -> None:
         one_step,
         ["mse", "l1"],
         args.vae_batch,
+        args.stop_after,
     )
 
 
 def encode_latents(args: argparse.Namespace) -> np.ndarray:
     """Every training scene's latent under the trained encoder (cached)."""
-    cache = args.workdir / f"latents-{args.seed}.npy"
+    cache = args.workdir / f"latents-{args.seed}-{args.scenes}.npy"
     if cache.is_file():
         return np.load(cache, allow_pickle=False)
-    data = Dataset(args.workdir, args.seed)
+    data = Dataset(args.workdir, args.seed, args.scenes)
     encoder, _ = _load_vae(args.workdir)
     parts = [
         np.asarray(encoder(data.pixels(np.arange(i, min(i + 512, len(data.scenes))))))
@@ -320,7 +330,7 @@ def train_diffusion(args: argparse.Namespace) -> None:
     from shared.tokenizer import PromptTokenizer, find_clip_vocab
 
     latents = encode_latents(args)
-    data = Dataset(args.workdir, args.seed)
+    data = Dataset(args.workdir, args.seed, args.scenes)
     keras.utils.set_random_seed(args.seed + 1)
     family = TinyFamily()
     text_encoder, unet = family.build_text_encoder(), family.build_diffusion_model(64, 64)
@@ -418,6 +428,7 @@ def train_diffusion(args: argparse.Namespace) -> None:
         one_step,
         ["mse"],
         args.batch,
+        args.stop_after,
     )
 
 
@@ -463,6 +474,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scenes", type=int, default=TRAIN_SCENES, help="training scenes")
+    parser.add_argument(
+        "--stop-after", type=int, default=None, help="steps this run trains before it stops"
+    )
     parser.add_argument("--vae-steps", type=int, default=2000)
     parser.add_argument("--vae-batch", type=int, default=32)
     parser.add_argument("--vae-lr", type=float, default=2e-3)
@@ -478,6 +493,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--checkpoint-every", type=int, default=250)
     args = parser.parse_args(argv)
+    if args.phase == "all" and args.stop_after is not None:
+        parser.error("--stop-after applies to one phase: the next phase needs this one done")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.workdir.mkdir(parents=True, exist_ok=True)
     phases: dict[str, Callable[[argparse.Namespace], Any]] = {

@@ -15,16 +15,22 @@ import pytest
 
 from shared.config import Settings
 from shared.stages import DenoiseParams, make_decoder, make_diffusion
+from tests.utils.servers import ServiceProcess, run_services
 from tests.utils.wire import assert_error, npz, read_npz
+
+from .common import TINY_ENV
 
 SIZE = 64
 LATENT = SIZE // 4  # tiny downsamples 4x
 
 
 @pytest.fixture(scope="module")
-def remote(tiny_stack):
-    """The session's decoder and diffusion services (embedded tiny weights)."""
-    return tiny_stack["decoder"], tiny_stack["diffusion"]
+def remote(tmp_path_factory):
+    logs = tmp_path_factory.mktemp("edit-modes")
+    decoder = ServiceProcess("services.decoder", TINY_ENV, log_path=logs / "decoder.log")
+    diffusion = ServiceProcess("services.diffusion", TINY_ENV, log_path=logs / "diffusion.log")
+    with run_services(decoder, diffusion):
+        yield decoder, diffusion
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,8 @@ def tiny_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, S
 
     Tests that use it must leave it as they found it: no killing, pausing or
     reconfiguring (those tests start their own processes), and counters read as deltas.
+    Bytes compared with another process are only equal while both have traced the same
+    shapes in the same order (warm-up is off), so such comparisons run first or elsewhere.
     """
     logs = tmp_path_factory.mktemp("tiny-stack")
     stages = {

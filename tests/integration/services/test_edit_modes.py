@@ -26,6 +26,10 @@ LATENT = SIZE // 4  # tiny downsamples 4x
 
 @pytest.fixture(scope="module")
 def remote(tmp_path_factory):
+    # Fresh services, not the session's shared stack: the exact-bytes comparison with the
+    # in-process stages needs both sides to have traced their graphs for the same shapes in
+    # the same order (a process that skipped warm-up traces one graph for its first shape
+    # and a generic one later, and the two round differently in the last float bits).
     logs = tmp_path_factory.mktemp("edit-modes")
     decoder = ServiceProcess("services.decoder", TINY_ENV, log_path=logs / "decoder.log")
     diffusion = ServiceProcess("services.diffusion", TINY_ENV, log_path=logs / "diffusion.log")

@@ -12,16 +12,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from tests.utils.servers import ServiceProcess, run_services  # noqa: E402
-
-# The embedded tiny weights at two sizes; steps up to 1000 so a test can keep a job
-# running long enough to cancel it; no warm-up (each shape traces on first use).
-TINY_STACK_ENV = {
-    "SDSERVE_MODEL": "tiny",
-    "SDSERVE_SIZES": "64x64,128x128",
-    "SDSERVE_MAX_STEPS": "1000",
-    "SDSERVE_WARM_UP": "false",
-}
-STAGE_NAMES = ("text_encoder", "diffusion", "decoder")
+from tests.utils.tiny_stack import STAGE_NAMES, TINY_STACK_ENV  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -19,12 +19,13 @@ from PIL import Image
 from shared.progress import STREAM_MEDIA_TYPE, FrameReader, read_progress, result_spec
 from shared.wire import MEDIA_TYPE, decode_npz, encode_npz
 from tests.utils.servers import ServiceProcess
+from tests.utils.tiny_stack import STAGE_NAMES
 
 
 @pytest.fixture(scope="module")
 def stack(tiny_stack) -> dict[str, ServiceProcess]:
     """The session's three-endpoints gateway ("central") and its stage services."""
-    stages = {name: tiny_stack[name] for name in ("text_encoder", "diffusion", "decoder")}
+    stages = {name: tiny_stack[name] for name in STAGE_NAMES}
     return {"central": tiny_stack["three-endpoints"], **stages}
 
 

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from tests.utils.servers import REPO_ROOT, ServiceProcess
+from tests.utils.tiny_stack import TINY_STACK_ENV
 
 if os.environ.get("CI") == "true":
     import playwright.sync_api as playwright_api
@@ -28,13 +29,6 @@ else:
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO_ROOT / "test-artifacts"
-# The embedded (trained) weights: the screenshot shows what the prompt asks for.
-TINY = {
-    "SDSERVE_MODEL": "tiny",
-    "SDSERVE_SIZES": "64x64,128x128",
-    "SDSERVE_MAX_STEPS": "1000",
-    "SDSERVE_WARM_UP": "false",
-}
 API_KEY = "page-test-key"
 
 # Under CI the browser must be there (`make install` puts it there): fail, never skip.
@@ -218,7 +212,8 @@ def test_errors_are_shown_on_the_page(page):
 @pytest.fixture(scope="module")
 def keyed_gateway(tmp_path_factory) -> Iterator[ServiceProcess]:
     log = tmp_path_factory.mktemp("web-keys") / "central.log"
-    env = {**TINY, "SDSERVE_API_KEYS": API_KEY}
+    # The shared gateway's settings (embedded weights: the screenshot shows the prompt), plus keys.
+    env = {**TINY_STACK_ENV, "SDSERVE_API_KEYS": API_KEY}
     with ServiceProcess("central", env, log_path=log) as central:
         yield central
 

@@ -147,6 +147,17 @@ def training_caption(scene: Scene, rng: np.random.Generator) -> str:
     return scene.caption(with_size=rng.random() >= 0.3, with_place=rng.random() >= 0.3)
 
 
+def _draw_shape(draw: ImageDraw.ImageDraw, scene: Scene, fill: tuple[int, int, int] | int) -> None:
+    cx, cy = (v * _SUPERSAMPLE for v in scene.centre())
+    r = scene.pixel_extent() * _SUPERSAMPLE / 2
+    if scene.shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    elif scene.shape == "square":
+        draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    else:
+        draw.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=fill)
+
+
 def render(scene: Scene) -> np.ndarray:
     """The scene as a (64, 64, 3) uint8 image."""
     big = IMAGE_SIZE * _SUPERSAMPLE
@@ -155,17 +166,18 @@ def render(scene: Scene) -> np.ndarray:
     if len(scene.background) == 2:
         half = (big // 2, 0, big, big) if scene.vertical_split else (0, big // 2, big, big)
         draw.rectangle(half, fill=COLOURS[scene.background[1]])
-    cx, cy = (v * _SUPERSAMPLE for v in scene.centre())
-    r = scene.pixel_extent() * _SUPERSAMPLE / 2
-    fill = COLOURS[scene.colour]
-    if scene.shape == "circle":
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
-    elif scene.shape == "square":
-        draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=fill)
-    else:
-        draw.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=fill)
+    _draw_shape(draw, scene, COLOURS[scene.colour])
     small = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)
     return np.asarray(small, dtype=np.uint8)
+
+
+def shape_coverage(scene: Scene) -> np.ndarray:
+    """(64, 64) float32 in [0, 1]: how much of each pixel the scene's shape covers."""
+    big = IMAGE_SIZE * _SUPERSAMPLE
+    image = Image.new("L", (big, big), 0)
+    _draw_shape(ImageDraw.Draw(image), scene, 255)
+    small = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.float32) / 255.0
 
 
 def held_out_scenes(count: int, seed: int = 0, *, plain_background: bool = True) -> list[Scene]:

@@ -14,6 +14,7 @@ from training.scenes import (
     held_out_scenes,
     random_scene,
     render,
+    shape_coverage,
     training_caption,
 )
 
@@ -74,3 +75,15 @@ def test_two_tone_backgrounds_split_in_halves():
     scene = Scene("circle", "red", "small", "center", ("white", "black"), vertical_split=True)
     image = render(scene)
     assert tuple(image[0, 0]) == COLOURS["white"] and tuple(image[0, -1]) == COLOURS["black"]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_shape_coverage_is_where_the_shape_is_drawn(shape):
+    scene = Scene(shape, "red", "large", "top left", ("white",), offset=(2, -1))
+    coverage = shape_coverage(scene)
+    assert coverage.shape == (IMAGE_SIZE, IMAGE_SIZE) and coverage.dtype == np.float32
+    red = np.all(render(scene) == COLOURS["red"], axis=-1)
+    # Fully covered pixels are drawn in the shape's colour, and only those.
+    np.testing.assert_array_equal(coverage == 1.0, red)
+    area = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}[shape] * 28**2
+    assert coverage.sum() == pytest.approx(area, rel=0.1)

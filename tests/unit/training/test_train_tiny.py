@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from training import train_tiny
+from training.scenes import shape_coverage
 
 # A few scenes and steps: what matters is that runs are repeatable, not what they learn.
 TOY = ["--scenes", "64", "--vae-batch", "4", "--batch", "4", "--checkpoint-every", "2"]
@@ -48,3 +49,19 @@ def test_a_run_stopped_and_resumed_ends_where_an_uninterrupted_one_does(tmp_path
 def test_all_refuses_to_stop_a_phase_half_way(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         train_tiny.main(["all", "--workdir", str(tmp_path), "--stop-after", "1"])
+
+
+def test_shape_regions_cover_each_shape_and_a_cell_around_it(tmp_path: Path) -> None:
+    data = train_tiny.Dataset(tmp_path, seed=0, count=8)
+    regions = data.shape_regions(tmp_path)
+    assert regions.shape == (8, 16, 16, 1) and set(np.unique(regions)) <= {0.0, 1.0}
+    for scene, region in zip(data.scenes, regions[..., 0], strict=True):
+        cells = shape_coverage(scene).reshape(16, 4, 16, 4).max(axis=(1, 3)) > 0.05
+        assert region[cells].all()  # every cell the shape touches
+        ys, xs = np.nonzero(cells)
+        grown = np.zeros_like(cells)
+        grown[max(ys.min() - 1, 0) : ys.max() + 2, max(xs.min() - 1, 0) : xs.max() + 2] = True
+        assert not region[~grown].any()  # nothing beyond one cell around it
+        assert region.sum() > cells.sum()  # and the border is in
+    cached = train_tiny.Dataset(tmp_path, seed=0, count=8).shape_regions(tmp_path)
+    np.testing.assert_array_equal(cached, regions)

@@ -242,6 +242,25 @@ def test_text_encoder_is_causal_after_the_prompt(
     assert float(np.min(np.abs(_run(text, inside) - base).max(-1))) > 1e-4
 
 
+def test_the_layout_prior_is_one_map_stretched_to_each_size(
+    family: TinyFamily, seed0_models: dict[tuple[Component, int], keras.Model]
+) -> None:
+    """The prompt's layout map has weights on one grid; each size gets it resized, so a
+    128x128 image shows the 64x64 layout scaled up, not a different one."""
+    context = _inputs(family, "diffusion_model", 64)["context"]
+    maps = {}
+    for size in SIZES:
+        unet = seed0_models[("diffusion_model", size)]
+        layout = keras.Model(
+            unet.get_layer("context").output, unet.get_layer("layout_resize").output
+        )
+        maps[size] = np.asarray(layout(context))
+        assert maps[size].shape[1:3] == family.latent_shape(size, size)[:2]
+    stretched = keras.ops.image.resize(maps[64], (32, 32), interpolation="bilinear")
+    np.testing.assert_allclose(maps[128], np.asarray(stretched), rtol=0, atol=1e-5)
+    assert float(np.abs(maps[64][0] - maps[64][1]).max()) > 1e-3  # it depends on the prompt
+
+
 @pytest.mark.parametrize("component", COMPONENTS)
 def test_weights_h5_round_trip(
     family: TinyFamily,

@@ -2,7 +2,7 @@
 
     python -m training.train_tiny all    # vae, latents, decoder, diffusion, export, card
     python -m training.train_tiny vae --vae-steps 1200
-    python -m training.train_tiny decoder --decoder-steps 1000   # sharper decoder
+    python -m training.train_tiny decoder --decoder-steps 3000   # sharper decoder
     python -m training.train_tiny diffusion --steps 4000
     python -m training.train_tiny export         # EMA weights -> shared/families/tiny_weights
     python -m training.train_tiny card           # loss curves, samples, held-out scores
@@ -517,7 +517,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--vae-steps", type=int, default=1200)
     parser.add_argument("--vae-batch", type=int, default=32)
     parser.add_argument("--vae-lr", type=float, default=2e-3)
-    parser.add_argument("--decoder-steps", type=int, default=1000)
+    parser.add_argument("--decoder-steps", type=int, default=3000)
     parser.add_argument("--decoder-lr", type=float, default=5e-4)
     parser.add_argument("--steps", type=int, default=4000, help="diffusion steps")
     parser.add_argument("--batch", type=int, default=64, help="diffusion batch")
@@ -547,9 +547,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     # The decoder fine-tune is part of the pipeline: export takes the tuned decoder.
     everything = ["vae", "latents", "decoder", "diffusion", "export"]
+    started = time.monotonic()
     for name in everything if args.phase == "all" else [args.phase]:
         phases[name](args)
     if args.phase == "all":
+        # Wall time of this run (a resumed run counts only its own part).
+        minutes = {"minutes": round((time.monotonic() - started) / 60, 1)}
+        (args.workdir / "all-time.json").write_text(json.dumps(minutes) + "\n")
         from training.model_card import write_card
 
         write_card(args)

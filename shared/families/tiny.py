@@ -143,6 +143,22 @@ class UnflattenLike(keras.layers.Layer):  # type: ignore[misc]
         return (*like_shape[:3], flat_shape[-1])
 
 
+@keras.saving.register_keras_serializable(package="sdserve")
+class ResizeLike(keras.layers.Layer):  # type: ignore[misc]
+    """Bilinear resize of a feature map to a reference map's height and width, read at
+    call time: the stages re-call one model on each configured size's inputs, so a size
+    fixed when the model was built would be wrong for every other size."""
+
+    def call(self, inputs: Any) -> Any:
+        image, like = inputs
+        shape = keras.ops.shape(like)
+        return keras.ops.image.resize(image, (shape[1], shape[2]), interpolation="bilinear")
+
+    def compute_output_shape(self, input_shape: Any) -> tuple[int | None, ...]:
+        image_shape, like_shape = input_shape
+        return (image_shape[0], like_shape[1], like_shape[2], image_shape[3])
+
+
 def _groups(channels: int) -> int:
     for groups in (8, 4, 2):
         if channels % groups == 0:
@@ -276,7 +292,7 @@ class TinyFamily(ModelFamily):
         # Where things go, said by the prompt as a map: cross-attention alone has to learn
         # positions from the zero padding of the convolutions, and a small model trained
         # for an hour drew every shape at a random place (place 26 %, shape 37 % without).
-        layout = self._layout_prior(pooled, lh, lw)
+        layout = self._layout_prior(pooled, latent)
 
         x = keras.layers.Concatenate(name="layout_concat")([latent, layout])
         x = _conv(c0, 3, "conv_in")(x)
@@ -312,8 +328,8 @@ class TinyFamily(ModelFamily):
         )
 
     @staticmethod
-    def _layout_prior(pooled: Any, latent_height: int, latent_width: int) -> Any:
-        """(B, context_dim) pooled prompt -> (B, latent_height, latent_width, channels).
+    def _layout_prior(pooled: Any, latent: Any) -> Any:
+        """(B, context_dim) pooled prompt -> (B, latent height, latent width, channels).
 
         The map's weights are on a fixed grid, so every image size shares them; other
         sizes stretch the same layout (the top left stays the top left)."""
@@ -322,9 +338,7 @@ class TinyFamily(ModelFamily):
         h = keras.layers.Dense(grid * grid * channels, name="layout_fc2")(h)
         h = keras.layers.Reshape((grid, grid, channels), name="layout_reshape")(h)
         # Always present (identity at the training size) so every build has the same layers.
-        return keras.layers.Resizing(
-            latent_height, latent_width, interpolation="bilinear", name="layout_resize"
-        )(h)
+        return ResizeLike(name="layout_resize")([h, latent])
 
     def build_decoder(self, height: int, width: int) -> keras.Model:
         """VAE decoder, two 2x upsamplings; fully convolutional, so sizes are unused."""

@@ -251,14 +251,34 @@ def test_the_layout_prior_is_one_map_stretched_to_each_size(
     maps = {}
     for size in SIZES:
         unet = seed0_models[("diffusion_model", size)]
-        layout = keras.Model(
-            unet.get_layer("context").output, unet.get_layer("layout_resize").output
-        )
-        maps[size] = np.asarray(layout(context))
+        layout = keras.Model(unet.inputs, unet.get_layer("layout_resize").output)
+        inputs = {**_inputs(family, "diffusion_model", size), "context": context}
+        maps[size] = np.asarray(layout(inputs))
         assert maps[size].shape[1:3] == family.latent_shape(size, size)[:2]
     stretched = keras.ops.image.resize(maps[64], (32, 32), interpolation="bilinear")
     np.testing.assert_allclose(maps[128], np.asarray(stretched), rtol=0, atol=1e-5)
     assert float(np.abs(maps[64][0] - maps[64][1]).max()) > 1e-3  # it depends on the prompt
+
+
+def test_a_unet_re_called_at_another_size_equals_one_built_for_it(
+    family: TinyFamily, seed0_models: dict[tuple[Component, int], keras.Model]
+) -> None:
+    """The stages build each model once and re-call it on every other size's inputs
+    (`shared.models`); nothing in it may keep the size it was built for."""
+    built_for_64 = seed0_models[("diffusion_model", 64)]
+    inputs = {
+        "latent": keras.Input(family.latent_shape(128, 128), name="latent"),
+        "timestep_embedding": keras.Input((TIMESTEP_EMBEDDING_DIM,), name="timestep_embedding"),
+        "context": keras.Input((family.spec.max_tokens, family.spec.context_dim), name="context"),
+    }
+    re_called = keras.Model(inputs, built_for_64.call(inputs))
+    example = _inputs(family, "diffusion_model", 128)
+    np.testing.assert_allclose(
+        _run(re_called, example),
+        _run(seed0_models[("diffusion_model", 128)], example),
+        rtol=0,
+        atol=1e-5,
+    )
 
 
 @pytest.mark.parametrize("component", COMPONENTS)

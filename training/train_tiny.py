@@ -64,7 +64,7 @@ class Dataset:
 
     def __init__(self, workdir: Path, seed: int, count: int = TRAIN_SCENES) -> None:
         rng = _scene_rng(seed, 0)
-        self.seed = seed
+        self.seed, self.workdir = seed, workdir
         self.scenes: list[Scene] = [random_scene(rng) for _ in range(count)]
         cache = workdir / f"scenes-{seed}-{count}.npy"
         if cache.is_file():
@@ -76,10 +76,10 @@ class Dataset:
             np.save(cache, self.images, allow_pickle=False)
             log.info("rendered %d scenes in %.1f s", count, time.monotonic() - started)
 
-    def shape_regions(self, workdir: Path, factor: int = 4) -> np.ndarray:
+    def shape_regions(self, factor: int = 4) -> np.ndarray:
         """(N, 64/factor, 64/factor, 1) float32: 1 on the latent cells each scene's shape
         touches or borders, else 0 (cached next to the images)."""
-        cache = workdir / f"shape-regions-{self.seed}-{len(self.scenes)}-{factor}.npy"
+        cache = self.workdir / f"shape-regions-{self.seed}-{len(self.scenes)}-{factor}.npy"
         if cache.is_file():
             return np.load(cache, allow_pickle=False)
         size = IMAGE_SIZE // factor
@@ -362,7 +362,7 @@ def train_diffusion(args: argparse.Namespace) -> None:
 
     latents = encode_latents(args)
     data = Dataset(args.workdir, args.seed, args.scenes)
-    regions = data.shape_regions(args.workdir)
+    regions = data.shape_regions()
     keras.utils.set_random_seed(args.seed + 1)
     family = TinyFamily()
     text_encoder, unet = family.build_text_encoder(), family.build_diffusion_model(64, 64)

@@ -53,7 +53,7 @@ def test_all_refuses_to_stop_a_phase_half_way(tmp_path: Path) -> None:
 
 def test_shape_regions_cover_each_shape_and_a_cell_around_it(tmp_path: Path) -> None:
     data = train_tiny.Dataset(tmp_path, seed=0, count=8)
-    regions = data.shape_regions(tmp_path)
+    regions = data.shape_regions()
     assert regions.shape == (8, 16, 16, 1) and set(np.unique(regions)) <= {0.0, 1.0}
     for scene, region in zip(data.scenes, regions[..., 0], strict=True):
         cells = shape_coverage(scene).reshape(16, 4, 16, 4).max(axis=(1, 3)) > 0.05
@@ -63,5 +63,5 @@ def test_shape_regions_cover_each_shape_and_a_cell_around_it(tmp_path: Path) -> 
         grown[max(ys.min() - 1, 0) : ys.max() + 2, max(xs.min() - 1, 0) : xs.max() + 2] = True
         assert not region[~grown].any()  # nothing beyond one cell around it
         assert region.sum() > cells.sum()  # and the border is in
-    cached = train_tiny.Dataset(tmp_path, seed=0, count=8).shape_regions(tmp_path)
+    cached = train_tiny.Dataset(tmp_path, seed=0, count=8).shape_regions()
     np.testing.assert_array_equal(cached, regions)

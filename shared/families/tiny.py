@@ -36,6 +36,10 @@ LATENT_SCALE = 0.18215
 # width): a full 49408 x 128 table alone would be 25 MB, and a caption vocabulary of a
 # few dozen words does not need it.
 _TOKEN_EMBEDDING_DIM = 32
+# Token embeddings start N(0, 0.3), not Keras' uniform +-0.05: with the small default a
+# random encoder maps "square" and "circle" almost alike, and the words it starts out
+# unable to tell apart are the ones the model learns last.
+_TOKEN_EMBEDDING_STD = 0.3
 _TEXT_HEADS = 4
 _TEXT_LAYERS = 2
 _TEXT_MLP_RATIO = 4
@@ -247,9 +251,12 @@ class TinyFamily(ModelFamily):
         n, dim = self.spec.max_tokens, self.spec.context_dim
         tokens = keras.Input((n,), dtype="int32", name="tokens")
         positions = keras.Input((n,), dtype="int32", name="positions")
-        tok = keras.layers.Embedding(VOCAB_SIZE, _TOKEN_EMBEDDING_DIM, name="token_embedding")(
-            tokens
-        )
+        tok = keras.layers.Embedding(
+            VOCAB_SIZE,
+            _TOKEN_EMBEDDING_DIM,
+            embeddings_initializer=keras.initializers.RandomNormal(stddev=_TOKEN_EMBEDDING_STD),
+            name="token_embedding",
+        )(tokens)
         tok = keras.layers.Dense(dim, use_bias=False, name="token_projection")(tok)
         pos = keras.layers.Embedding(n, dim, name="position_embedding")(positions)
         x = keras.layers.Add(name="embedding_add")([tok, pos])

@@ -65,3 +65,31 @@ def test_shape_regions_cover_each_shape_and_a_cell_around_it(tmp_path: Path) -> 
         assert region.sum() > cells.sum()  # and the border is in
     cached = train_tiny.Dataset(tmp_path, seed=0, count=8).shape_regions()
     np.testing.assert_array_equal(cached, regions)
+
+
+def test_shape_masks_are_each_cells_share_of_the_shape(tmp_path: Path) -> None:
+    data = train_tiny.Dataset(tmp_path, seed=0, count=8)
+    masks = data.shape_masks()
+    assert masks.shape == (8, 16, 16, 1)
+    for scene, mask in zip(data.scenes, masks[..., 0], strict=True):
+        coverage = shape_coverage(scene)
+        # Each cell is the mean of its 4x4 pixels; the whole mask holds the shape's area.
+        np.testing.assert_allclose(mask[2, 3], coverage[8:12, 12:16].mean(), rtol=1e-6)
+        np.testing.assert_allclose(mask.sum() * 16, coverage.sum(), rtol=1e-5)
+    np.testing.assert_array_equal(train_tiny.Dataset(tmp_path, 0, 8).shape_masks(), masks)
+
+
+def test_shape_edges_follow_the_outline_and_leave_the_inside_out(tmp_path: Path) -> None:
+    data = train_tiny.Dataset(tmp_path, seed=0, count=8)
+    edges = data.shape_edges()
+    assert edges.shape == (8, 64, 64, 1) and edges.dtype == np.uint8
+    for scene, edge in zip(data.scenes, edges[..., 0].astype(bool), strict=True):
+        coverage = shape_coverage(scene)
+        assert edge[(coverage > 0) & (coverage < 1)].all()  # every partly covered pixel
+        assert not edge[coverage == 1].all()  # not the whole shape: its inside is out
+        # Nothing further than one pixel from the shape.
+        near = np.zeros_like(edge)
+        ys, xs = np.nonzero(coverage > 0)
+        near[max(ys.min() - 1, 0) : ys.max() + 2, max(xs.min() - 1, 0) : xs.max() + 2] = True
+        assert not edge[~near].any()
+    np.testing.assert_array_equal(train_tiny.Dataset(tmp_path, 0, 8).shape_edges(), edges)

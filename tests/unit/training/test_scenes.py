@@ -87,3 +87,19 @@ def test_shape_coverage_is_where_the_shape_is_drawn(shape):
     np.testing.assert_array_equal(coverage == 1.0, red)
     area = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}[shape] * 28**2
     assert coverage.sum() == pytest.approx(area, rel=0.1)
+
+
+def test_training_captions_leave_the_place_out_only_for_centred_shapes():
+    rng = np.random.default_rng(2)
+    without_place = dict.fromkeys(PLACES, 0)
+    without_size = 0
+    for _ in range(4000):
+        scene = random_scene(rng)
+        caption = training_caption(scene, rng)
+        # Places read "at the ...", "on the ..." or "in the ..."; backgrounds "on a ...".
+        without_place[scene.place] += not any(p in caption for p in ("at the", "on the", "in the"))
+        without_size += f" {scene.size} " not in caption
+    assert all(count == 0 for place, count in without_place.items() if place != "center")
+    centred = without_place["center"] / (4000 / len(PLACES))
+    assert 0.35 < centred < 0.65, centred  # about half of the centred scenes
+    assert 0.25 < without_size / 4000 < 0.35

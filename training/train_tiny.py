@@ -67,6 +67,17 @@ def _scene_rng(seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng([seed, *keys])
 
 
+def _grown_by_one(mask: np.ndarray) -> np.ndarray:
+    """A 2-D boolean mask grown by one cell in every direction, diagonals included."""
+    height, width = mask.shape
+    padded = np.pad(mask, 1)
+    grown = np.zeros_like(mask)
+    for dy in range(3):
+        for dx in range(3):
+            grown |= padded[dy : dy + height, dx : dx + width]
+    return grown
+
+
 class Dataset:
     """The training scenes, rendered once and cached in the work directory."""
 
@@ -94,13 +105,8 @@ class Dataset:
         regions = np.zeros((len(self.scenes), size, size, 1), np.float32)
         for i, scene in enumerate(self.scenes):
             coverage = shape_coverage(scene).reshape(size, factor, size, factor).max(axis=(1, 3))
-            touched = np.pad(coverage > 0.05, 1)
-            # Dilated by one cell: the edges around the shape are part of drawing it.
-            near = np.zeros((size, size), bool)
-            for dy in range(3):
-                for dx in range(3):
-                    near |= touched[dy : dy + size, dx : dx + size]
-            regions[i, ..., 0] = near
+            # Grown by one cell: the edges around the shape are part of drawing it.
+            regions[i, ..., 0] = _grown_by_one(coverage > 0.05)
         np.save(cache, regions, allow_pickle=False)
         return regions
 
@@ -129,12 +135,7 @@ class Dataset:
         edges = np.zeros((len(self.scenes), IMAGE_SIZE, IMAGE_SIZE, 1), np.uint8)
         for i, scene in enumerate(self.scenes):
             coverage = shape_coverage(scene)
-            partial = np.pad((coverage > 0.0) & (coverage < 1.0), 1)
-            outline = np.zeros((IMAGE_SIZE, IMAGE_SIZE), bool)
-            for dy in range(3):
-                for dx in range(3):
-                    outline |= partial[dy : dy + IMAGE_SIZE, dx : dx + IMAGE_SIZE]
-            edges[i, ..., 0] = outline
+            edges[i, ..., 0] = _grown_by_one((coverage > 0.0) & (coverage < 1.0))
         np.save(cache, edges, allow_pickle=False)
         return edges
 

@@ -278,8 +278,9 @@ keras-cv's DDIM schedule (1000 steps, scaled-linear betas), epsilon prediction.
    them it drew scenes in random colours): offset noise (a per-image, per-channel
    constant in the training noise, so the colour cannot be read from the noise's mean,
    which a 16x16 latent leaks even at the last timestep); high-noise timesteps weighted
-   up to 10x (they decide colours and layout, and plain noise-prediction loss hardly
-   counts them); and the text encoder held still for the first steps, then trained with
+   up (they decide colours and layout, and plain noise-prediction loss hardly counts
+   them; up to 4x, which was 10x before the layout map below took over colour and
+   place); and the text encoder held still for the first steps, then trained with
    the UNet (trained from the start, it first learns to say the same for every prompt).
    The latent cells the shape covers or borders weigh 5x in the loss (the shape is a few
    percent of the image; this reached the same scores in about 60 % of the steps).

@@ -69,14 +69,27 @@ def test_text_to_image_draws_the_asked_colours_on_held_out_prompts(text_to_image
 
 
 def test_text_to_image_puts_the_shape_where_the_prompt_says(text_to_image):
-    # The layout prior's job; measured 77 % on 100 prompts (chance is 1 in 9).
-    assert text_to_image.rate("place") >= 0.6
+    # The layout prior's job; measured 100 % on 100 prompts (chance is 1 in 9).
+    assert text_to_image.rate("place") >= 0.85
+
+
+def test_text_to_image_draws_the_asked_shape_well_above_chance(text_to_image):
+    # The judge sees one of three shapes; weights trained without the layout mask loss
+    # drew round blobs for every shape word and scored 34 %, chance level.
+    seen = [
+        (s.shape, v.seen_shape)
+        for s, v in zip(text_to_image.scenes, text_to_image.verdicts, strict=True)
+    ]
+    assert text_to_image.rate("shape") >= 0.5, seen
+    # Triangles, the shape furthest from a blob, come out as asked most of the time.
+    triangles = [seen_shape == "triangle" for shape, seen_shape in seen if shape == "triangle"]
+    assert np.mean(triangles) >= 0.6, seen
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue target not met yet: colour 95% but shapes come out as blobs (colour and "
-    "shape 34% on 100 prompts, see the model card)",
+    reason="issue target not met yet: colour 99% but squares come out with rounded corners "
+    "(colour and shape 62% on 100 prompts, see the model card)",
 )
 def test_text_to_image_follows_colour_and_shape_on_90_percent_of_held_out_prompts(
     text_to_image,
@@ -96,14 +109,14 @@ def test_inpainting_keeps_the_outside_of_the_mask(inpainted):
 
 
 def test_inpainting_paints_the_asked_colour_inside_the_mask(inpainted):
-    # Measured 75 % of 24 cases in the model card.
-    assert np.mean([v.colour for v in inpainted.verdicts]) >= 0.5
+    # Measured 100 % of 24 cases in the model card.
+    assert np.mean([v.colour for v in inpainted.verdicts]) >= 0.8
 
 
 @pytest.mark.xfail(
     strict=True,
     reason="issue target not met yet: inside the mask the asked-for colour and shape are "
-    "both right on about a fifth of cases (shapes are blobs; see the model card)",
+    "both right on about half the cases (squares come out round; see the model card)",
 )
 def test_inpainting_repaints_the_mask_as_prompted(inpainted):
     assert np.mean([v.colour_and_shape for v in inpainted.verdicts]) >= 0.9
@@ -111,7 +124,7 @@ def test_inpainting_repaints_the_mask_as_prompted(inpainted):
 
 def test_img2img_at_low_strength_stays_close_to_the_input(trained):
     result = asyncio.run(evaluate.img2img(trained, EDIT_CASES))
-    # The issue asks >= 25 dB on every case; measured: median 27.1, min 22.7 (24 cases).
+    # The issue asks >= 25 dB on every case; measured: median 27.5, min 23.1 (24 cases).
     assert np.median(result.psnr) >= 25.0 and min(result.psnr) >= 22.0, result.psnr
 
 
@@ -135,6 +148,9 @@ def test_the_gateway_draws_red_on_white_for_a_red_square_on_a_white_background(t
         )
     assert response.status_code == 200, response.text
     image = np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"))
-    assert judge(image, Scene("square", "red", "small", "center", ("white",))).colour
+    verdict = judge(image, Scene("square", "red", "small", "center", ("white",)))
+    # A prompt that names no place means the centre, and one shape, not red patches.
+    assert verdict.colour and verdict.place
     labels = palette_labels(image)
+    assert verdict.blob_pixels >= 0.9 * (labels == list(COLOURS).index("red")).sum()
     assert (labels == list(COLOURS).index("white")).mean() > 0.5  # a white background

@@ -101,46 +101,54 @@ class Dataset:
     def shape_regions(self, factor: int = 4) -> np.ndarray:
         """(N, 64/factor, 64/factor, 1) float32: 1 on the latent cells each scene's shape
         touches or borders, else 0 (cached next to the images)."""
-        cache = self.workdir / f"shape-regions-{self.seed}-{len(self.scenes)}-{factor}.npy"
-        if cache.is_file():
-            return np.load(cache, allow_pickle=False)
         size = IMAGE_SIZE // factor
-        regions = np.zeros((len(self.scenes), size, size, 1), np.float32)
-        for i, scene in enumerate(self.scenes):
-            coverage = shape_coverage(scene).reshape(size, factor, size, factor).max(axis=(1, 3))
-            # Grown by one cell: the edges around the shape are part of drawing it.
-            regions[i, ..., 0] = _grown_by_one(coverage > 0.05)
-        np.save(cache, regions, allow_pickle=False)
-        return regions
+
+        def regions() -> np.ndarray:
+            out = np.zeros((len(self.scenes), size, size, 1), np.float32)
+            for i, scene in enumerate(self.scenes):
+                cells = shape_coverage(scene).reshape(size, factor, size, factor).max(axis=(1, 3))
+                # Grown by one cell: the edges around the shape are part of drawing it.
+                out[i, ..., 0] = _grown_by_one(cells > 0.05)
+            return out
+
+        return self._cached("shape-regions", regions, factor)
 
     def shape_masks(self, factor: int = 4) -> np.ndarray:
         """(N, 64/factor, 64/factor, 1) float32: the share of each latent cell each
         scene's shape covers (cached next to the images)."""
-        cache = self.workdir / f"shape-masks-{self.seed}-{len(self.scenes)}-{factor}.npy"
-        if cache.is_file():
-            return np.load(cache, allow_pickle=False)
         size = IMAGE_SIZE // factor
-        masks = np.stack(
-            [
+
+        def masks() -> np.ndarray:
+            cells = [
                 shape_coverage(s).reshape(size, factor, size, factor).mean(axis=(1, 3))
                 for s in self.scenes
             ]
-        )[..., None]
-        np.save(cache, masks, allow_pickle=False)
-        return masks
+            return np.stack(cells)[..., None]
+
+        return self._cached("shape-masks", masks, factor)
 
     def shape_edges(self) -> np.ndarray:
         """(N, 64, 64, 1) uint8: 1 on the pixels each scene's shape partly covers and
         their neighbours, i.e. along its outline (cached next to the images)."""
-        cache = self.workdir / f"shape-edges-{self.seed}-{len(self.scenes)}.npy"
+
+        def edges() -> np.ndarray:
+            out = np.zeros((len(self.scenes), IMAGE_SIZE, IMAGE_SIZE, 1), np.uint8)
+            for i, scene in enumerate(self.scenes):
+                coverage = shape_coverage(scene)
+                out[i, ..., 0] = _grown_by_one((coverage > 0.0) & (coverage < 1.0))
+            return out
+
+        return self._cached("shape-edges", edges)
+
+    def _cached(self, name: str, compute: Callable[[], np.ndarray], *keys: int) -> np.ndarray:
+        """`compute()`, saved in the work directory on first use and read back after."""
+        suffix = "".join(f"-{key}" for key in (self.seed, len(self.scenes), *keys))
+        cache = self.workdir / f"{name}{suffix}.npy"
         if cache.is_file():
             return np.load(cache, allow_pickle=False)
-        edges = np.zeros((len(self.scenes), IMAGE_SIZE, IMAGE_SIZE, 1), np.uint8)
-        for i, scene in enumerate(self.scenes):
-            coverage = shape_coverage(scene)
-            edges[i, ..., 0] = _grown_by_one((coverage > 0.0) & (coverage < 1.0))
-        np.save(cache, edges, allow_pickle=False)
-        return edges
+        array = compute()
+        np.save(cache, array, allow_pickle=False)
+        return array
 
     def pixels(self, index: np.ndarray) -> np.ndarray:
         """Images in [-1, 1], float32."""
@@ -353,11 +361,10 @@ def train_decoder(args: argparse.Namespace) -> None:
     def step(latent: tf.Tensor, images: tf.Tensor, edge: tf.Tensor) -> tuple[tf.Tensor, ...]:
         weight = 1.0 + DECODER_EDGE_WEIGHT * tf.cast(edge, tf.float32)
         with tf.GradientTape() as tape:
-            decoded = decoder(latent, training=True)
-            mse = tf.reduce_mean(tf.square(decoded - images))
-            l1 = tf.reduce_mean(tf.abs(decoded - images))
-            error = tf.square(decoded - images) + tf.abs(decoded - images)
-            loss = tf.reduce_mean(weight * error) / tf.reduce_mean(weight)
+            difference = decoder(latent, training=True) - images
+            squared, absolute = tf.square(difference), tf.abs(difference)
+            mse, l1 = tf.reduce_mean(squared), tf.reduce_mean(absolute)
+            loss = tf.reduce_mean(weight * (squared + absolute)) / tf.reduce_mean(weight)
         grads = tape.gradient(loss, variables)
         optimizer.apply_gradients(zip(grads, variables, strict=True))
         return mse, l1

@@ -100,6 +100,9 @@ class Row:
     unconditional_context: np.ndarray  # (1, T, D)
     guidance_scale: float
     timesteps: np.ndarray  # ascending, as ddim_timesteps gives
+    # Guidance applies at timesteps >= this; below it the conditional prediction alone
+    # (0: every step, as keras-cv samples). See FamilySpec.guidance_from_timestep.
+    guidance_from_timestep: int = 0
     known_latent: np.ndarray | None = None  # (1, h, w, c): x0 of img2img / inpaint
     mask: np.ndarray | None = None  # (1, h, w, 1) in [0, 1]; 1 = repaint
     num_resamples: int = 1
@@ -194,7 +197,11 @@ def guided_noise(predict: NoisePredictor, rows: Sequence[Row], *, batched_cfg: b
         eps_uncond = predict(latent, t_emb, unconditional)
         eps_cond = predict(latent, t_emb, context)
     guidance = _per_row([r.guidance_scale for r in rows])
-    return eps_uncond + guidance * (eps_cond - eps_uncond)
+    guided = eps_uncond + guidance * (eps_cond - eps_uncond)
+    unguided = [int(r.timesteps[r.position]) < r.guidance_from_timestep for r in rows]
+    if not any(unguided):
+        return guided
+    return np.where(np.reshape(unguided, (-1, 1, 1, 1)), eps_cond, guided)
 
 
 def ddim_update(rows: Sequence[Row], eps: np.ndarray) -> None:

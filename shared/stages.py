@@ -426,6 +426,7 @@ class LocalDiffusion(_LocalStage):
     ) -> list[Row]:
         latent_shape = self.family.latent_shape(params.height, params.width)
         timesteps = ddim_timesteps(params.steps)
+        guidance_from = self.family.spec.guidance_from_timestep
 
         def pick(array: np.ndarray, i: int) -> np.ndarray:
             # Batch 1 is shared by every image of the request.
@@ -440,6 +441,7 @@ class LocalDiffusion(_LocalStage):
                     unconditional_context=pick(unconditional_context, i),
                     guidance_scale=params.guidance_scale,
                     timesteps=timesteps,
+                    guidance_from_timestep=guidance_from,
                 )
             else:
                 known = pick(init_latent, i)
@@ -449,6 +451,7 @@ class LocalDiffusion(_LocalStage):
                     unconditional_context=pick(unconditional_context, i),
                     guidance_scale=params.guidance_scale,
                     timesteps=timesteps,
+                    guidance_from_timestep=guidance_from,
                     known_latent=known,
                     mask=None if mask is None else pick(mask, i),
                     num_resamples=params.num_resamples,

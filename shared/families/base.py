@@ -53,6 +53,12 @@ class FamilySpec:
     size_multiple: int
     # The padding token after the end-of-text token, as keras-cv pads prompts.
     pad_token: int = 49407
+    # Classifier-free guidance applies at timesteps >= this, the conditional prediction
+    # alone below it (a guidance interval, Kynkaanniemi et al. 2024). 0, guidance at every
+    # step, is keras-cv's sampler; a small model whose conditional and unconditional
+    # predictions disagree by their own errors at low noise gets those errors multiplied
+    # by the guidance scale there, as blotches and frayed edges.
+    guidance_from_timestep: int = 0
 
 
 class ModelFamily(ABC):

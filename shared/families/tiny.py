@@ -239,6 +239,12 @@ class TinyFamily(ModelFamily):
         downsampling_factor=4,
         max_tokens=77,
         size_multiple=32,
+        # Measured on the embedded weights (their README.md, the model card): with guidance 5
+        # at every step, the last low-noise steps of a low-strength edit moved the latent
+        # twice as far as without guidance, all of it blotches. Guidance from t >= 200 on
+        # (the last 5 of 25 steps unguided): image to image at strength 0.2 went from
+        # 23.1 / 27.5 dB (min / median PSNR) to 26.0 / 30.2, text to image unchanged.
+        guidance_from_timestep=200,
     )
     # Tiny has no published files; this dict is never mutated.
     published_weights: dict[Component, PublishedWeights] = {}  # noqa: RUF012

@@ -67,18 +67,19 @@ def _linear_predictor(calls):
     return predict
 
 
-def _row(seed, steps, ctx_value=1.0, guidance=7.5):
+def _row(seed, steps, ctx_value=1.0, guidance=7.5, guidance_from=0):
     return Row(
         latent=initial_noise(seed, (4, 4, 4)),
         context=np.full((1, 77, 8), ctx_value, np.float32),
         unconditional_context=np.zeros((1, 77, 8), np.float32),
         guidance_scale=guidance,
         timesteps=ddim_timesteps(steps),
+        guidance_from_timestep=guidance_from,
     )
 
 
-def _reference_ddim(row_seed, steps, ctx_value=1.0, guidance=7.5):
-    """keras-cv's loop written out with scalars, one image."""
+def _reference_ddim(row_seed, steps, ctx_value=1.0, guidance=7.5, guidance_from=0):
+    """keras-cv's loop written out with scalars, one image (guidance only at t >= guidance_from)."""
     latent = initial_noise(row_seed, (4, 4, 4))
     timesteps = ddim_timesteps(steps)
     alphas, alphas_prev = ddim_alphas(timesteps)
@@ -87,6 +88,8 @@ def _reference_ddim(row_seed, steps, ctx_value=1.0, guidance=7.5):
         eps_u = 0.1 * latent + 0.0 + t_emb[:, :1].reshape(-1, 1, 1, 1)
         eps_c = 0.1 * latent + np.float32(ctx_value) + t_emb[:, :1].reshape(-1, 1, 1, 1)
         eps = (eps_u + guidance * (eps_c - eps_u)).astype(np.float32)
+        if t < guidance_from:
+            eps = eps_c.astype(np.float32)
         a_t, a_prev = alphas[index], alphas_prev[index]
         pred_x0 = (latent - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
         latent = eps * math.sqrt(1.0 - a_prev) + math.sqrt(a_prev) * pred_x0
@@ -113,6 +116,19 @@ def test_rows_at_different_timesteps_share_one_call(batched_cfg):
     np.testing.assert_allclose(
         short_row.latent, _reference_ddim(2, 3, -0.5, 3.0), rtol=1e-5, atol=1e-5
     )
+
+
+@pytest.mark.parametrize("batched_cfg", [False, True])
+def test_guidance_stops_below_the_rows_guidance_from_timestep(batched_cfg):
+    # Two rows in one call: one guided at every step, one only from t >= 500 on.
+    everywhere, interval = _row(1, 10), _row(2, 10, guidance_from=500)
+    while not everywhere.done:
+        sample_step(_linear_predictor([]), [everywhere, interval], batched_cfg=batched_cfg)
+    np.testing.assert_allclose(everywhere.latent, _reference_ddim(1, 10), rtol=1e-5, atol=1e-5)
+    expected = _reference_ddim(2, 10, guidance_from=500)
+    np.testing.assert_allclose(interval.latent, expected, rtol=1e-5, atol=1e-5)
+    # And the interval matters: guided at every step, the same row ends elsewhere.
+    assert np.abs(expected - _reference_ddim(2, 10)).max() > 0.1
 
 
 def _edit_row(seed, steps, strength, mask=None, resamples=1):

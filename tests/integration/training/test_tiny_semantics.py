@@ -89,7 +89,7 @@ def test_text_to_image_draws_the_asked_shape_well_above_chance(text_to_image):
 @pytest.mark.xfail(
     strict=True,
     reason="issue target not met yet: colour 99% but squares come out with rounded corners "
-    "(colour and shape 62% on 100 prompts, see the model card)",
+    "(colour and shape 63% on 100 prompts, see the model card)",
 )
 def test_text_to_image_follows_colour_and_shape_on_90_percent_of_held_out_prompts(
     text_to_image,
@@ -116,7 +116,7 @@ def test_inpainting_paints_the_asked_colour_inside_the_mask(inpainted):
 @pytest.mark.xfail(
     strict=True,
     reason="issue target not met yet: inside the mask the asked-for colour and shape are "
-    "both right on about half the cases (squares come out round; see the model card)",
+    "both right on two cases in three (squares come out round; see the model card)",
 )
 def test_inpainting_repaints_the_mask_as_prompted(inpainted):
     assert np.mean([v.colour_and_shape for v in inpainted.verdicts]) >= 0.9
@@ -124,8 +124,9 @@ def test_inpainting_repaints_the_mask_as_prompted(inpainted):
 
 def test_img2img_at_low_strength_stays_close_to_the_input(trained):
     result = asyncio.run(evaluate.img2img(trained, EDIT_CASES))
-    # The issue asks >= 25 dB on every case; measured: median 27.5, min 23.1 (24 cases).
-    assert np.median(result.psnr) >= 25.0 and min(result.psnr) >= 22.0, result.psnr
+    # The issue's target: >= 25 dB on every case (model card, 24 cases: min 26.0, median
+    # 30.2; 23.1 / 27.5 before tiny stopped guiding the last, low-noise steps).
+    assert min(result.psnr) >= 25.0, result.psnr
 
 
 def test_random_weights_fail_the_same_checks():

@@ -23,8 +23,10 @@ The diffusion signatures run the whole DDIM loop in TensorFlow ops, the same flo
 sequence as :mod:`shared.sampler` (and keras-cv's ``generate_image``): timesteps
 ``round(arange(n) * 999 / (n - 1))`` walked from the top, keras-cv's ``_ALPHAS_CUMPROD``
 as a float64 constant, DDIM coefficients computed in float64 and rounded to float32,
-eps-prediction, classifier-free guidance as two UNet calls (unconditional first), and the
-timestep embedding computed with the very ops keras-cv uses.
+eps-prediction, classifier-free guidance as two UNet calls (unconditional first) at the
+timesteps the family guides (all for sd-v1/sd-v2; ``tiny`` uses the prompted prediction
+alone below ``FamilySpec.guidance_from_timestep``, as the services do), and the timestep
+embedding computed with the very ops keras-cv uses.
 
 What the SavedModels do not do:
 
@@ -241,6 +243,9 @@ def _diffusion_module(
                 eps_uncond = unet(x, t_emb, unconditional)
                 eps_cond = unet(x, t_emb, context)
             eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+            if spec.guidance_from_timestep:
+                unguided = timesteps[i] < spec.guidance_from_timestep
+                eps = tf.where(unguided, eps_cond, eps)
             a_t, a_prev = alphas[i], alphas_prev[i]
             pred_x0 = (x - f32(tf.sqrt(1 - a_t)) * eps) / f32(tf.sqrt(a_t))
             x = eps * f32(tf.sqrt(1.0 - a_prev)) + f32(tf.sqrt(a_prev)) * pred_x0
@@ -406,6 +411,7 @@ def export_savedmodels(
         }
         if stage == "diffusion":
             info["cfg"] = "one batched UNet call" if settings.batched_cfg == "on" else "two calls"
+            info["guidance_from_timestep"] = family.spec.guidance_from_timestep
             info["noise"] = NOISE_NOTE
         if stage == "text_encoder":
             info["pad_token"] = family.spec.pad_token

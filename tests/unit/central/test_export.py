@@ -139,6 +139,7 @@ def test_layout_and_metadata(exported: dict[str, Path]) -> None:
     }
     assert signatures["generate_from_seed"]["inputs"]["seed"] == {"dtype": "int64", "shape": []}
     assert "different" in diffusion["versions"]["1"]["noise"]
+    assert diffusion["versions"]["1"]["guidance_from_timestep"] == 200  # tiny's
 
 
 def test_signatures_have_named_typed_inputs(loaded: dict[str, Any]) -> None:
@@ -199,13 +200,17 @@ def test_decoder_matches_keras_postprocessing(
     assert diff.max() <= 1 and (diff > 0).mean() <= 1e-3
 
 
+@pytest.mark.parametrize("steps", [STEPS, 10])
 def test_diffusion_loop_matches_local_diffusion(
     loaded: dict[str, Any],
     stages: tuple[LocalTextEncoder, LocalDiffusion, LocalDecoder],
     contexts: tuple[np.ndarray, np.ndarray],
+    steps: int,
 ) -> None:
+    # 10 steps: two of them (t = 0, 111) fall below tiny's guidance_from_timestep, where
+    # both sides must use the prompted prediction alone.
     context, unconditional = contexts
-    params = DenoiseParams(SIZE, SIZE, STEPS, GUIDANCE, seed=SEED, n=2)
+    params = DenoiseParams(SIZE, SIZE, steps, GUIDANCE, seed=SEED, n=2)
     expected = asyncio.run(stages[1].denoise(context, unconditional, params)).latent
     # The very noise LocalDiffusion started from: image i uses seed + i.
     noise = np.concatenate([initial_noise(SEED + i, LATENT_SHAPE) for i in range(2)])
@@ -214,7 +219,7 @@ def test_diffusion_loop_matches_local_diffusion(
         context=tf.constant(context),
         unconditional_context=tf.constant(unconditional),
         initial_latent=tf.constant(noise),
-        num_steps=tf.constant(STEPS),
+        num_steps=tf.constant(steps),
         guidance_scale=tf.constant(GUIDANCE),
     )["latent"].numpy()
     scale = float(np.abs(expected).max())

@@ -182,7 +182,8 @@ class Row:
 def guided_noise(predict: NoisePredictor, rows: Sequence[Row], *, batched_cfg: bool) -> np.ndarray:
     """Classifier-free-guided noise for each row at its own current timestep."""
     latent = np.concatenate([r.latent for r in rows])
-    t_emb = timestep_embedding([int(r.timesteps[r.position]) for r in rows])
+    timesteps = [int(r.timesteps[r.position]) for r in rows]
+    t_emb = timestep_embedding(timesteps)
     context = np.concatenate([r.context for r in rows])
     unconditional = np.concatenate([r.unconditional_context for r in rows])
     if batched_cfg:
@@ -198,7 +199,7 @@ def guided_noise(predict: NoisePredictor, rows: Sequence[Row], *, batched_cfg: b
         eps_cond = predict(latent, t_emb, context)
     guidance = _per_row([r.guidance_scale for r in rows])
     guided = eps_uncond + guidance * (eps_cond - eps_uncond)
-    unguided = [int(r.timesteps[r.position]) < r.guidance_from_timestep for r in rows]
+    unguided = [t < r.guidance_from_timestep for t, r in zip(timesteps, rows, strict=True)]
     if not any(unguided):
         return guided
     return np.where(np.reshape(unguided, (-1, 1, 1, 1)), eps_cond, guided)

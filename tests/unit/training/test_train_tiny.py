@@ -93,3 +93,40 @@ def test_shape_edges_follow_the_outline_and_leave_the_inside_out(tmp_path: Path)
         near[max(ys.min() - 1, 0) : ys.max() + 2, max(xs.min() - 1, 0) : xs.max() + 2] = True
         assert not edge[~near].any()
     np.testing.assert_array_equal(train_tiny.Dataset(tmp_path, 0, 8).shape_edges(), edges)
+
+
+def test_the_text_encoder_on_leading_positions_equals_it_on_all_77() -> None:
+    # Training runs the text encoder on TEXT_POSITIONS_READ positions and repeats the last;
+    # the UNet must see what the served encoder (all 77 positions) would give it.
+    import keras
+
+    from shared.families.tiny import TinyFamily
+    from shared.tokenizer import PromptTokenizer, find_clip_vocab
+
+    family, tokenizer = TinyFamily(), PromptTokenizer(find_clip_vocab())
+    keras.utils.set_random_seed(3)
+    served = family.build_text_encoder()
+    keras.utils.set_random_seed(3)
+    trained = family.build_text_encoder(positions_read=train_tiny.TEXT_POSITIONS_READ)
+    captions = [
+        "",
+        "a red square",
+        "a large yellow circle at the top left on a white and black background",
+    ]
+    tokens = np.array([tokenizer.tokenize(c).tokens for c in captions], np.int32)
+    read = train_tiny.TEXT_POSITIONS_READ
+    leading = train_tiny.leading_tokens(tokens, family.spec.pad_token, read)
+    short = trained({"tokens": leading, "positions": np.tile(np.arange(read), (3, 1))})
+    context = np.asarray(train_tiny.context_of_all_positions(short, family.spec.max_tokens))
+    full = np.asarray(served({"tokens": tokens, "positions": np.tile(np.arange(77), (3, 1))}))
+    assert context.shape == full.shape
+    np.testing.assert_allclose(context, full, rtol=0, atol=1e-5)
+    assert np.abs(full[1] - full[2]).max() > 1e-3  # the prompts do differ
+
+
+def test_a_caption_longer_than_the_positions_read_is_refused() -> None:
+    end = 49407
+    tokens = np.array([[49406, 1, 2, end, end], [49406, 1, 2, 3, 4]], np.int32)
+    np.testing.assert_array_equal(train_tiny.leading_tokens(tokens[:1], end, 4), tokens[:1, :4])
+    with pytest.raises(ValueError, match="TEXT_POSITIONS_READ"):
+        train_tiny.leading_tokens(tokens, end, 4)

@@ -223,23 +223,37 @@ def test_unet_output_depends_on_every_input(
         assert float(np.max(np.abs(out - base))) > 1e-4, f"output ignores {name}"
 
 
-def test_text_encoder_is_causal_after_the_prompt(
+def test_the_text_encoder_output_depends_only_on_the_prompt(
     family: TinyFamily, seed0_models: dict[tuple[Component, int], keras.Model]
 ) -> None:
     text = seed0_models[("text_encoder", 64)]
     inputs = _inputs(family, "text_encoder", 64)
     inputs["tokens"][:, 10:] = 49407  # the prompt ends at 10, padding after it
     base = _run(text, inputs)
+    # Every position after the end token holds the end token's state...
+    np.testing.assert_allclose(base[:, 11:], np.repeat(base[:, 10:11], 66, axis=1), atol=1e-6)
+    # ...so a token after the prompt's end changes nothing,
     changed = {k: v.copy() for k, v in inputs.items()}
-    changed["tokens"][:, 40] = 1000  # a token after the prompt's end
-    out = _run(text, changed)
-    # Positions before the change are untouched, the changed one and later ones move.
-    np.testing.assert_allclose(out[:, :40], base[:, :40], rtol=0, atol=1e-5)
-    assert float(np.max(np.abs(out[:, 40:] - base[:, 40:]))) > 1e-4
-    # A change inside the prompt reaches every position, through the prompt's mean.
+    changed["tokens"][:, 40] = 1000
+    np.testing.assert_allclose(_run(text, changed), base, rtol=0, atol=1e-5)
+    # while a change inside the prompt reaches every position (through the prompt's mean).
     inside = {k: v.copy() for k, v in inputs.items()}
     inside["tokens"][:, 5] = 1000
     assert float(np.min(np.abs(_run(text, inside) - base).max(-1))) > 1e-4
+
+
+def test_hold_end_state_copies_the_first_end_tokens_state_forward() -> None:
+    from shared.families.tiny import HoldEndState
+
+    hidden = np.random.default_rng(0).standard_normal((3, 5, 2)).astype(np.float32)
+    end = 49407
+    tokens = np.array(
+        [[49406, 7, end, end, end], [49406, end, 8, end, end], [49406, 7, 8, 9, 10]], np.int32
+    )
+    held = np.asarray(HoldEndState(end)([hidden, tokens]))
+    np.testing.assert_array_equal(held[0], hidden[0, [0, 1, 2, 2, 2]])
+    np.testing.assert_array_equal(held[1], hidden[1, [0, 1, 1, 1, 1]])  # the first end counts
+    np.testing.assert_array_equal(held[2], hidden[2])  # cut off, no end token: as it was
 
 
 def test_the_layout_prior_is_one_map_stretched_to_each_size(
@@ -340,8 +354,9 @@ def test_prompt_mean_averages_up_to_the_first_end_token() -> None:
 def test_prompts_differ_in_every_position_of_the_context(
     seed0_models: dict[tuple[Component, int], keras.Model],
 ) -> None:
-    # Padding positions carry the prompt too (PromptMean): two prompts of the same length
-    # differ at the last position, where a plain causal model's padding is nearly alike.
+    # Padding positions carry the prompt too (HoldEndState, PromptMean): two prompts of the
+    # same length differ at the last position, where a plain causal model's padding is
+    # nearly alike.
     text = seed0_models[("text_encoder", 64)]
     positions = np.tile(np.arange(77, dtype=np.int32), (2, 1))
     tokens = np.full((2, 77), 49407, np.int32)

@@ -85,8 +85,22 @@ class LatentScale(keras.layers.Layer):  # type: ignore[misc]
         return config
 
 
+class _ReadsEndToken(keras.layers.Layer):  # type: ignore[misc]
+    """A layer that finds where each prompt ends: the first end-of-text token, which
+    keras-cv also pads with."""
+
+    def __init__(self, end_token: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.end_token = end_token
+
+    def get_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = super().get_config()
+        config.update({"end_token": self.end_token})
+        return config
+
+
 @keras.saving.register_keras_serializable(package="sdserve")
-class PromptMean(keras.layers.Layer):  # type: ignore[misc]
+class PromptMean(_ReadsEndToken):
     """Mean of the hidden states over the prompt's own tokens, broadcast to every position.
 
     Token positions run up to the first end-of-text token; the padding after it (the same
@@ -94,10 +108,6 @@ class PromptMean(keras.layers.Layer):  # type: ignore[misc]
     the padding positions (most of the 77) from diluting what the prompt says, so the
     UNet's attention and pooling hear the prompt from the first training step.
     """
-
-    def __init__(self, end_token: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.end_token = end_token
 
     def call(self, inputs: Any) -> Any:
         hidden, tokens = inputs
@@ -112,14 +122,9 @@ class PromptMean(keras.layers.Layer):  # type: ignore[misc]
         hidden_shape, _ = input_shape
         return (hidden_shape[0], 1, hidden_shape[-1])
 
-    def get_config(self) -> dict[str, Any]:
-        config: dict[str, Any] = super().get_config()
-        config.update({"end_token": self.end_token})
-        return config
-
 
 @keras.saving.register_keras_serializable(package="sdserve")
-class HoldEndState(keras.layers.Layer):  # type: ignore[misc]
+class HoldEndState(_ReadsEndToken):
     """Every position after the prompt's first end-of-text token takes that token's state.
 
     Attention is causal, so the state at the first end token already depends only on the
@@ -129,10 +134,6 @@ class HoldEndState(keras.layers.Layer):  # type: ignore[misc]
     within N: training runs the encoder that way, on a third of the positions. A row with
     no end token (a prompt cut off at the limit) is left as it is.
     """
-
-    def __init__(self, end_token: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.end_token = end_token
 
     def call(self, inputs: Any) -> Any:
         hidden, tokens = inputs
@@ -149,11 +150,6 @@ class HoldEndState(keras.layers.Layer):  # type: ignore[misc]
     def compute_output_shape(self, input_shape: Any) -> tuple[int | None, ...]:
         hidden_shape, _ = input_shape
         return tuple(hidden_shape)
-
-    def get_config(self) -> dict[str, Any]:
-        config: dict[str, Any] = super().get_config()
-        config.update({"end_token": self.end_token})
-        return config
 
 
 @keras.saving.register_keras_serializable(package="sdserve")

@@ -16,17 +16,24 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from central.chain import EditInputs, GenerationParams, GenerationResult
-from shared.config import Settings, parse_size
+from shared.config import MAX_GUIDANCE_SCALE, Settings, parse_size
 from shared.errors import InvalidInput, PayloadTooLarge
 from shared.sampler import MAX_SEED
-from shared.stages import MAX_GUIDANCE_SCALE, MAX_RESAMPLES
+from shared.stages import MAX_RESAMPLES
 from shared.tokenizer import MAX_PROMPT_CHARS
 
-DEFAULT_GUIDANCE_SCALE = 7.5
+GUIDANCE_DESCRIPTION = (
+    "Classifier-free guidance scale. Omitted: SDSERVE_DEFAULT_GUIDANCE_SCALE, by default the "
+    "model family's (7.5 for sd-v1 and sd-v2, as keras-cv; 5 for tiny); see /v1/info."
+)
 # Uploaded images are decoded only if their header says they are at most this big.
 MAX_UPLOAD_PIXELS = 4096 * 4096
 UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP")
 MAX_MASK_BLUR = 8
+
+
+def _or_default(guidance_scale: float | None, settings: Settings) -> float:
+    return settings.guidance_scale if guidance_scale is None else guidance_scale
 
 
 class ImageGenerationRequest(BaseModel):
@@ -44,7 +51,9 @@ class ImageGenerationRequest(BaseModel):
     )
     negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
     steps: int | None = Field(default=None, ge=1, description="Denoising steps.")
-    guidance_scale: float = Field(default=DEFAULT_GUIDANCE_SCALE, ge=0, le=MAX_GUIDANCE_SCALE)
+    guidance_scale: float | None = Field(
+        default=None, ge=0, le=MAX_GUIDANCE_SCALE, description=GUIDANCE_DESCRIPTION
+    )
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Image i uses seed+i.")
 
     def to_params(self, settings: Settings) -> GenerationParams:
@@ -63,7 +72,7 @@ class ImageGenerationRequest(BaseModel):
             width=width,
             height=height,
             steps=self.steps or settings.default_steps,
-            guidance_scale=self.guidance_scale,
+            guidance_scale=_or_default(self.guidance_scale, settings),
             seed=self.seed,
             n=self.n,
         )
@@ -81,7 +90,9 @@ class ImageEditFields(BaseModel):
     negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
     strength: float = Field(default=0.8, gt=0, le=1, description="How far to move from the image.")
     steps: int | None = Field(default=None, ge=1)
-    guidance_scale: float = Field(default=DEFAULT_GUIDANCE_SCALE, ge=0, le=MAX_GUIDANCE_SCALE)
+    guidance_scale: float | None = Field(
+        default=None, ge=0, le=MAX_GUIDANCE_SCALE, description=GUIDANCE_DESCRIPTION
+    )
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     num_resamples: int = Field(default=1, ge=1, le=MAX_RESAMPLES, description="RePaint resamples.")
     mask_blur: int = Field(default=0, ge=0, le=MAX_MASK_BLUR, description="Feather, latent cells.")
@@ -98,7 +109,7 @@ class ImageEditFields(BaseModel):
             width=width,
             height=height,
             steps=self.steps or settings.default_steps,
-            guidance_scale=self.guidance_scale,
+            guidance_scale=_or_default(self.guidance_scale, settings),
             seed=self.seed,
             n=self.n,
             strength=self.strength,
@@ -215,7 +226,9 @@ class HfParameters(BaseModel):
     height: float | None = Field(default=None, gt=0)
     width: float | None = Field(default=None, gt=0)
     num_inference_steps: int | None = Field(default=None, ge=1)
-    guidance_scale: float = Field(default=DEFAULT_GUIDANCE_SCALE, ge=0, le=MAX_GUIDANCE_SCALE)
+    guidance_scale: float | None = Field(
+        default=None, ge=0, le=MAX_GUIDANCE_SCALE, description=GUIDANCE_DESCRIPTION
+    )
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
 
     @field_validator("height", "width")
@@ -245,7 +258,7 @@ class HfTextToImageRequest(BaseModel):
             width=int(p.width) if p.width else default_width,
             height=int(p.height) if p.height else default_height,
             steps=p.num_inference_steps or settings.default_steps,
-            guidance_scale=p.guidance_scale,
+            guidance_scale=_or_default(p.guidance_scale, settings),
             seed=p.seed,
             n=1,
         )

@@ -77,6 +77,7 @@ class GatewayService:
                 "max_images_per_request": settings.max_images_per_request,
                 "max_steps": settings.max_steps,
                 "default_steps": settings.default_steps,
+                "default_guidance_scale": settings.guidance_scale,
             },
         }
 

@@ -21,7 +21,7 @@ from shared.batching import (
     StepScheduler,
     Timing,
 )
-from shared.config import Settings, Size, format_size
+from shared.config import MAX_GUIDANCE_SCALE, Settings, Size, format_size
 from shared.errors import InvalidInput, ModelNotReady, UnsupportedSize
 from shared.execution import resolve_strategy
 from shared.families import get_family
@@ -42,7 +42,6 @@ from shared.tokenizer import PromptTokenizer, TokenizedPrompt, find_clip_vocab
 
 log = logging.getLogger(__name__)
 
-MAX_GUIDANCE_SCALE = 50.0
 MAX_RESAMPLES = 20
 
 

@@ -37,6 +37,9 @@ async function loadInfo() {
     const limits = info.limits || {};
     if (limits.max_steps) $("#steps").max = limits.max_steps;
     if (limits.default_steps) $("#steps").value = limits.default_steps;
+    if (limits.default_guidance_scale !== undefined) {
+      $("#guidance").value = limits.default_guidance_scale;
+    }
     if (limits.max_images_per_request) $("#n").max = limits.max_images_per_request;
     $("#model-badge").textContent =
       `${info.family} · ${info.topology} · ${info.ready ? "ready" : "loading"}`;

@@ -12,7 +12,7 @@ from fastapi.responses import Response
 from services import VERSION, run_service
 from services.diffusion.stream import stream_denoise
 from shared.batching import ProgressCallback
-from shared.config import Settings
+from shared.config import MAX_GUIDANCE_SCALE, Settings
 from shared.http import (
     NPZ_REQUEST_BODY,
     cancel_on_disconnect,
@@ -25,7 +25,6 @@ from shared.http import (
 from shared.progress import STREAM_MEDIA_TYPE, PreviewCallback
 from shared.sampler import MAX_SEED
 from shared.stages import (
-    MAX_GUIDANCE_SCALE,
     MAX_RESAMPLES,
     DenoiseParams,
     DenoiseResult,
@@ -67,7 +66,7 @@ def create_diffusion_app(settings: Settings, stage: LocalDiffusion | None = None
         width: int = Query(ge=1, le=8192),
         height: int = Query(ge=1, le=8192),
         steps: int = Query(default=settings.default_steps, ge=1),
-        guidance_scale: float = Query(default=7.5, ge=0, le=MAX_GUIDANCE_SCALE),
+        guidance_scale: float = Query(default=settings.guidance_scale, ge=0, le=MAX_GUIDANCE_SCALE),
         seed: int | None = Query(default=None, ge=0, le=MAX_SEED),
         n: int = Query(default=1, ge=1),
         strength: float = Query(default=1.0, gt=0, le=1, description="img2img/inpaint only."),

@@ -128,6 +128,7 @@ def test_generate_inpaint_and_cancel_in_the_browser(page, gateway):
     assert not page.is_visible("#weights-warning")  # trained weights
     assert not page.is_visible("#api-key-panel")  # this gateway has no keys
     assert page.get_attribute("#prompt", "placeholder") == "a red square on a white background"
+    assert page.input_value("#guidance") == "5"  # the family's default, from /v1/info
     page.evaluate(WATCH_PAGE)
     page.fill("#prompt", "a large yellow circle at the top left on a blue background")
     page.select_option("#size", "64x64")

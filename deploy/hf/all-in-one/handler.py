@@ -11,8 +11,9 @@ Request, as ``huggingface_hub.InferenceClient(...).text_to_image(...)`` sends it
                     "num_inference_steps": 25, "guidance_scale": 7.5, "seed": 42}}
 
 Every parameter is optional: height and width default to the first served size
-(SDSERVE_SIZES), num_inference_steps to SDSERVE_DEFAULT_STEPS, guidance_scale to 7.5 and
-seed to a random one. Numbers may be floats when whole (64.0). Other parameters
+(SDSERVE_SIZES), num_inference_steps to SDSERVE_DEFAULT_STEPS, guidance_scale to
+SDSERVE_DEFAULT_GUIDANCE_SCALE (the family's: 7.5 for sd-v1/sd-v2, 5 for tiny) and seed to
+a random one. Numbers may be floats when whole (64.0). Other parameters
 (scheduler, ...) are ignored.
 
 Response: a ``PIL.Image.Image``, which the Inference Toolkit sends as image/png (ask for
@@ -59,7 +60,6 @@ from central.hf_endpoint import (
 from shared.config import format_size
 from shared.errors import SdserveError
 
-DEFAULT_GUIDANCE_SCALE = 7.5
 # The chain's parameter names -> the request fields they came from.
 FIELDS = {
     "prompt": "inputs",
@@ -126,7 +126,7 @@ class EndpointHandler:
             width=width,
             height=height,
             steps=_whole(parameters, "num_inference_steps", self.settings.default_steps),
-            guidance_scale=_real(parameters, "guidance_scale", DEFAULT_GUIDANCE_SCALE),
+            guidance_scale=_real(parameters, "guidance_scale", self.settings.guidance_scale),
             seed=None if seed is None else int(seed),
             n=1,
         )

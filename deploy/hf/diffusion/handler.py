@@ -19,8 +19,8 @@ The .npz holds ``context`` and ``unconditional_context`` (1 or n, 77, D) float32
 the text encoder handler returns as ``npz``), plus ``init_latent`` (1 or n, h, w, C) for
 img2img and inpaint, plus ``mask`` (1 or n, h, w, 1) in [0, 1] on the latent grid
 (1 = repaint) for inpaint. float16 members are accepted. Parameters default to the first
-served size, SDSERVE_DEFAULT_STEPS, guidance 7.5, a random seed, n = 1, txt2img; image
-i uses seed + i.
+served size, SDSERVE_DEFAULT_STEPS, SDSERVE_DEFAULT_GUIDANCE_SCALE (the family's: 7.5
+for sd-v1/sd-v2, 5 for tiny), a random seed, n = 1, txt2img; image i uses seed + i.
 
 Response (JSON)::
 
@@ -77,7 +77,6 @@ from shared.errors import SdserveError
 from shared.stages import DenoiseParams, make_diffusion
 from shared.wire import TensorSpec
 
-DEFAULT_GUIDANCE_SCALE = 7.5
 MODES = ("txt2img", "img2img", "inpaint")
 # Tensors are in the npz ("inputs"); scalars are parameters.
 FIELDS = {
@@ -138,7 +137,7 @@ class EndpointHandler:
             width=_whole(parameters, "width", default_width),
             height=_whole(parameters, "height", default_height),
             steps=_whole(parameters, "steps", self.settings.default_steps),
-            guidance_scale=_real(parameters, "guidance_scale", DEFAULT_GUIDANCE_SCALE),
+            guidance_scale=_real(parameters, "guidance_scale", self.settings.guidance_scale),
             seed=None if seed is None else int(seed),
             n=_whole(parameters, "n", 1),
             strength=_real(parameters, "strength", 1.0),

@@ -145,8 +145,9 @@ def test_all_in_one_same_seed_same_pixels(handlers: dict[str, Any]) -> None:
 def test_all_in_one_takes_query_parameter_strings(handlers: dict[str, Any]) -> None:
     """The toolkit passes query parameters as strings (numbers converted only if ints)."""
     handler = handlers["all-in-one"]
+    guidance = str(handler.settings.guidance_scale)  # the default, as a string
     as_strings = t2i_payload(
-        seed="1", height="64", width="64.0", num_inference_steps="3", guidance_scale="7.5"
+        seed="1", height="64", width="64.0", num_inference_steps="3", guidance_scale=guidance
     )
     np.testing.assert_array_equal(pixels(handler(as_strings)), pixels(handler(t2i_payload(seed=1))))
 
@@ -209,7 +210,9 @@ def test_all_in_one_defaults_every_parameter(handlers: dict[str, Any]) -> None:
     handler = handlers["all-in-one"]
     image = handler({"inputs": "a cat", "parameters": {"num_inference_steps": 2}})
     assert image.size == (SIZE, SIZE)
-    assert handler.parse({"inputs": "a cat"}).steps == handler.settings.default_steps
+    defaults = handler.parse({"inputs": "a cat"})
+    assert defaults.steps == handler.settings.default_steps
+    assert defaults.guidance_scale == handler.settings.guidance_scale
 
 
 def test_all_in_one_serves_concurrent_calls_from_toolkit_threads(

@@ -31,6 +31,14 @@ def test_family_default_sizes(monkeypatch):
     assert load_settings(model="sd-v2").sizes == [(512, 512)]
 
 
+def test_default_guidance_follows_the_family_unless_set(monkeypatch):
+    monkeypatch.delenv("SDSERVE_DEFAULT_GUIDANCE_SCALE", raising=False)
+    assert load_settings(model="tiny").guidance_scale == 5.0
+    assert load_settings(model="sd-v1", weights="random").guidance_scale == 7.5
+    monkeypatch.setenv("SDSERVE_DEFAULT_GUIDANCE_SCALE", "0")  # unconditional is allowed
+    assert load_settings(model="sd-v1", weights="random").guidance_scale == 0.0
+
+
 @pytest.mark.parametrize(
     ("env", "value", "named"),
     [
@@ -41,6 +49,7 @@ def test_family_default_sizes(monkeypatch):
         ("SDSERVE_MAX_STEPS", "0", "SDSERVE_MAX_STEPS"),
         ("SDSERVE_QUEUE_SIZE", "many", "SDSERVE_QUEUE_SIZE"),
         ("SDSERVE_XLA", "maybe", "SDSERVE_XLA"),
+        ("SDSERVE_DEFAULT_GUIDANCE_SCALE", "51", "SDSERVE_DEFAULT_GUIDANCE_SCALE"),
         ("SDSERVE_DIFFUSION_WEIGHTS", "/no/unet.h5", "SDSERVE_DIFFUSION_WEIGHTS"),
     ],
 )

@@ -16,15 +16,16 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from central.chain import EditInputs, GenerationParams, GenerationResult
-from shared.config import MAX_GUIDANCE_SCALE, Settings, parse_size
+from shared.config import DEFAULT_GUIDANCE_SCALES, MAX_GUIDANCE_SCALE, Settings, parse_size
 from shared.errors import InvalidInput, PayloadTooLarge
 from shared.sampler import MAX_SEED
 from shared.stages import MAX_RESAMPLES
 from shared.tokenizer import MAX_PROMPT_CHARS
 
 GUIDANCE_DESCRIPTION = (
-    "Classifier-free guidance scale. Omitted: SDSERVE_DEFAULT_GUIDANCE_SCALE, by default the "
-    "model family's (7.5 for sd-v1 and sd-v2, as keras-cv; 5 for tiny); see /v1/info."
+    "Classifier-free guidance scale. Omitted: SDSERVE_DEFAULT_GUIDANCE_SCALE, else the model "
+    f"family's ({', '.join(f'{name} {scale:g}' for name, scale in DEFAULT_GUIDANCE_SCALES.items())}"
+    "); see /v1/info."
 )
 # Uploaded images are decoded only if their header says they are at most this big.
 MAX_UPLOAD_PIXELS = 4096 * 4096

@@ -187,8 +187,6 @@ class Settings(BaseSettings):
             self.sizes = list(DEFAULT_SIZES[self.model])
         if not self.weights:
             self.weights = DEFAULT_WEIGHTS[self.model]
-        if self.default_guidance_scale is None:
-            self.default_guidance_scale = DEFAULT_GUIDANCE_SCALES[self.model]
         if self.weights == "embedded" and self.model != "tiny":
             raise ValueError(
                 f"weights: only the tiny family has embedded weights; for {self.model} use "
@@ -213,7 +211,7 @@ class Settings(BaseSettings):
     @property
     def guidance_scale(self) -> float:
         """The guidance a request gets when it names none (set, or the family's)."""
-        if self.default_guidance_scale is None:  # only before validation
+        if self.default_guidance_scale is None:
             return DEFAULT_GUIDANCE_SCALES[self.model]
         return self.default_guidance_scale
 

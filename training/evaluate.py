@@ -70,8 +70,12 @@ class TextToImageResult:
     images: list[np.ndarray]
     verdicts: list[Verdict]
 
-    def rate(self, attribute: str) -> float:
-        return float(np.mean([getattr(v, attribute) for v in self.verdicts]))
+    def rate(self, attribute: str, shape: str | None = None) -> float:
+        """Share of verdicts with `attribute` right, over every prompt or those of one shape."""
+        picked = [
+            v for s, v in zip(self.scenes, self.verdicts, strict=True) if shape in (None, s.shape)
+        ]
+        return float(np.mean([getattr(v, attribute) for v in picked]))
 
 
 async def text_to_image(chain: Chain, count: int, seed: int = 0) -> TextToImageResult:

@@ -140,18 +140,7 @@ def write_card(args: argparse.Namespace) -> dict[str, Any]:
             "shape": t2i.rate("shape"),
             "place": t2i.rate("place"),
             "size": t2i.rate("size"),
-            "shape_by_kind": {
-                kind: float(
-                    np.mean(
-                        [
-                            v.shape
-                            for sc, v in zip(t2i.scenes, t2i.verdicts, strict=True)
-                            if sc.shape == kind
-                        ]
-                    )
-                )
-                for kind in SHAPES
-            },
+            "shape_by_kind": {kind: t2i.rate("shape", kind) for kind in SHAPES},
         },
         "inpainting": {
             "cases": len(inpainted.cases),

@@ -265,7 +265,7 @@ issue's target (colour and shape on 90 % of held-out prompts) is not met by thes
 ## Data
 `training/scenes.py`: deterministic captioned scenes, {train_scenes}: one filled circle,
 square or triangle; 8 colours (red, green, blue, yellow, purple, orange, white, black),
-small (16 px) or large (28 px), at one of 9 places on a 3x3 grid (with jitter), on a
+small (16 px) or large (28 px), at one of 9 places on a 3x3 grid (exactly, no jitter), on a
 plain background (75 %) or a two-tone one (two halves, 25 %). Captions like "a small red
 circle at the top left on a blue background"; the size is left out of 30 % of training
 captions, the place out of half of those of centred shapes (a prompt that names no place

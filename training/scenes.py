@@ -60,8 +60,6 @@ _PLACE_PHRASES = {
 }
 # One combination in this many is held out of training.
 HELD_OUT_ONE_IN = 10
-_SIZE_JITTER = 2
-_PLACE_JITTER = 3
 
 Split = Literal["train", "held_out"]
 
@@ -74,8 +72,6 @@ class Scene:
     place: str
     background: tuple[str, ...]  # one colour, or two for a two-tone background
     vertical_split: bool = False  # two-tone: left/right halves instead of top/bottom
-    extent: int = 0  # pixels; 0 means the size's nominal extent
-    offset: tuple[int, int] = (0, 0)  # jitter of the centre (x, y) in pixels
 
     @property
     def combination(self) -> tuple[str, ...]:
@@ -87,16 +83,21 @@ class Scene:
         return "held_out" if int.from_bytes(digest[:4], "big") % HELD_OUT_ONE_IN == 0 else "train"
 
     def centre(self) -> tuple[float, float]:
-        """Pixel centre (x, y): the place's grid cell centre, jittered, kept inside."""
+        """Pixel centre (x, y): the place's grid cell centre, kept inside the image.
+
+        No jitter, of place or size: a small shape spans 4x4 latent cells, and with its
+        corners at a random sub-cell offset the model learnt their average, rounded
+        squares and blunt triangles (session 9: 600 steps of fine-tuning without jitter
+        drew held-out small triangles right 71 % of the time, with it 52 %)."""
         row, col = divmod(PLACES.index(self.place), 3)
         cell = IMAGE_SIZE / 3
         half = self.pixel_extent() / 2 + 1
-        x = min(max((col + 0.5) * cell + self.offset[0], half), IMAGE_SIZE - half)
-        y = min(max((row + 0.5) * cell + self.offset[1], half), IMAGE_SIZE - half)
+        x = min(max((col + 0.5) * cell, half), IMAGE_SIZE - half)
+        y = min(max((row + 0.5) * cell, half), IMAGE_SIZE - half)
         return x, y
 
     def pixel_extent(self) -> int:
-        return self.extent or SIZES[self.size]
+        return SIZES[self.size]
 
     def caption(self, *, with_size: bool = True, with_place: bool = True) -> str:
         words = ["a"]
@@ -110,7 +111,7 @@ class Scene:
 
 
 def random_scene(rng: np.random.Generator, split: Split = "train") -> Scene:
-    """A scene drawn uniformly from the combinations of `split`, with jitter."""
+    """A scene drawn uniformly from the combinations of `split`."""
     colours = list(COLOURS)
     while True:
         colour = colours[rng.integers(len(colours))]
@@ -120,19 +121,13 @@ def random_scene(rng: np.random.Generator, split: Split = "train") -> Scene:
             background: tuple[str, ...] = (others[first], others[second])
         else:
             background = (others[rng.integers(len(others))],)
-        size = list(SIZES)[rng.integers(len(SIZES))]
         scene = Scene(
             shape=SHAPES[rng.integers(len(SHAPES))],
             colour=colour,
-            size=size,
+            size=list(SIZES)[rng.integers(len(SIZES))],
             place=PLACES[rng.integers(len(PLACES))],
             background=background,
             vertical_split=bool(rng.random() < 0.5),
-            extent=SIZES[size] + int(rng.integers(-_SIZE_JITTER, _SIZE_JITTER + 1)),
-            offset=(
-                int(rng.integers(-_PLACE_JITTER, _PLACE_JITTER + 1)),
-                int(rng.integers(-_PLACE_JITTER, _PLACE_JITTER + 1)),
-            ),
         )
         if scene.split == split:
             return scene
@@ -191,7 +186,7 @@ def shape_coverage(scene: Scene) -> np.ndarray:
 
 
 def held_out_scenes(count: int, seed: int = 0, *, plain_background: bool = True) -> list[Scene]:
-    """Held-out scenes without jitter, for evaluation prompts (full captions)."""
+    """Held-out scenes, for evaluation prompts (full captions)."""
     rng = np.random.default_rng(seed)
     scenes: list[Scene] = []
     seen: set[tuple[str, ...]] = set()

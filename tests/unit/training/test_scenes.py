@@ -65,7 +65,7 @@ def test_the_shape_is_drawn_in_its_place_and_colour(place):
 
 
 def test_large_shapes_stay_inside_the_image():
-    image = render(Scene("circle", "blue", "large", "bottom right", ("white",), offset=(3, 3)))
+    image = render(Scene("circle", "blue", "large", "bottom right", ("white",)))
     blue = np.all(image == COLOURS["blue"], axis=-1)
     assert blue.sum() > 400
     assert not blue[-1].any() and not blue[:, -1].any()
@@ -79,7 +79,7 @@ def test_two_tone_backgrounds_split_in_halves():
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_shape_coverage_is_where_the_shape_is_drawn(shape):
-    scene = Scene(shape, "red", "large", "top left", ("white",), offset=(2, -1))
+    scene = Scene(shape, "red", "large", "top left", ("white",))
     coverage = shape_coverage(scene)
     assert coverage.shape == (IMAGE_SIZE, IMAGE_SIZE) and coverage.dtype == np.float32
     red = np.all(render(scene) == COLOURS["red"], axis=-1)

@@ -180,29 +180,35 @@ class Row:
 
 
 def guided_noise(predict: NoisePredictor, rows: Sequence[Row], *, batched_cfg: bool) -> np.ndarray:
-    """Classifier-free-guided noise for each row at its own current timestep."""
+    """Classifier-free-guided noise for each row at its own current timestep.
+
+    Rows below their guidance interval take the conditional prediction alone, so the
+    unconditional pass runs only for the rows that are guided at this step (all of them
+    when every row guides at every step, as keras-cv samples: then the calls are keras-cv's).
+    """
     latent = np.concatenate([r.latent for r in rows])
     timesteps = [int(r.timesteps[r.position]) for r in rows]
     t_emb = timestep_embedding(timesteps)
     context = np.concatenate([r.context for r in rows])
-    unconditional = np.concatenate([r.unconditional_context for r in rows])
+    guided = np.array([t >= r.guidance_from_timestep for t, r in zip(timesteps, rows, strict=True)])
+    unconditional = np.concatenate([r.unconditional_context for r in rows])[guided]
     if batched_cfg:
         both = predict(
-            np.concatenate([latent, latent]),
-            np.concatenate([t_emb, t_emb]),
+            np.concatenate([latent[guided], latent]),
+            np.concatenate([t_emb[guided], t_emb]),
             np.concatenate([unconditional, context]),
         )
-        eps_uncond, eps_cond = both[: len(rows)], both[len(rows) :]
+        eps_uncond, eps_cond = both[: len(unconditional)], both[len(unconditional) :]
     else:
         # keras-cv's order: the unconditional pass first, then the conditional one.
-        eps_uncond = predict(latent, t_emb, unconditional)
+        eps_uncond = (
+            predict(latent[guided], t_emb[guided], unconditional) if guided.any() else latent[:0]
+        )
         eps_cond = predict(latent, t_emb, context)
-    guidance = _per_row([r.guidance_scale for r in rows])
-    guided = eps_uncond + guidance * (eps_cond - eps_uncond)
-    unguided = [t < r.guidance_from_timestep for t, r in zip(timesteps, rows, strict=True)]
-    if not any(unguided):
-        return guided
-    return np.where(np.reshape(unguided, (-1, 1, 1, 1)), eps_cond, guided)
+    eps = eps_cond.copy()  # the conditional prediction alone where a row is not guided
+    scale = _per_row([r.guidance_scale for r in rows])[guided]
+    eps[guided] = eps_uncond + scale * (eps_cond[guided] - eps_uncond)
+    return eps
 
 
 def ddim_update(rows: Sequence[Row], eps: np.ndarray) -> None:

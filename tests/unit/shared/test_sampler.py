@@ -131,6 +131,23 @@ def test_guidance_stops_below_the_rows_guidance_from_timestep(batched_cfg):
     assert np.abs(expected - _reference_ddim(2, 10)).max() > 0.1
 
 
+@pytest.mark.parametrize("batched_cfg", [False, True])
+def test_rows_below_their_guidance_interval_skip_the_unconditional_pass(batched_cfg):
+    calls = []
+    everywhere, interval = _row(1, 10), _row(2, 10, guidance_from=500)
+    guided_steps = sum(int(t) >= 500 for t in interval.timesteps)
+    assert 0 < guided_steps < 10
+    while not everywhere.done:
+        sample_step(_linear_predictor(calls), [everywhere, interval], batched_cfg=batched_cfg)
+    # Each step: both rows conditioned, the first row unconditioned, the second row
+    # unconditioned only while it is guided.
+    unguided_steps = 10 - guided_steps
+    if batched_cfg:
+        assert calls == [4] * guided_steps + [3] * unguided_steps
+    else:
+        assert calls == [2, 2] * guided_steps + [1, 2] * unguided_steps
+
+
 def _edit_row(seed, steps, strength, mask=None, resamples=1):
     known = np.linspace(-1, 1, 64, dtype=np.float32).reshape(1, 4, 4, 4)
     return Row(

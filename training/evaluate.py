@@ -70,10 +70,13 @@ class TextToImageResult:
     images: list[np.ndarray]
     verdicts: list[Verdict]
 
-    def rate(self, attribute: str, shape: str | None = None) -> float:
-        """Share of verdicts with `attribute` right, over every prompt or those of one shape."""
+    def rate(self, attribute: str, shape: str | None = None, size: str | None = None) -> float:
+        """Share of verdicts with `attribute` right, over every prompt or those of one
+        shape and/or size."""
         picked = [
-            v for s, v in zip(self.scenes, self.verdicts, strict=True) if shape in (None, s.shape)
+            v
+            for s, v in zip(self.scenes, self.verdicts, strict=True)
+            if shape in (None, s.shape) and size in (None, s.size)
         ]
         return float(np.mean([getattr(v, attribute) for v in picked]))
 

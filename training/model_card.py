@@ -21,9 +21,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from training import evaluate
-from training.scenes import HELD_OUT_ONE_IN, IMAGE_SIZE, SHAPES, render
+from training.scenes import HELD_OUT_ONE_IN, IMAGE_SIZE, SHAPES, SIZES, held_out_count, render
 
-EVAL_PROMPTS = 100
+# Every held-out combination with a plain background, each prompted once.
+EVAL_PROMPTS = held_out_count()
 EDIT_CASES = 24
 GRID_COLUMNS = 8
 GRID_ROWS = 4
@@ -141,6 +142,9 @@ def write_card(args: argparse.Namespace) -> dict[str, Any]:
             "place": t2i.rate("place"),
             "size": t2i.rate("size"),
             "shape_by_kind": {kind: t2i.rate("shape", kind) for kind in SHAPES},
+            "shape_by_kind_and_size": {
+                kind: {size: t2i.rate("shape", kind, size) for size in SIZES} for kind in SHAPES
+            },
         },
         "inpainting": {
             "cases": len(inpainted.cases),
@@ -221,8 +225,12 @@ def _score_rows(scores: dict[str, Any]) -> str:
         ("text to image: colour", f"{t2i['colour']:.0%}"),
         ("text to image: shape", f"{t2i['shape']:.0%}"),
         *(
-            (f"text to image: shape, {kind}s", f"{rate:.0%}")
-            for kind, rate in t2i["shape_by_kind"].items()
+            (
+                f"text to image: shape, {kind}s (small / large)",
+                f"{t2i['shape_by_kind'][kind]:.0%} "
+                f"({by_size['small']:.0%} / {by_size['large']:.0%})",
+            )
+            for kind, by_size in t2i["shape_by_kind_and_size"].items()
         ),
         ("text to image: place", f"{t2i['place']:.0%}"),
         ("text to image: size", f"{t2i['size']:.0%}"),
@@ -320,7 +328,7 @@ export; not this card's evaluation) took {pipeline}.
 
 ![loss curves](loss.png)
 
-## Evaluation (held-out prompts, fixed seeds, {t2i[prompts]} prompts)
+## Evaluation (held-out prompts, fixed seeds: all {t2i[prompts]} with a plain background)
 Judged by `training/judge.py` (nearest palette colour, largest blob, its fill of its
 bounding box for the shape, its centroid for the place):
 

@@ -14,6 +14,7 @@ scene has a held-out combination, so a held-out prompt is a caption the model ne
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -183,6 +184,19 @@ def shape_coverage(scene: Scene) -> np.ndarray:
     _draw_shape(ImageDraw.Draw(image), scene, 255)
     small = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)
     return np.asarray(small, dtype=np.float32) / 255.0
+
+
+def held_out_count(*, plain_background: bool = True) -> int:
+    """How many held-out combinations there are: the most prompts an evaluation can ask."""
+    count = 0
+    for colour in COLOURS:
+        others = [c for c in COLOURS if c != colour]
+        backgrounds = [(c,) for c in others]
+        if not plain_background:
+            backgrounds += [(a, b) for a in others for b in others if a != b]
+        for shape, size, place, background in itertools.product(SHAPES, SIZES, PLACES, backgrounds):
+            count += Scene(shape, colour, size, place, background).split == "held_out"
+    return count
 
 
 def held_out_scenes(count: int, seed: int = 0, *, plain_background: bool = True) -> list[Scene]:

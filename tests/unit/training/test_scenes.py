@@ -7,10 +7,13 @@ import pytest
 
 from training.scenes import (
     COLOURS,
+    HELD_OUT_ONE_IN,
     IMAGE_SIZE,
     PLACES,
     SHAPES,
+    SIZES,
     Scene,
+    held_out_count,
     held_out_scenes,
     random_scene,
     render,
@@ -103,3 +106,14 @@ def test_training_captions_leave_the_place_out_only_for_centred_shapes():
     centred = without_place["center"] / (4000 / len(PLACES))
     assert 0.35 < centred < 0.65, centred  # about half of the centred scenes
     assert 0.25 < without_size / 4000 < 0.35
+
+
+def test_held_out_count_is_every_held_out_prompt():
+    count = held_out_count()
+    scenes = held_out_scenes(count, seed=5)
+    assert len({s.combination for s in scenes}) == count
+    assert all(s.split == "held_out" and len(s.background) == 1 for s in scenes)
+    # Two-tone backgrounds add combinations; about one in HELD_OUT_ONE_IN of all is held out.
+    every = held_out_count(plain_background=False)
+    combinations = len(SHAPES) * len(SIZES) * len(PLACES) * len(COLOURS) * 7 * (1 + 6)
+    assert count < every and every == pytest.approx(combinations / HELD_OUT_ONE_IN, rel=0.1)

@@ -87,9 +87,10 @@ class Scene:
         """Pixel centre (x, y): the place's grid cell centre, kept inside the image.
 
         No jitter, of place or size: a small shape spans 4x4 latent cells, and with its
-        corners at a random sub-cell offset the model learnt their average, rounded
-        squares and blunt triangles (session 9: 600 steps of fine-tuning without jitter
-        drew held-out small triangles right 71 % of the time, with it 52 %)."""
+        corners at a random sub-cell offset (+-3 px, size +-2 px) the model learnt their
+        average, rounded squares and blunt triangles. Trained without, held-out small
+        squares / triangles came out right 84 / 88 % of the time, against 19 / 38 % (all
+        284 held-out plain prompts; the runs also differ in steps, see the model card)."""
         row, col = divmod(PLACES.index(self.place), 3)
         cell = IMAGE_SIZE / 3
         half = self.pixel_extent() / 2 + 1

@@ -192,7 +192,7 @@ def held_out_count(*, plain_background: bool = True) -> int:
     count = 0
     for colour in COLOURS:
         others = [c for c in COLOURS if c != colour]
-        backgrounds = [(c,) for c in others]
+        backgrounds: list[tuple[str, ...]] = [(c,) for c in others]
         if not plain_background:
             backgrounds += [(a, b) for a in others for b in others if a != b]
         for shape, size, place, background in itertools.product(SHAPES, SIZES, PLACES, backgrounds):

@@ -188,6 +188,8 @@ def write_card(args: argparse.Namespace) -> dict[str, Any]:
             table=table,
             score_rows=_score_rows(scores),
             t2i_colour_and_shape=f"{scores['text_to_image']['colour_and_shape']:.0%}",
+            ema=args.ema,
+            ema_window=round(1 / (1 - args.ema)),
             vae=scores["training"].get("vae", {}),
             decoder=scores["training"].get("decoder", {}),
             diffusion=scores["training"].get("diffusion", {}),
@@ -308,7 +310,7 @@ strength 0.2 measured 26.5 / 30.4 dB min / median, colour and shape 93.0 %).
    weighing 5x (sharper corners and tips; the latents the UNet learns from do not change).
 3. Text encoder + UNet on those latents: {diffusion[steps]} steps, batch
    {diffusion[batch]}, {diffusion[minutes]} min; AdamW, cosine schedule; the EMA of the
-   weights (decay 0.995, a window of about 200 steps) is what is exported. Three things
+   weights (decay {ema}, a window of about {ema_window} steps) is what is exported. Three things
    made the model follow its prompt (without them it drew scenes in random colours):
    offset noise (a per-image, per-channel constant in the training noise, so the colour
    cannot be read from the noise's mean, which a 16x16 latent leaks even at the last

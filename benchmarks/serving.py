@@ -677,8 +677,9 @@ def worker_keras_cv(args: argparse.Namespace) -> Record:
     """In this (child) process: our Chain vs keras-cv's StableDiffusion, same models."""
     import keras_cv
 
-    from central.chain import Chain, GenerationParams
     from shared.config import Settings
+    from shared.pipeline.chain import Chain
+    from shared.pipeline.types import DenoiseParams, GenerationParams
 
     width, height = args.kcv_size
     steps = args.kcv_steps
@@ -701,12 +702,14 @@ def worker_keras_cv(args: argparse.Namespace) -> Record:
     params = GenerationParams(
         prompt=PROMPT,
         negative_prompt=None,
-        width=width,
-        height=height,
-        steps=steps,
-        guidance_scale=GUIDANCE_SCALE,
-        seed=SEED,
-        n=1,
+        denoise=DenoiseParams(
+            width=width,
+            height=height,
+            steps=steps,
+            guidance_scale=GUIDANCE_SCALE,
+            seed=SEED,
+            n=1,
+        ),
     )
     ours_stages: list[Record] = []
 

@@ -15,11 +15,16 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from central.chain import EditInputs, GenerationParams, GenerationResult
 from shared.config import DEFAULT_GUIDANCE_SCALES, MAX_GUIDANCE_SCALE, Settings, parse_size
 from shared.errors import InvalidInput, PayloadTooLarge
+from shared.pipeline.types import (
+    MAX_RESAMPLES,
+    DenoiseParams,
+    EditInputs,
+    GenerationParams,
+    GenerationResult,
+)
 from shared.sampler import MAX_SEED
-from shared.stages import MAX_RESAMPLES
 from shared.tokenizer import MAX_PROMPT_CHARS
 
 GUIDANCE_DESCRIPTION = (
@@ -70,12 +75,14 @@ class ImageGenerationRequest(BaseModel):
         return GenerationParams(
             prompt=self.prompt,
             negative_prompt=self.negative_prompt,
-            width=width,
-            height=height,
-            steps=self.steps or settings.default_steps,
-            guidance_scale=_or_default(self.guidance_scale, settings),
-            seed=self.seed,
-            n=self.n,
+            denoise=DenoiseParams(
+                width=width,
+                height=height,
+                steps=self.steps or settings.default_steps,
+                guidance_scale=_or_default(self.guidance_scale, settings),
+                seed=self.seed,
+                n=self.n,
+            ),
         )
 
 
@@ -107,14 +114,16 @@ class ImageEditFields(BaseModel):
         return GenerationParams(
             prompt=self.prompt,
             negative_prompt=self.negative_prompt,
-            width=width,
-            height=height,
-            steps=self.steps or settings.default_steps,
-            guidance_scale=_or_default(self.guidance_scale, settings),
-            seed=self.seed,
-            n=self.n,
-            strength=self.strength,
-            num_resamples=self.num_resamples,
+            denoise=DenoiseParams(
+                width=width,
+                height=height,
+                steps=self.steps or settings.default_steps,
+                guidance_scale=_or_default(self.guidance_scale, settings),
+                seed=self.seed,
+                n=self.n,
+                strength=self.strength,
+                num_resamples=self.num_resamples,
+            ),
         )
 
 
@@ -256,12 +265,14 @@ class HfTextToImageRequest(BaseModel):
         return GenerationParams(
             prompt=self.inputs,
             negative_prompt=negative,
-            width=int(p.width) if p.width else default_width,
-            height=int(p.height) if p.height else default_height,
-            steps=p.num_inference_steps or settings.default_steps,
-            guidance_scale=_or_default(p.guidance_scale, settings),
-            seed=p.seed,
-            n=1,
+            denoise=DenoiseParams(
+                width=int(p.width) if p.width else default_width,
+                height=int(p.height) if p.height else default_height,
+                steps=p.num_inference_steps or settings.default_steps,
+                guidance_scale=_or_default(p.guidance_scale, settings),
+                seed=p.seed,
+                n=1,
+            ),
         )
 
 

@@ -22,7 +22,6 @@ from central.api import (
     generation_response,
     validated,
 )
-from central.chain import Chain, EditInputs, GenerationParams, GenerationResult
 from central.jobs import register_job_routes
 from central.webpage import register_web_page
 from shared.config import (
@@ -36,6 +35,8 @@ from shared.config import (
 from shared.errors import InvalidInput, UnsupportedMediaType
 from shared.http import cancel_on_disconnect, configure_logging, create_app, serve
 from shared.metrics import BatchingSource
+from shared.pipeline.chain import Chain
+from shared.pipeline.types import EditInputs, GenerationParams, GenerationResult
 
 VERSION = "0.1.0"
 DEFAULT_PORT = 8000

@@ -43,7 +43,6 @@ from central.api import (
     generation_response,
     validated,
 )
-from central.chain import Chain, EditInputs, GenerationParams
 from shared.config import Settings
 from shared.errors import (
     InvalidInput,
@@ -52,6 +51,8 @@ from shared.errors import (
     UnsupportedMediaType,
     error_body,
 )
+from shared.pipeline.chain import Chain
+from shared.pipeline.types import EditInputs, GenerationParams
 from shared.sampler import img2img_steps
 
 log = logging.getLogger(__name__)
@@ -188,7 +189,9 @@ class JobStore:
         """Start a job (validated first: bad parameters are a 422, not a failed job)."""
         self.chain.check(params)
         self._make_room()
-        total = params.steps if edit is None else img2img_steps(params.steps, params.strength)
+        total = params.denoise.steps
+        if edit is not None:
+            total = img2img_steps(params.denoise.steps, params.denoise.strength)
         job = Job(id=secrets.token_urlsafe(16), kind=kind, total=total)
         self.jobs[job.id] = job
         job.task = asyncio.create_task(self._run(job, params, edit, response_format))

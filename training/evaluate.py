@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from central.chain import Chain, EditInputs, GenerationParams, overlay_unmasked
 from shared.config import DEFAULT_GUIDANCE_SCALES
+from shared.pipeline.chain import Chain, overlay_unmasked
+from shared.pipeline.types import DenoiseParams, EditInputs, GenerationParams
 from training.judge import Verdict, judge
 from training.scenes import COLOURS, IMAGE_SIZE, PLACES, SHAPES, Scene, held_out_scenes, render
 
@@ -49,13 +50,15 @@ async def _generate(
         params = GenerationParams(
             prompt=prompt,
             negative_prompt=None,
-            width=IMAGE_SIZE,
-            height=IMAGE_SIZE,
-            steps=STEPS,
-            guidance_scale=GUIDANCE,
-            seed=seed,
-            n=1,
-            strength=strength,
+            denoise=DenoiseParams(
+                width=IMAGE_SIZE,
+                height=IMAGE_SIZE,
+                steps=STEPS,
+                guidance_scale=GUIDANCE,
+                seed=seed,
+                n=1,
+                strength=strength,
+            ),
         )
         result = await chain.generate(params, edit)
         return np.asarray(result.images[0])

@@ -96,9 +96,9 @@ def _training_summary(workdir: Path) -> dict[str, Any]:
 
 
 def write_card(args: argparse.Namespace) -> dict[str, Any]:
-    from central.chain import Chain
     from shared.config import load_settings
     from shared.families.tiny import UNET_CHANNELS, TinyFamily
+    from shared.pipeline.chain import Chain
     from shared.sampler import ddim_timesteps
     from training.train_tiny import TEXT_POSITIONS_READ
 

@@ -15,7 +15,7 @@ from shared.http import (
     read_npz,
     require_internal_token,
 )
-from shared.stages import LocalDecoder, make_decoder
+from shared.pipeline.local import LocalDecoder, make_decoder
 from shared.wire import TensorSpec, encode_npz
 
 DEFAULT_PORT = 8003

@@ -22,15 +22,10 @@ from shared.http import (
     read_npz,
     require_internal_token,
 )
+from shared.pipeline.local import LocalDiffusion, make_diffusion
+from shared.pipeline.types import MAX_RESAMPLES, DenoiseParams, DenoiseResult
 from shared.progress import STREAM_MEDIA_TYPE, PreviewCallback
 from shared.sampler import MAX_SEED
-from shared.stages import (
-    MAX_RESAMPLES,
-    DenoiseParams,
-    DenoiseResult,
-    LocalDiffusion,
-    make_diffusion,
-)
 from shared.wire import TensorSpec, encode_npz
 
 DEFAULT_PORT = 8002

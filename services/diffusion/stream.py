@@ -14,6 +14,7 @@ from fastapi.responses import Response, StreamingResponse
 from shared.batching import ProgressCallback
 from shared.errors import SdserveError
 from shared.http import cancel_on_disconnect
+from shared.pipeline.types import DenoiseResult
 from shared.progress import (
     STREAM_MEDIA_TYPE,
     PreviewCallback,
@@ -23,7 +24,6 @@ from shared.progress import (
     progress_frame,
     result_frame,
 )
-from shared.stages import DenoiseResult
 
 log = logging.getLogger(__name__)
 

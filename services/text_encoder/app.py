@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from services import VERSION, run_service
 from shared.config import Settings
 from shared.http import create_app, npz_response, npz_responses, require_internal_token
-from shared.stages import LocalTextEncoder, make_text_encoder
+from shared.pipeline.local import LocalTextEncoder, make_text_encoder
 from shared.wire import encode_npz
 
 DEFAULT_PORT = 8001

@@ -32,8 +32,6 @@ from typing import Any
 
 from PIL import Image
 
-from central.chain import Chain, GenerationParams
-
 # Shared by every sdserve handler: central/hf_endpoint.py.
 from central.hf_endpoint import (
     LoopThread as _LoopThread,
@@ -59,6 +57,8 @@ from central.hf_endpoint import (
 )
 from shared.config import format_size
 from shared.errors import SdserveError
+from shared.pipeline.chain import Chain
+from shared.pipeline.types import DenoiseParams, GenerationParams
 
 # The chain's parameter names -> the request fields they came from.
 FIELDS = {
@@ -91,7 +91,9 @@ class EndpointHandler:
             result = self.loop.run(self.chain.generate(params))
         except SdserveError as exc:
             raise _request_error(exc, FIELDS) from None
-        log.info("generated %dx%d, seed %d", params.width, params.height, result.seeds[0])
+        log.info(
+            "generated %dx%d, seed %d", params.denoise.width, params.denoise.height, result.seeds[0]
+        )
         return Image.fromarray(result.images[0])
 
     def parse(self, data: dict[str, Any]) -> GenerationParams:
@@ -123,12 +125,14 @@ class EndpointHandler:
         return GenerationParams(
             prompt=prompt,
             negative_prompt=negative or None,
-            width=width,
-            height=height,
-            steps=_whole(parameters, "num_inference_steps", self.settings.default_steps),
-            guidance_scale=_real(parameters, "guidance_scale", self.settings.guidance_scale),
-            seed=None if seed is None else int(seed),
-            n=1,
+            denoise=DenoiseParams(
+                width=width,
+                height=height,
+                steps=_whole(parameters, "num_inference_steps", self.settings.default_steps),
+                guidance_scale=_real(parameters, "guidance_scale", self.settings.guidance_scale),
+                seed=None if seed is None else int(seed),
+                n=1,
+            ),
         )
 
     def close(self) -> None:

@@ -65,7 +65,7 @@ from central.hf_endpoint import (
 )
 from shared.config import format_size
 from shared.errors import SdserveError
-from shared.stages import make_decoder
+from shared.pipeline.local import make_decoder
 from shared.wire import TensorSpec
 
 MODES = ("decode", "encode-image")

@@ -74,7 +74,8 @@ from central.hf_endpoint import (
     whole_param as _whole,
 )
 from shared.errors import SdserveError
-from shared.stages import DenoiseParams, make_diffusion
+from shared.pipeline.local import make_diffusion
+from shared.pipeline.types import DenoiseParams
 from shared.wire import TensorSpec
 
 MODES = ("txt2img", "img2img", "inpaint")

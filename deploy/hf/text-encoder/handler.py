@@ -50,7 +50,7 @@ from central.hf_endpoint import (
     split_request as _request,
 )
 from shared.errors import SdserveError
-from shared.stages import make_text_encoder
+from shared.pipeline.local import make_text_encoder
 
 FIELDS = {"prompts": "inputs", "negative_prompts": "parameters.negative_prompt"}
 

@@ -9,9 +9,10 @@ import httpx
 import numpy as np
 import pytest
 
-from central.chain import Chain, GenerationParams
 from shared.config import Settings
 from shared.errors import QueueFull
+from shared.pipeline.chain import Chain
+from shared.pipeline.types import DenoiseParams, GenerationParams
 from tests.utils.servers import ServiceProcess, run_services
 from tests.utils.wire import npz, read_npz
 
@@ -133,7 +134,7 @@ def test_the_gateway_refuses_before_the_text_encoder_while_diffusion_is_full(ser
     chain = Chain(settings)  # hybrid: text encoder and decoder here, diffusion remote
     chain.load()
     encoder_stats = chain.local["text_encoder"].batcher.stats
-    params = GenerationParams("a red square", None, 64, 64, 2, 7.5, 1, 1)
+    params = GenerationParams("a red square", None, DenoiseParams(64, 64, 2, 7.5, 1, 1))
 
     async def main() -> None:
         async with httpx.AsyncClient(base_url=service.url, timeout=120) as client:

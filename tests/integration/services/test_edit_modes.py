@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from shared.config import Settings
-from shared.stages import DenoiseParams, make_decoder, make_diffusion
+from shared.pipeline.local import make_decoder, make_diffusion
+from shared.pipeline.types import DenoiseParams
 from tests.utils.servers import ServiceProcess, run_services
 from tests.utils.wire import assert_error, npz, read_npz
 

@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 
 from shared.config import Settings
+from shared.pipeline.local import make_decoder, make_diffusion, make_text_encoder
+from shared.pipeline.types import DenoiseParams
 from shared.sampler import initial_noise
-from shared.stages import DenoiseParams, make_decoder, make_diffusion, make_text_encoder
 
 pytestmark = pytest.mark.slow
 

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from central.chain import Chain
 from shared.config import load_settings
+from shared.pipeline.chain import Chain
 from tests.utils.servers import ServiceProcess
 from training import evaluate
 from training.judge import judge, palette_labels

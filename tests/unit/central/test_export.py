@@ -42,9 +42,7 @@ from central.export import (
     timestep_embedding_tf,
 )
 from shared.config import Settings
-from shared.sampler import ddim_timesteps, initial_noise, timestep_embedding
-from shared.stages import (
-    DenoiseParams,
+from shared.pipeline.local import (
     LocalDecoder,
     LocalDiffusion,
     LocalTextEncoder,
@@ -53,6 +51,8 @@ from shared.stages import (
     make_diffusion,
     make_text_encoder,
 )
+from shared.pipeline.types import DenoiseParams
+from shared.sampler import ddim_timesteps, initial_noise, timestep_embedding
 
 tf = pytest.importorskip("tensorflow")
 

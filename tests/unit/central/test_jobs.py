@@ -20,10 +20,11 @@ import pytest
 from PIL import Image
 
 from central.app import create_central_app
-from central.chain import Chain, GenerationParams
 from central.jobs import SUBSCRIBER_BUFFER, Job, JobEvent, JobNotFound, JobStore
 from shared.config import Settings
 from shared.errors import QueueFull, UpstreamUnavailable
+from shared.pipeline.chain import Chain
+from shared.pipeline.types import DenoiseParams, GenerationParams
 
 SETTINGS = Settings(model="tiny", weights="random", sizes=[(64, 64)], max_steps=1000, warm_up=False)
 
@@ -41,12 +42,14 @@ def params(steps: int = 6, seed: int | None = 11, n: int = 1) -> GenerationParam
     return GenerationParams(
         prompt="a red bicycle",
         negative_prompt=None,
-        width=64,
-        height=64,
-        steps=steps,
-        guidance_scale=7.5,
-        seed=seed,
-        n=n,
+        denoise=DenoiseParams(
+            width=64,
+            height=64,
+            steps=steps,
+            guidance_scale=7.5,
+            seed=seed,
+            n=n,
+        ),
     )
 
 

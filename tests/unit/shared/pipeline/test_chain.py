@@ -7,9 +7,10 @@ import asyncio
 import numpy as np
 import pytest
 
-from central.chain import Chain, GenerationParams, overlay_unmasked
 from shared.config import Settings
 from shared.errors import QueueFull
+from shared.pipeline.chain import Chain, overlay_unmasked
+from shared.pipeline.types import DenoiseParams, GenerationParams
 
 
 def test_a_full_local_diffusion_queue_refuses_before_the_text_encoder():
@@ -26,7 +27,7 @@ def test_a_full_local_diffusion_queue_refuses_before_the_text_encoder():
     encoder_stats = chain.local["text_encoder"].batcher.stats
 
     def params(steps: int) -> GenerationParams:
-        return GenerationParams("a red square", None, 64, 64, steps, 7.5, 1, 1)
+        return GenerationParams("a red square", None, DenoiseParams(64, 64, steps, 7.5, 1, 1))
 
     async def main() -> None:
         long = asyncio.create_task(chain.generate(params(1000)))

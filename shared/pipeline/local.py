@@ -9,7 +9,7 @@ refused identically whether it came over HTTP or from central in-process.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -19,18 +19,27 @@ from shared.batching import (
     ModelWorker,
     ProgressCallback,
     StepScheduler,
-    Timing,
 )
-from shared.config import MAX_GUIDANCE_SCALE, Settings, Size, format_size
-from shared.errors import InvalidInput, ModelNotReady, UnsupportedSize
+from shared.config import Settings, Size, format_size
+from shared.errors import InvalidInput, ModelNotReady
 from shared.execution import resolve_strategy
 from shared.families import get_family
 from shared.families.base import Component, ModelFamily
 from shared.metrics import BatchingSource
 from shared.models import LoadedModels, load_components
+from shared.pipeline.types import (
+    DecodeResult,
+    DenoiseParams,
+    DenoiseResult,
+    EncodedPrompts,
+    EncodeImageResult,
+    PromptRow,
+    StageInfo,
+    check_denoise_params,
+    check_size,
+)
 from shared.progress import PreviewCallback, latent_preview, should_preview
 from shared.sampler import (
-    MAX_SEED,
     Row,
     ddim_timesteps,
     draw_seed,
@@ -41,102 +50,6 @@ from shared.sampler import (
 from shared.tokenizer import PromptTokenizer, TokenizedPrompt, find_clip_vocab
 
 log = logging.getLogger(__name__)
-
-MAX_RESAMPLES = 20
-
-
-@dataclass
-class EncodedPrompts:
-    context: np.ndarray  # (B, T, D)
-    unconditional_context: np.ndarray  # (B, T, D)
-    token_counts: list[int]
-    truncated: list[bool]
-    timing: Timing | None = None
-
-
-@dataclass(frozen=True)
-class PromptRow:
-    """One prompt's share of a text encoder batch."""
-
-    context: np.ndarray  # (T, D)
-    unconditional_context: np.ndarray  # (T, D)
-    token_count: int
-    truncated: bool
-
-
-@dataclass(frozen=True)
-class DenoiseParams:
-    width: int
-    height: int
-    steps: int
-    guidance_scale: float
-    seed: int | None = None
-    n: int = 1
-    # img2img / inpaint: how far toward noise the init image goes, in (0, 1].
-    strength: float = 1.0
-    # inpaint: RePaint resamples per step (1 = none).
-    num_resamples: int = 1
-
-
-@dataclass
-class DenoiseResult:
-    latent: np.ndarray  # (n, h, w, c) float32
-    seeds: list[int]
-    timing: Timing | None = None
-
-
-@dataclass
-class EncodeImageResult:
-    latent: np.ndarray  # (B, h, w, c) float32
-    timing: Timing | None = None
-
-
-@dataclass
-class DecodeResult:
-    images: np.ndarray  # (B, H, W, 3) uint8
-    timing: Timing | None = None
-
-
-@dataclass
-class StageInfo:
-    """What /v1/info reports for a stage."""
-
-    family: str
-    weights: dict[str, str]
-    random_weights: bool
-    sizes: list[str]
-    execution: dict[str, Any]
-    load_seconds: dict[str, float] = field(default_factory=dict)
-
-
-def check_size(settings: Settings, width: int, height: int, *, param: str = "size") -> Size:
-    size = (width, height)
-    if size not in settings.sizes:
-        served = ", ".join(format_size(s) for s in settings.sizes)
-        raise UnsupportedSize(
-            f"size {width}x{height} is not served here; served sizes: {served}", param=param
-        )
-    return size
-
-
-def check_denoise_params(settings: Settings, params: DenoiseParams) -> None:
-    check_size(settings, params.width, params.height)
-    if not 1 <= params.steps <= settings.max_steps:
-        raise InvalidInput(f"steps must be between 1 and {settings.max_steps}", param="steps")
-    if not 1 <= params.n <= settings.max_images_per_request:
-        raise InvalidInput(f"n must be between 1 and {settings.max_images_per_request}", param="n")
-    if not (0.0 <= params.guidance_scale <= MAX_GUIDANCE_SCALE):
-        raise InvalidInput(
-            f"guidance_scale must be between 0 and {MAX_GUIDANCE_SCALE}", param="guidance_scale"
-        )
-    if params.seed is not None and not 0 <= params.seed <= MAX_SEED:
-        raise InvalidInput(f"seed must be between 0 and {MAX_SEED}", param="seed")
-    if not 0.0 < params.strength <= 1.0:
-        raise InvalidInput("strength must be in (0, 1]", param="strength")
-    if not 1 <= params.num_resamples <= MAX_RESAMPLES:
-        raise InvalidInput(
-            f"num_resamples must be between 1 and {MAX_RESAMPLES}", param="num_resamples"
-        )
 
 
 class _LocalStage:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared.config import Settings
-from shared.stages import LocalTextEncoder, make_text_encoder
+from shared.pipeline.local import LocalTextEncoder, make_text_encoder
 
 
 def _traced(stage: LocalTextEncoder) -> bool:

@@ -175,7 +175,8 @@ class FamilyBench:
         from shared.config import Settings
         from shared.execution import ExecutionStrategy, detect_device
         from shared.families import get_family
-        from shared.pipeline.local import make_decoder, make_text_encoder
+        from shared.pipeline.local.decoder import make_decoder
+        from shared.pipeline.local.text_encoder import make_text_encoder
 
         self.family_name = family_name
         self.precision = precision

@@ -36,6 +36,7 @@ from shared.errors import InvalidInput, UnsupportedMediaType
 from shared.http import cancel_on_disconnect, configure_logging, create_app, serve
 from shared.metrics import BatchingSource
 from shared.pipeline.chain import Chain
+from shared.pipeline.local.base import LocalStage
 from shared.pipeline.types import EditInputs, GenerationParams, GenerationResult
 
 VERSION = "0.1.0"
@@ -85,7 +86,10 @@ class GatewayService:
     def batching_sources(self) -> list[BatchingSource]:
         """The stages running in this process (remote ones export their own)."""
         return [
-            source for stage in self.chain.local.values() for source in stage.batching_sources()
+            source
+            for stage in self.chain.stages.values()
+            if isinstance(stage, LocalStage)
+            for source in stage.batching_sources()
         ]
 
     def close(self) -> None:

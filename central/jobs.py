@@ -52,6 +52,7 @@ from shared.errors import (
     error_body,
 )
 from shared.pipeline.chain import Chain
+from shared.pipeline.stage import Progress
 from shared.pipeline.types import EditInputs, GenerationParams
 from shared.sampler import img2img_steps
 
@@ -270,7 +271,7 @@ class JobStore:
         every = max(1, math.ceil(job.total / PREVIEWS_PER_JOB))
         try:
             result = await self.chain.generate(
-                params, edit, on_step=on_step, on_preview=on_preview, preview_every=every
+                params, edit, progress=Progress(on_step, on_preview, every)
             )
             pngs = await asyncio.to_thread(lambda: [encode_png(image) for image in result.images])
         except asyncio.CancelledError:

@@ -1,4 +1,5 @@
-"""The three model stage services: thin HTTP wrappers around shared.stages."""
+"""The three model stage services: thin HTTP wrappers around shared.pipeline.local,
+with routes built from each stage's contract (services.routes)."""
 
 from __future__ import annotations
 

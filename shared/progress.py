@@ -10,8 +10,9 @@ happen, on the same HTTP response (no polling):
     V  preview   npz {"preview": uint8 (n, h, w, 3), "step": int32 (), "total": int32 ()},
                  every `preview_every` steps when asked for: a cheap RGB approximation
                  of the current latent, on the latent grid (h = H / 8)
-    R  result    npz {"latent": float32|float16 (n, h, w, c), "seeds": int64 (n,),
-                 "timing_ms": float64 (2,) = [queue, compute]}; the last frame
+    R  result    npz: the operation's result tensors as a plain answer carries them
+                 (diffusion: "latent" (n, h, w, c), "seeds" (n,)), plus "timing_ms"
+                 float64 (2,) = [queue, compute]; the last frame
     E  error     JSON {"status": http status, "error": {"type", "message", "param"?}};
                  the last frame (shared.errors.error_from_body reads it back)
 
@@ -39,6 +40,8 @@ RESULT = "R"
 ERROR = "E"
 KINDS = frozenset({PROGRESS, PREVIEW, RESULT, ERROR})
 FINAL_KINDS = frozenset({RESULT, ERROR})
+# The result frame's member holding [queue_ms, compute_ms].
+TIMING_MEMBER = "timing_ms"
 
 _HEADER = struct.Struct(">cI")
 # Progress and error frames are a few dozen bytes; anything this big is not one.
@@ -118,19 +121,15 @@ def preview_frame(step: int, total: int, preview: np.ndarray) -> bytes:
 
 
 def result_frame(
-    latent: np.ndarray,
-    seeds: list[int],
+    arrays: dict[str, np.ndarray],
     queue_ms: float,
     compute_ms: float,
     *,
     fp16: bool = False,
 ) -> bytes:
-    arrays: dict[str, np.ndarray] = {
-        "latent": latent,
-        "seeds": np.asarray(seeds, dtype=np.int64),
-        "timing_ms": np.array([queue_ms, compute_ms], dtype=np.float64),
-    }
-    return frame(RESULT, encode_npz(arrays, fp16=fp16))
+    """The last frame: the operation's result tensors plus its queue and compute time."""
+    timing = np.array([queue_ms, compute_ms], dtype=np.float64)
+    return frame(RESULT, encode_npz({**arrays, TIMING_MEMBER: timing}, fp16=fp16))
 
 
 def error_frame(error: SdserveError) -> bytes:
@@ -201,11 +200,3 @@ def read_progress(payload: bytes) -> tuple[int, int]:
 def read_preview(payload: bytes, *, max_bytes: int) -> tuple[int, int, np.ndarray]:
     arrays = decode_npz(payload, PREVIEW_SPEC, max_bytes=max_bytes)
     return int(arrays["step"]), int(arrays["total"]), arrays["preview"]
-
-
-def result_spec(latent_channels: int) -> dict[str, TensorSpec]:
-    return {
-        "latent": TensorSpec("float32", (None, None, None, latent_channels), allow_fp16=True),
-        "seeds": TensorSpec("int64", (None,)),
-        "timing_ms": TensorSpec("float64", (2,)),
-    }

@@ -7,9 +7,9 @@ HANDLER is all-in-one, text-encoder, diffusion or decoder. OUT_DIR is created if
 receives:
 
 * the handler's ``handler.py`` and ``requirements.txt``;
-* sdserve's ``shared`` and ``central`` packages, vendored: sdserve is not on PyPI, and the
+* sdserve's ``shared`` package, vendored: sdserve is not on PyPI, and the
   Inference Toolkit puts the repository directory on ``sys.path`` before it imports
-  ``handler.py``, so the packages import from there;
+  ``handler.py``, so the package imports from there;
 * for the handlers that tokenize (all-in-one, text-encoder), the CLIP BPE vocabulary
   ``bpe_simple_vocab_16e6.txt.gz``, from ``--clip-vocab`` or the installed
   open-clip-torch / clip-anytorch wheel (the handler finds it in the repository);
@@ -32,7 +32,7 @@ HF_DIR = Path(__file__).resolve().parent
 ROOT = HF_DIR.parents[1]
 HANDLERS = ("all-in-one", "text-encoder", "diffusion", "decoder")
 TOKENIZING = frozenset({"all-in-one", "text-encoder"})
-PACKAGES = ("shared", "central")
+PACKAGES = ("shared",)
 CLIP_VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 WEIGHTS_PATTERNS = ("*.h5", "*.safetensors", "SHA256SUMS")
 

@@ -1,9 +1,9 @@
 """The chain text encoder -> diffusion -> decoder, each stage local or remote.
 
-Every stage has one interface (`TextEncoderStage`, `DiffusionStage`, `DecoderStage`) with
-two implementations: the in-process objects of `shared.stages` (the very ones the stage
-services wrap) and the httpx clients below. Settings pick one per stage, so the three
-topologies (all-in-one, three endpoints, hybrid) are one code path.
+The chain holds three `Stage`s (shared.pipeline.stage) and runs operations of their
+contracts; whether a stage is the in-process object (shared.pipeline.local, the very one
+the stage services wrap) or the httpx client of its service (shared.pipeline.remote) is
+settings, so the three topologies (all-in-one, three endpoints, hybrid) are one code path.
 """
 
 from __future__ import annotations
@@ -11,66 +11,46 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Protocol
+from typing import Any, TypeVar
 
 import numpy as np
 
-from shared.batching import ProgressCallback, Timing
 from shared.config import Settings
-from shared.errors import QueueFull
 from shared.families import get_family
-from shared.pipeline.local import make_decoder, make_diffusion, make_text_encoder
-from shared.pipeline.remote import RemoteDecoder, RemoteDiffusion, RemoteStage, RemoteTextEncoder
+from shared.pipeline.contract import Operation
+from shared.pipeline.local.decoder import make_decoder
+from shared.pipeline.local.diffusion import make_diffusion
+from shared.pipeline.local.text_encoder import make_text_encoder
+from shared.pipeline.remote import RemoteStage
+from shared.pipeline.stage import Progress, Stage
+from shared.pipeline.stage_contracts import (
+    DECODE,
+    DECODER,
+    DENOISE,
+    DIFFUSION,
+    ENCODE,
+    ENCODE_IMAGE,
+    TEXT_ENCODER,
+)
 from shared.pipeline.types import (
-    DecodeResult,
+    DecodeRequest,
     DenoiseParams,
-    DenoiseResult,
+    DenoiseRequest,
     EditInputs,
-    EncodedPrompts,
-    EncodeImageResult,
+    EncodeImageRequest,
+    EncodeRequest,
     GenerationParams,
     GenerationResult,
     StageTiming,
     check_denoise_params,
 )
-from shared.progress import PreviewCallback
 from shared.sampler import mask_to_latent_grid
 from shared.tracing import span
 
 log = logging.getLogger(__name__)
 
-
-class TextEncoderStage(Protocol):
-    async def encode(
-        self, prompts: list[str], negative_prompts: list[str | None] | None = None
-    ) -> EncodedPrompts: ...
-
-
-class DiffusionStage(Protocol):
-    async def denoise(
-        self,
-        context: np.ndarray,
-        unconditional_context: np.ndarray,
-        params: DenoiseParams,
-        *,
-        init_latent: np.ndarray | None = None,
-        mask: np.ndarray | None = None,
-        on_step: ProgressCallback | None = None,
-        on_preview: PreviewCallback | None = None,
-        preview_every: int = 0,
-    ) -> DenoiseResult: ...
-
-
-class DecoderStage(Protocol):
-    async def decode(self, latent: np.ndarray) -> DecodeResult: ...
-
-    async def encode_image(self, images: np.ndarray) -> EncodeImageResult: ...
-
-
-def _stage_timing(timing: Timing | None, wall_ms: float) -> StageTiming:
-    queue = timing.queue_ms if timing else 0.0
-    compute = timing.compute_ms if timing else wall_ms
-    return StageTiming(queue, compute, max(0.0, wall_ms - queue - compute))
+Req = TypeVar("Req")
+Res = TypeVar("Res")
 
 
 def overlay_unmasked(images: np.ndarray, original: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -95,78 +75,85 @@ class Chain:
         self.settings = settings
         self.family = get_family(settings.model)
         spec = self.family.spec
-        self.local: dict[str, Any] = {}
-        self.remote: dict[str, RemoteStage] = {}
 
-        self.text_encoder: TextEncoderStage
-        self.diffusion: DiffusionStage
-        self.decoder: DecoderStage
-        if settings.text_encoder_url:
-            self.text_encoder = self.remote["text_encoder"] = RemoteTextEncoder(
-                settings.text_encoder_url, settings, spec.context_dim, spec.max_tokens
-            )
-        else:
-            self.text_encoder = self.local["text_encoder"] = make_text_encoder(settings)
-        if settings.diffusion_url:
-            self.diffusion = self.remote["diffusion"] = RemoteDiffusion(
-                settings.diffusion_url, settings, spec.latent_channels
-            )
-        else:
-            self.diffusion = self.local["diffusion"] = make_diffusion(settings)
-        if settings.decoder_url:
-            self.decoder = self.remote["decoder"] = RemoteDecoder(settings.decoder_url, settings)
-        else:
-            self.decoder = self.local["decoder"] = make_decoder(settings)
-        # Until when a remote diffusion stage is known to be full (its last 503).
-        self._diffusion_full_until = 0.0
+        def remote_or_local(url: str | None, contract: Any, make_local: Any) -> Stage:
+            if url:
+                return RemoteStage(contract, url, settings, spec)
+            stage: Stage = make_local(settings)
+            return stage
+
+        self.text_encoder = remote_or_local(
+            settings.text_encoder_url, TEXT_ENCODER, make_text_encoder
+        )
+        self.diffusion = remote_or_local(settings.diffusion_url, DIFFUSION, make_diffusion)
+        self.decoder = remote_or_local(settings.decoder_url, DECODER, make_decoder)
+        self.stages: dict[str, Stage] = {
+            "text_encoder": self.text_encoder,
+            "diffusion": self.diffusion,
+            "decoder": self.decoder,
+        }
+
+    def located(self, location: str) -> dict[str, Stage]:
+        return {name: s for name, s in self.stages.items() if s.location == location}
 
     @property
     def topology(self) -> str:
-        if not self.remote:
+        remote = set(self.located("remote"))
+        if not remote:
             return "all-in-one"
-        if not self.local:
+        if len(remote) == len(self.stages):
             return "three-endpoints"
-        if set(self.remote) == {"diffusion"}:
+        if remote == {"diffusion"}:
             return "hybrid"
         return "custom"
 
     def load(self) -> None:
-        """Load the local stages, then warm them all (blocking).
+        """Load every stage, then warm them all (blocking).
 
         Warm-ups come last because building a stage re-seeds TensorFlow, which would
         throw away the traced functions of stages warmed before it (a slow first request).
         """
-        built = [(stage, stage.build()) for stage in self.local.values()]
-        for stage, models in built:
-            stage.warm(models)
+        for stage in self.stages.values():
+            stage.load()
+        for stage in self.stages.values():
+            stage.warm()
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
-        status: dict[str, str] = {}
-        for name, local in self.local.items():
-            status[name] = "ready (local)" if local.models is not None else "loading (local)"
-        results = await asyncio.gather(*(r.ready() for r in self.remote.values()))
-        for (name, _), (_ok, text) in zip(self.remote.items(), results, strict=True):
-            status[name] = f"{text} (remote)"
-        ok = all(s.startswith("ready") for s in status.values())
-        return ok, status
+        results = await asyncio.gather(*(s.ready() for s in self.stages.values()))
+        status = {
+            name: f"{text} ({stage.location})"
+            for (name, stage), (_ok, text) in zip(self.stages.items(), results, strict=True)
+        }
+        return all(ok for ok, _ in results), status
 
     async def describe_stages(self) -> dict[str, Any]:
-        stages: dict[str, Any] = {}
-        for name, local in self.local.items():
-            stages[name] = {"location": "local", **local.describe()}
-        infos = await asyncio.gather(*(r.info() for r in self.remote.values()))
-        for (name, remote), info in zip(self.remote.items(), infos, strict=True):
-            stages[name] = {"location": "remote", "url": remote.base_url, **info}
-        return stages
+        described = await asyncio.gather(*(s.describe() for s in self.stages.values()))
+        return {
+            name: {"location": stage.location, **info}
+            for (name, stage), info in zip(self.stages.items(), described, strict=True)
+        }
 
     def random_weights(self) -> bool:
         return self.settings.weights == "random"
 
-    async def _timed(self, name: str, timings: dict[str, StageTiming], call: Any) -> Any:
+    async def _run(
+        self,
+        name: str,
+        stage: Stage,
+        op: Operation[Req, Res],
+        request: Req,
+        timings: dict[str, StageTiming],
+        progress: Progress | None = None,
+    ) -> Res:
+        """Run one stage operation, timed the same way for every stage."""
         started = time.perf_counter()
         with span(f"stage {name}", **{"sdserve.stage": name}):
-            result = await call
-        timings[name] = _stage_timing(result.timing, (time.perf_counter() - started) * 1000)
+            result = await stage.run(op, request, progress)
+        wall_ms = (time.perf_counter() - started) * 1000
+        timing = getattr(result, "timing", None)
+        queue = timing.queue_ms if timing else 0.0
+        compute = timing.compute_ms if timing else wall_ms
+        timings[name] = StageTiming(queue, compute, max(0.0, wall_ms - queue - compute))
         return result
 
     def check(self, params: GenerationParams) -> DenoiseParams:
@@ -174,101 +161,53 @@ class Chain:
         check_denoise_params(self.settings, params.denoise)
         return params.denoise
 
-    def _admit_to_diffusion(self) -> None:
-        """Refuse (503) before the text encoder works, when diffusion would refuse anyway.
-
-        A local diffusion stage's queue is read directly; a remote one is taken to be
-        full for the Retry-After of its last refusal. Under overload this keeps refused
-        requests from costing text-encoder (and image-encoder) time.
-        """
-        local = self.local.get("diffusion")
-        if local is not None:
-            if local.is_full():
-                raise QueueFull("diffusion queue is full", retry_after_s=1)
-            return
-        wait = self._diffusion_full_until - time.monotonic()
-        if wait > 0:
-            raise QueueFull(
-                "diffusion stage is full (it refused a request just now)",
-                retry_after_s=max(1, round(wait)),
-            )
-
     async def generate(
         self,
         params: GenerationParams,
         edit: EditInputs | None = None,
         *,
-        on_step: ProgressCallback | None = None,
-        on_preview: PreviewCallback | None = None,
-        preview_every: int = 0,
+        progress: Progress | None = None,
     ) -> GenerationResult:
         """Text to image; with `edit`, image to image (no mask) or inpainting.
 
-        `on_step(step, total)` follows the diffusion stage step by step, local or remote;
-        `on_preview(step, total, rgb)` gets a small uint8 preview every `preview_every`
-        steps. Cancelling the call frees the request's rows and skips its decode.
+        `progress` follows the diffusion stage step by step, local or remote. Cancelling
+        the call frees the request's rows and skips its decode.
         """
-        # Refuse bad parameters before any stage spends compute on the request.
+        # Refuse bad parameters, and a request a stage would refuse, before any compute.
         denoise_params = self.check(params)
-        self._admit_to_diffusion()
+        for stage in (self.diffusion, self.text_encoder, self.decoder):
+            stage.admit()
         timings: dict[str, StageTiming] = {}
 
-        encode_text = self._timed(
-            "text_encoder",
-            timings,
-            self.text_encoder.encode([params.prompt], [params.negative_prompt]),
-        )
+        prompts = EncodeRequest(prompts=[params.prompt], negative_prompts=[params.negative_prompt])
+        encode_text = self._run("text_encoder", self.text_encoder, ENCODE, prompts, timings)
         init_latent = latent_mask = None
         if edit is None:
             encoded = await encode_text
         else:
             # The prompt and the init image are encoded at the same time.
+            image = EncodeImageRequest(images=edit.image[None])
             encoded, encoded_image = await asyncio.gather(
                 encode_text,
-                self._timed("image_encoder", timings, self.decoder.encode_image(edit.image[None])),
+                self._run("image_encoder", self.decoder, ENCODE_IMAGE, image, timings),
             )
             init_latent = encoded_image.latent
             if edit.mask is not None:
                 latent_mask = mask_to_latent_grid(
                     edit.mask, self.family.spec.downsampling_factor, edit.mask_blur
                 )
-
-        started = time.perf_counter()
-        with span("stage diffusion", **{"sdserve.stage": "diffusion"}):
-            try:
-                denoised = await self.diffusion.denoise(
-                    encoded.context,
-                    encoded.unconditional_context,
-                    denoise_params,
-                    init_latent=init_latent,
-                    mask=latent_mask,
-                    on_step=on_step,
-                    on_preview=on_preview,
-                    preview_every=preview_every,
-                )
-            except QueueFull as exc:
-                self._diffusion_full_until = time.monotonic() + exc.retry_after_s
-                raise
-        timings["diffusion"] = _stage_timing(
-            denoised.timing, (time.perf_counter() - started) * 1000
+        denoise = DenoiseRequest(
+            context=encoded.context,
+            unconditional_context=encoded.unconditional_context,
+            params=denoise_params,
+            init_latent=init_latent,
+            mask=latent_mask,
         )
-
-        started = time.perf_counter()
-        chunks = []
-        queue = compute = 0.0
-        for i in range(0, len(denoised.latent), self.settings.max_batch):
-            with span("stage decoder", **{"sdserve.stage": "decoder"}):
-                decoded = await self.decoder.decode(
-                    denoised.latent[i : i + self.settings.max_batch]
-                )
-            chunks.append(decoded.images)
-            if decoded.timing:
-                queue += decoded.timing.queue_ms
-                compute += decoded.timing.compute_ms
-        timings["decoder"] = _stage_timing(
-            Timing(queue, compute), (time.perf_counter() - started) * 1000
+        denoised = await self._run("diffusion", self.diffusion, DENOISE, denoise, timings, progress)
+        decoded = await self._run(
+            "decoder", self.decoder, DECODE, DecodeRequest(latent=denoised.latent), timings
         )
-        images = np.concatenate(chunks)
+        images = decoded.images
         if edit is not None and edit.mask is not None and edit.keep_unmasked:
             images = overlay_unmasked(images, edit.image, edit.mask)
         return GenerationResult(
@@ -280,7 +219,5 @@ class Chain:
         )
 
     async def aclose(self) -> None:
-        for remote in self.remote.values():
-            await remote.aclose()
-        for local in self.local.values():
-            local.close()
+        for stage in self.stages.values():
+            await stage.close()

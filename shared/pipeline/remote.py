@@ -1,59 +1,58 @@
-"""httpx clients of the stage services (the remote stages)."""
+"""The one remote stage: an httpx client of any stage service, driven by its contract.
+
+Requests are encoded and answers decoded from the operation's declaration (query
+parameters from its `params` model, `.npz` members from its tensor fields), so this
+client has no per-stage code. Every call goes through one send path: refused
+connections are retried (they never reached the stage), transport errors and HTTP error
+bodies become the shared error types naming the stage, and a 503's Retry-After is kept.
+"""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
-from typing import Any
+import json
+import time
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-)
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from shared.batching import ProgressCallback, Timing
+from shared.batching import Timing
 from shared.config import Settings
 from shared.errors import (
+    QueueFull,
     SdserveError,
     UpstreamBadResponse,
     UpstreamTimeout,
     UpstreamUnavailable,
     error_from_body,
 )
-from shared.families import get_family
+from shared.families.base import FamilySpec
 from shared.logs import REQUEST_ID_HEADER, current_request_id
-from shared.pipeline.types import (
-    DecodeResult,
-    DenoiseParams,
-    DenoiseResult,
-    EncodedPrompts,
-    EncodeImageResult,
-)
+from shared.pipeline.contract import Operation, StageContract, from_arrays, to_arrays
+from shared.pipeline.stage import Progress
 from shared.progress import (
     ERROR,
     PREVIEW,
     PROGRESS,
     STREAM_MEDIA_TYPE,
+    TIMING_MEMBER,
     FrameReader,
-    PreviewCallback,
     StreamError,
     read_json_frame,
     read_preview,
     read_progress,
-    result_spec,
 )
 from shared.wire import MEDIA_TYPE, TensorSpec, decode_npz, encode_npz
 
+Req = TypeVar("Req")
+Res = TypeVar("Res")
+
 # A connection that was refused never reached the stage, so retrying it is always safe.
-_CONNECT_RETRIES = 3
+CONNECT_ATTEMPTS = 3
 
 
-def _timing_from_headers(headers: httpx.Headers) -> Timing | None:
+def timing_from_headers(headers: httpx.Headers) -> Timing | None:
     try:
         return Timing(float(headers["x-queue-ms"]), float(headers["x-compute-ms"]))
     except (KeyError, ValueError):
@@ -67,20 +66,29 @@ async def _send_request_id(request: httpx.Request) -> None:
         request.headers[REQUEST_ID_HEADER] = request_id
 
 
-class RemoteStage:
-    """An httpx client of one stage service: pooled, with explicit timeouts."""
+class _BadPayload(Exception):
+    """An answer that parsed but does not hold what it should."""
 
-    def __init__(self, stage: str, base_url: str, settings: Settings) -> None:
-        self.stage = stage
+
+class RemoteStage:
+    """A stage service at `base_url`: pooled connections, explicit timeouts."""
+
+    location = "remote"
+
+    def __init__(
+        self, contract: StageContract, base_url: str, settings: Settings, family: FamilySpec
+    ) -> None:
+        self.contract = contract
+        self.label = contract.label
         self.base_url = base_url.rstrip("/")
         self.settings = settings
+        self.family = family
         headers = {}
         if settings.internal_token is not None:
             headers["Authorization"] = f"Bearer {settings.internal_token.get_secret_value()}"
-        self.timeout = httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s)
         self.client = httpx.AsyncClient(
             base_url=self.base_url,
-            timeout=self.timeout,
+            timeout=httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s),
             headers=headers,
             # Idle connections are dropped before uvicorn's 5 s keep-alive closes them,
             # so a request never races the server closing its connection.
@@ -89,47 +97,16 @@ class RemoteStage:
             ),
             event_hooks={"request": [_send_request_id]},
         )
+        # Until when this stage is known to be full (the Retry-After of its last 503).
+        self._full_until = 0.0
 
-    async def post(self, path: str, **kwargs: Any) -> httpx.Response:
-        """POST with retries on connection failures only; errors name the stage."""
-        try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(_CONNECT_RETRIES),
-                wait=wait_exponential(multiplier=0.1, max=1.0),
-                retry=retry_if_exception_type((httpx.ConnectError, httpx.ConnectTimeout)),
-                reraise=True,
-            ):
-                with attempt:
-                    response = await self.client.post(path, **kwargs)
-        except (httpx.ConnectError, httpx.ConnectTimeout):
-            raise UpstreamUnavailable(
-                f"{self.stage} stage at {self.base_url} is unreachable"
-            ) from None
-        except httpx.TimeoutException:
-            raise UpstreamTimeout(
-                f"{self.stage} stage at {self.base_url} did not answer within "
-                f"{self.settings.read_timeout_s:g}s"
-            ) from None
-        except httpx.TransportError as exc:
-            raise UpstreamUnavailable(
-                f"{self.stage} stage at {self.base_url} dropped the connection "
-                f"({exc.__class__.__name__})"
-            ) from None
-        if response.status_code >= 400:
-            try:
-                body = response.json()
-            except ValueError:
-                body = None
-            raise error_from_body(response.status_code, body, stage=self.stage)
-        return response
+    # ---------------------------------------------------------------- lifecycle
 
-    def read_npz(self, response: httpx.Response, spec: Mapping[str, TensorSpec]) -> dict[str, Any]:
-        if response.headers.get("content-type", "").split(";")[0] != MEDIA_TYPE:
-            raise UpstreamBadResponse(f"{self.stage} stage answered without an npz body")
-        try:
-            return decode_npz(response.content, spec, max_bytes=self.settings.max_body_bytes)
-        except SdserveError as exc:
-            raise UpstreamBadResponse(f"{self.stage} stage sent a bad payload: {exc}") from None
+    def load(self) -> None:
+        """Nothing to load here: the service loads its own models."""
+
+    def warm(self) -> None:
+        """Nothing to warm here: the service warms before it says it is ready."""
 
     async def ready(self) -> tuple[bool, str]:
         try:
@@ -140,230 +117,165 @@ class RemoteStage:
             return True, "ready"
         return False, f"not ready (HTTP {response.status_code})"
 
-    async def info(self) -> dict[str, Any]:
+    async def describe(self) -> dict[str, Any]:
         try:
             response = await self.client.get("/v1/info", timeout=self.settings.connect_timeout_s)
-            return dict(response.json())
+            info = dict(response.json())
         except (httpx.HTTPError, ValueError) as exc:
-            return {"error": f"{exc.__class__.__name__}"}
+            info = {"error": f"{exc.__class__.__name__}"}
+        return {"url": self.base_url, **info}
 
-    async def aclose(self) -> None:
+    def admit(self) -> None:
+        wait = self._full_until - time.monotonic()
+        if wait > 0:
+            raise QueueFull(
+                f"{self.label} stage is full (it refused a request just now)",
+                retry_after_s=max(1, round(wait)),
+            )
+
+    async def close(self) -> None:
         await self.client.aclose()
 
+    # ---------------------------------------------------------------- calls
 
-class RemoteTextEncoder(RemoteStage):
-    def __init__(self, base_url: str, settings: Settings, context_dim: int, max_tokens: int):
-        super().__init__("text encoder", base_url, settings)
-        context = TensorSpec("float32", (None, max_tokens, context_dim), allow_fp16=True)
-        self.spec = {
-            "context": context,
-            "unconditional_context": context,
-            "token_count": TensorSpec("int32", (None,)),
-            "truncated": TensorSpec("bool", (None,)),
-        }
-
-    async def encode(
-        self, prompts: list[str], negative_prompts: list[str | None] | None = None
-    ) -> EncodedPrompts:
-        body = {"prompts": prompts, "negative_prompts": negative_prompts}
-        response = await self.post("/v1/encode", json=body)
-        arrays = self.read_npz(response, self.spec)
-        return EncodedPrompts(
-            context=arrays["context"],
-            unconditional_context=arrays["unconditional_context"],
-            token_counts=[int(c) for c in arrays["token_count"]],
-            truncated=[bool(t) for t in arrays["truncated"]],
-            timing=_timing_from_headers(response.headers),
-        )
-
-
-class RemoteDiffusion(RemoteStage):
-    def __init__(self, base_url: str, settings: Settings, latent_channels: int):
-        super().__init__("diffusion", base_url, settings)
-        self.spec = {
-            "latent": TensorSpec("float32", (None, None, None, latent_channels), allow_fp16=True)
-        }
-        self.stream_result_spec = result_spec(latent_channels)
-
-    async def denoise(
-        self,
-        context: np.ndarray,
-        unconditional_context: np.ndarray,
-        params: DenoiseParams,
-        *,
-        init_latent: np.ndarray | None = None,
-        mask: np.ndarray | None = None,
-        on_step: ProgressCallback | None = None,
-        on_preview: PreviewCallback | None = None,
-        preview_every: int = 0,
-    ) -> DenoiseResult:
-        """One POST; with a progress callback, the streamed variant (shared.progress)."""
-        query: dict[str, Any] = {
-            "width": params.width,
-            "height": params.height,
-            "steps": params.steps,
-            "guidance_scale": params.guidance_scale,
-            "n": params.n,
-        }
-        if params.seed is not None:
-            query["seed"] = params.seed
-        tensors = {"context": context, "unconditional_context": unconditional_context}
-        path = "/v1/denoise"
-        if init_latent is not None:
-            tensors["init_latent"] = init_latent
-            query["strength"] = params.strength
-            path = "/v1/img2img"
-            if mask is not None:
-                tensors["mask"] = mask
-                query["num_resamples"] = params.num_resamples
-                path = "/v1/inpaint"
-        if on_step is not None or on_preview is not None:
-            if on_preview is not None and preview_every > 0:
-                query["preview_every"] = preview_every
+    async def run(
+        self, op: Operation[Req, Res], request: Req, progress: Progress | None = None
+    ) -> Res:
+        route = op.route_for(request)
+        query: dict[str, Any] = {}
+        params = getattr(request, "params", None) if op.params is not None else None
+        if params is not None:
+            query.update(params.model_dump(exclude_none=True))
+        if op.json_body:
+            content = json.dumps(request.model_dump()).encode()  # type: ignore[attr-defined]
+            content_type = "application/json"
+        else:
+            content, content_type = encode_npz(to_arrays(request)), MEDIA_TYPE
+        streamed = op.streams and progress is not None
+        if streamed and progress is not None:
             query["stream"] = "true"
-            body = encode_npz(tensors)
-            return await self._denoise_streamed(path, query, body, params.n, on_step, on_preview)
-        response = await self.post(
-            path, params=query, content=encode_npz(tensors), headers={"content-type": MEDIA_TYPE}
-        )
-        latent = self.read_npz(response, self.spec)["latent"]
+            if progress.on_preview is not None and progress.preview_every > 0:
+                query["preview_every"] = progress.preview_every
+        http_request = self.client.build_request(
+            "POST", route.path, params=query, content=content,
+            headers={"content-type": content_type},
+        )  # fmt: skip
+        response = await self._send(http_request, stream=streamed)
         try:
-            seeds = [int(s) for s in response.headers["x-seeds"].split(",")]
-        except (KeyError, ValueError):
-            raise UpstreamBadResponse("diffusion stage answered without X-Seeds") from None
-        if len(seeds) != params.n or len(latent) != params.n:
-            raise UpstreamBadResponse(f"diffusion stage returned {len(latent)} of {params.n}")
-        return DenoiseResult(latent, seeds, _timing_from_headers(response.headers))
+            if streamed and progress is not None:
+                return await self._read_stream(op, request, response, progress)
+            return self._result(
+                op, request, response.content, timing_from_headers(response.headers)
+            )
+        except _BadPayload as exc:
+            raise UpstreamBadResponse(f"{self.label} stage sent a bad answer: {exc}") from None
+        finally:
+            await response.aclose()
 
-    async def _denoise_streamed(
-        self,
-        path: str,
-        query: dict[str, Any],
-        body: bytes,
-        n: int,
-        on_step: ProgressCallback | None,
-        on_preview: PreviewCallback | None,
-    ) -> DenoiseResult:
+    async def _send(self, request: httpx.Request, *, stream: bool) -> httpx.Response:
+        """Send with retries on refused connections; map every failure to our errors."""
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(CONNECT_ATTEMPTS),
+                wait=wait_exponential(multiplier=0.1, max=1.0),
+                retry=retry_if_exception_type((httpx.ConnectError, httpx.ConnectTimeout)),
+                reraise=True,
+            ):
+                with attempt:
+                    response = await self.client.send(request, stream=stream)
+        except BaseException as exc:
+            raise self._transport_error(exc) from None
+        if response.status_code >= 400:
+            await response.aread()
+            await response.aclose()
+            raise self._http_error(response)
+        return response
+
+    def _transport_error(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            return UpstreamUnavailable(f"{self.label} stage at {self.base_url} is unreachable")
+        if isinstance(exc, httpx.TimeoutException):
+            return UpstreamTimeout(
+                f"{self.label} stage at {self.base_url} did not answer within "
+                f"{self.settings.read_timeout_s:g}s"
+            )
+        if isinstance(exc, httpx.TransportError):
+            return UpstreamUnavailable(
+                f"{self.label} stage at {self.base_url} dropped the connection "
+                f"({exc.__class__.__name__})"
+            )
+        return exc
+
+    def _http_error(self, response: httpx.Response) -> SdserveError:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        error = error_from_body(response.status_code, body, stage=self.label)
+        if isinstance(error, QueueFull):
+            try:
+                error.retry_after_s = max(1, int(response.headers.get("retry-after", "1")))
+            except ValueError:
+                error.retry_after_s = 1
+            self._full_until = time.monotonic() + error.retry_after_s
+        return error
+
+    def _result(
+        self, op: Operation[Req, Res], request: Req, body: bytes, timing: Timing | None,
+        extra: dict[str, TensorSpec] | None = None,
+    ) -> Res:  # fmt: skip
+        specs = {**op.result_specs(self.family), **(extra or {})}
+        try:
+            arrays = decode_npz(body, specs, max_bytes=self.settings.max_body_bytes)
+        except SdserveError as exc:
+            raise _BadPayload(str(exc)) from None
+        missing = [name for name in op.result_specs(self.family) if name not in arrays]
+        if missing:
+            raise _BadPayload(f"missing {', '.join(missing)}")
+        rows = op.rows(request)
+        for name, array in arrays.items():
+            if name in specs and name not in (extra or {}) and len(array) != rows:
+                raise _BadPayload(f"{name} has {len(array)} rows of {rows}")
+        if timing is None and extra and TIMING_MEMBER in arrays:
+            queue_ms, compute_ms = (float(v) for v in arrays[TIMING_MEMBER])
+            timing = Timing(queue_ms, compute_ms)
+        return from_arrays(op.result, arrays, timing=timing)
+
+    async def _read_stream(
+        self, op: Operation[Req, Res], request: Req, response: httpx.Response, progress: Progress
+    ) -> Res:
         """Read progress frames as the service sends them; the last frame is the answer.
 
         Cancelling the caller closes the stream, and the service frees the rows.
         """
+        if response.headers.get("content-type", "").split(";")[0].strip() != STREAM_MEDIA_TYPE:
+            raise UpstreamBadResponse(f"{self.label} stage did not answer with a stream")
         reader = FrameReader(self.settings.max_body_bytes)
         try:
-            async with self._stream(path, query, body) as response:
-                async for chunk in response.aiter_raw():
-                    for kind, payload in reader.feed(chunk):
-                        if kind == PROGRESS:
-                            if on_step is not None:
-                                on_step(*read_progress(payload))
-                        elif kind == PREVIEW:
-                            if on_preview is not None:
-                                on_preview(*self._streamed_preview(payload))
-                        elif kind == ERROR:
-                            error = read_json_frame(payload)
-                            status = error.get("status")
-                            status = status if isinstance(status, int) else 502
-                            raise error_from_body(status, error, stage=self.stage)
-                        else:
-                            return self._streamed_result(payload, n)
-        except (StreamError, _BadPayload) as exc:
-            raise UpstreamBadResponse(f"{self.stage} stage sent a bad stream: {exc}") from None
-        except httpx.TimeoutException:
-            raise UpstreamTimeout(
-                f"{self.stage} stage at {self.base_url} sent nothing for "
-                f"{self.settings.read_timeout_s:g}s"
-            ) from None
-        except httpx.TransportError as exc:
-            raise UpstreamUnavailable(
-                f"{self.stage} stage at {self.base_url} dropped the connection "
-                f"({exc.__class__.__name__})"
-            ) from None
-        raise UpstreamBadResponse(f"{self.stage} stage ended its stream without a result")
+            async for chunk in response.aiter_raw():
+                for kind, payload in reader.feed(chunk):
+                    if kind == PROGRESS:
+                        if progress.on_step is not None:
+                            progress.on_step(*read_progress(payload))
+                    elif kind == PREVIEW:
+                        if progress.on_preview is not None:
+                            progress.on_preview(*self._preview(payload))
+                    elif kind == ERROR:
+                        error = read_json_frame(payload)
+                        status = error.get("status")
+                        status = status if isinstance(status, int) else 502
+                        raise error_from_body(status, error, stage=self.label)
+                    else:
+                        extra = {TIMING_MEMBER: TensorSpec("float64", (2,))}
+                        return self._result(op, request, payload, None, extra)
+        except StreamError as exc:
+            raise _BadPayload(f"bad stream: {exc}") from None
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
+        raise UpstreamBadResponse(f"{self.label} stage ended its stream without a result")
 
-    def _streamed_preview(self, payload: bytes) -> tuple[int, int, np.ndarray]:
+    def _preview(self, payload: bytes) -> tuple[int, int, np.ndarray]:
         try:
             return read_preview(payload, max_bytes=self.settings.max_body_bytes)
         except SdserveError as exc:
             raise _BadPayload(str(exc)) from None
-
-    def _streamed_result(self, payload: bytes, n: int) -> DenoiseResult:
-        try:
-            arrays = decode_npz(
-                payload, self.stream_result_spec, max_bytes=self.settings.max_body_bytes
-            )
-        except SdserveError as exc:
-            raise _BadPayload(str(exc)) from None
-        latent, seeds = arrays["latent"], [int(s) for s in arrays["seeds"]]
-        if len(seeds) != n or len(latent) != n:
-            raise _BadPayload(f"returned {len(latent)} latents and {len(seeds)} seeds of {n}")
-        queue_ms, compute_ms = (float(v) for v in arrays["timing_ms"])
-        return DenoiseResult(latent, seeds, Timing(queue_ms, compute_ms))
-
-    @asynccontextmanager
-    async def _stream(
-        self, path: str, query: dict[str, Any], body: bytes
-    ) -> AsyncIterator[httpx.Response]:
-        """POST for a streamed answer: retries refused connections, maps HTTP errors."""
-        request = self.client.build_request(
-            "POST", path, params=query, content=body, headers={"content-type": MEDIA_TYPE}
-        )
-        for attempt in range(_CONNECT_RETRIES):
-            try:
-                response = await self.client.send(request, stream=True)
-                break
-            except (httpx.ConnectError, httpx.ConnectTimeout):
-                if attempt == _CONNECT_RETRIES - 1:
-                    raise UpstreamUnavailable(
-                        f"{self.stage} stage at {self.base_url} is unreachable"
-                    ) from None
-                await asyncio.sleep(min(1.0, 0.1 * 2**attempt))
-        try:
-            if response.status_code >= 400:
-                await response.aread()
-                try:
-                    error = response.json()
-                except ValueError:
-                    error = None
-                raise error_from_body(response.status_code, error, stage=self.stage)
-            media_type = response.headers.get("content-type", "").split(";")[0].strip()
-            if media_type != STREAM_MEDIA_TYPE:
-                raise UpstreamBadResponse(f"{self.stage} stage did not answer with a stream")
-            yield response
-        finally:
-            await response.aclose()
-
-
-class _BadPayload(Exception):
-    """A streamed frame that parsed but does not hold what it should."""
-
-
-class RemoteDecoder(RemoteStage):
-    def __init__(self, base_url: str, settings: Settings):
-        super().__init__("decoder", base_url, settings)
-        self.spec = {"images": TensorSpec("uint8", (None, None, None, 3))}
-        channels = get_family(settings.model).spec.latent_channels
-        self.latent_spec = {
-            "latent": TensorSpec("float32", (None, None, None, channels), allow_fp16=True)
-        }
-
-    async def decode(self, latent: np.ndarray) -> DecodeResult:
-        response = await self.post(
-            "/v1/decode",
-            content=encode_npz({"latent": latent}),
-            headers={"content-type": MEDIA_TYPE},
-        )
-        images = self.read_npz(response, self.spec)["images"]
-        if len(images) != len(latent):
-            raise UpstreamBadResponse(f"decoder stage returned {len(images)} of {len(latent)}")
-        return DecodeResult(images, _timing_from_headers(response.headers))
-
-    async def encode_image(self, images: np.ndarray) -> EncodeImageResult:
-        response = await self.post(
-            "/v1/encode-image",
-            content=encode_npz({"images": images}),
-            headers={"content-type": MEDIA_TYPE},
-        )
-        latent = self.read_npz(response, self.latent_spec)["latent"]
-        if len(latent) != len(images):
-            raise UpstreamBadResponse(f"decoder stage encoded {len(latent)} of {len(images)}")
-        return EncodeImageResult(latent, _timing_from_headers(response.headers))

@@ -6,21 +6,37 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.batching import Timing
 from shared.config import MAX_GUIDANCE_SCALE, Settings, Size, format_size
 from shared.errors import InvalidInput, UnsupportedSize
+from shared.pipeline.contract import tensor, wire
 from shared.sampler import MAX_SEED
 
 MAX_RESAMPLES = 20
+MAX_PIXELS_PER_SIDE = 8192
+
+# A context is (batch, max_tokens, context_dim); a latent (batch, h, w, latent_channels).
+CONTEXT_SHAPE = (None, "max_tokens", "context_dim")
+LATENT_SHAPE = (None, None, None, "latent_channels")
 
 
-@dataclass
+class EncodeRequest(BaseModel):
+    """Prompts to encode (a JSON body)."""
+
+    prompts: list[str] = Field(min_length=1, description="One prompt per image row.")
+    negative_prompts: list[str | None] | None = Field(
+        default=None, description="Same length as prompts; null or '' means unconditional."
+    )
+
+
+@wire
 class EncodedPrompts:
-    context: np.ndarray  # (B, T, D)
-    unconditional_context: np.ndarray  # (B, T, D)
-    token_counts: list[int]
-    truncated: list[bool]
+    context: np.ndarray = tensor("float32", CONTEXT_SHAPE, fp16=True)
+    unconditional_context: np.ndarray = tensor("float32", CONTEXT_SHAPE, fp16=True)
+    token_counts: list[int] = tensor("int32", (None,), wire_name="token_count")
+    truncated: list[bool] = tensor("bool", (None,))
     timing: Timing | None = None
 
 
@@ -34,36 +50,72 @@ class PromptRow:
     truncated: bool
 
 
-@dataclass(frozen=True)
-class DenoiseParams:
-    width: int
-    height: int
-    steps: int
-    guidance_scale: float
-    seed: int | None = None
-    n: int = 1
-    # img2img / inpaint: how far toward noise the init image goes, in (0, 1].
-    strength: float = 1.0
-    # inpaint: RePaint resamples per step (1 = none).
-    num_resamples: int = 1
+class DenoiseParams(BaseModel):
+    """The diffusion stage's scalar parameters: one field each, with its static range.
+
+    Ranges that depend on the deployment (served sizes, max steps, max n) are checked by
+    `check_denoise_params`. On the wire these are the diffusion routes' query parameters.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    width: int = Field(ge=1, le=MAX_PIXELS_PER_SIDE)
+    height: int = Field(ge=1, le=MAX_PIXELS_PER_SIDE)
+    steps: int = Field(ge=1, description="Denoising steps.")
+    guidance_scale: float = Field(ge=0, le=MAX_GUIDANCE_SCALE)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Image i: seed + i.")
+    n: int = Field(default=1, ge=1, description="Images.")
+    strength: float = Field(
+        default=1.0, gt=0, le=1, description="img2img/inpaint: how far toward noise."
+    )
+    num_resamples: int = Field(
+        default=1, ge=1, le=MAX_RESAMPLES, description="inpaint: RePaint resamples per step."
+    )
 
 
-@dataclass
+def denoise_defaults(settings: Settings) -> dict[str, Any]:
+    """The diffusion parameters a deployment fills in when a caller leaves them out."""
+    return {"steps": settings.default_steps, "guidance_scale": settings.guidance_scale}
+
+
+@wire(frozen=True)
+class DenoiseRequest:
+    """txt2img; img2img with `init_latent`; inpaint with `init_latent` and `mask`."""
+
+    context: np.ndarray = tensor("float32", CONTEXT_SHAPE, fp16=True)
+    unconditional_context: np.ndarray = tensor("float32", CONTEXT_SHAPE, fp16=True)
+    params: DenoiseParams
+    init_latent: np.ndarray | None = tensor("float32", LATENT_SHAPE, fp16=True, default=None)
+    # On the latent grid, in [0, 1], 1 = repaint.
+    mask: np.ndarray | None = tensor("float32", (None, None, None, 1), fp16=True, default=None)
+
+
+@wire
 class DenoiseResult:
-    latent: np.ndarray  # (n, h, w, c) float32
-    seeds: list[int]
+    latent: np.ndarray = tensor("float32", LATENT_SHAPE, fp16=True)
+    seeds: list[int] = tensor("int64", (None,))
     timing: Timing | None = None
 
 
-@dataclass
-class EncodeImageResult:
-    latent: np.ndarray  # (B, h, w, c) float32
-    timing: Timing | None = None
+@wire(frozen=True)
+class DecodeRequest:
+    latent: np.ndarray = tensor("float32", LATENT_SHAPE, fp16=True)
 
 
-@dataclass
+@wire
 class DecodeResult:
-    images: np.ndarray  # (B, H, W, 3) uint8
+    images: np.ndarray = tensor("uint8", (None, None, None, 3))
+    timing: Timing | None = None
+
+
+@wire(frozen=True)
+class EncodeImageRequest:
+    images: np.ndarray = tensor("uint8", (None, None, None, 3))
+
+
+@wire
+class EncodeImageResult:
+    latent: np.ndarray = tensor("float32", LATENT_SHAPE, fp16=True)
     timing: Timing | None = None
 
 
@@ -135,19 +187,8 @@ def check_size(settings: Settings, width: int, height: int, *, param: str = "siz
 
 def check_denoise_params(settings: Settings, params: DenoiseParams) -> None:
     check_size(settings, params.width, params.height)
+    """The deployment's limits; the static ranges are DenoiseParams' own fields."""
     if not 1 <= params.steps <= settings.max_steps:
         raise InvalidInput(f"steps must be between 1 and {settings.max_steps}", param="steps")
     if not 1 <= params.n <= settings.max_images_per_request:
         raise InvalidInput(f"n must be between 1 and {settings.max_images_per_request}", param="n")
-    if not (0.0 <= params.guidance_scale <= MAX_GUIDANCE_SCALE):
-        raise InvalidInput(
-            f"guidance_scale must be between 0 and {MAX_GUIDANCE_SCALE}", param="guidance_scale"
-        )
-    if params.seed is not None and not 0 <= params.seed <= MAX_SEED:
-        raise InvalidInput(f"seed must be between 0 and {MAX_SEED}", param="seed")
-    if not 0.0 < params.strength <= 1.0:
-        raise InvalidInput("strength must be in (0, 1]", param="strength")
-    if not 1 <= params.num_resamples <= MAX_RESAMPLES:
-        raise InvalidInput(
-            f"num_resamples must be between 1 and {MAX_RESAMPLES}", param="num_resamples"
-        )

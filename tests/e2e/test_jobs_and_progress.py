@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.progress import STREAM_MEDIA_TYPE, FrameReader, read_progress, result_spec
-from shared.wire import MEDIA_TYPE, decode_npz, encode_npz
+from shared.families import get_family
+from shared.pipeline.stage_contracts import DENOISE
+from shared.progress import STREAM_MEDIA_TYPE, TIMING_MEMBER, FrameReader, read_progress
+from shared.wire import MEDIA_TYPE, TensorSpec, decode_npz, encode_npz
 from tests.utils.servers import ServiceProcess
 from tests.utils.tiny_stack import STAGE_NAMES
 
@@ -158,7 +160,11 @@ def test_the_diffusion_stream_route_frames_and_keeps_http_errors(stack):
     assert [read_progress(payload) for kind, payload in frames if kind == "P"] == [
         (step, 5) for step in range(1, 6)
     ]
-    result = decode_npz(frames[-1][1], result_spec(4), max_bytes=1 << 24)
+    spec = {
+        **DENOISE.result_specs(get_family("tiny").spec),
+        TIMING_MEMBER: TensorSpec("float64", (2,)),
+    }
+    result = decode_npz(frames[-1][1], spec, max_bytes=1 << 24)
     plain = post(encode_npz(tensors))
     assert plain.status_code == 200
     with np.load(io.BytesIO(plain.content), allow_pickle=False) as data:

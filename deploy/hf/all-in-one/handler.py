@@ -1,7 +1,7 @@
 """Hugging Face Inference Endpoints handler: sdserve text to image, all stages local.
 
 The text encoder, the diffusion stage and the decoder run in this process, through the
-same `central.chain.Chain` the sdserve gateway runs in its all-in-one topology, so a seed
+same `shared.pipeline.chain.Chain` the sdserve gateway runs in its all-in-one topology, so a seed
 gives the same image here as from ``POST /v1/images/generations`` on the same model.
 
 Request, as ``huggingface_hub.InferenceClient(...).text_to_image(...)`` sends it::
@@ -32,32 +32,34 @@ from typing import Any
 
 from PIL import Image
 
-# Shared by every sdserve handler: central/hf_endpoint.py.
-from central.hf_endpoint import (
-    LoopThread as _LoopThread,
-)
-from central.hf_endpoint import (
-    handler_settings as _handler_settings,
-)
-from central.hf_endpoint import log as log
-from central.hf_endpoint import (
-    number_param as _number,
-)
-from central.hf_endpoint import (
-    real_param as _real,
-)
-from central.hf_endpoint import (
-    request_error as _request_error,
-)
-from central.hf_endpoint import (
-    split_request as _request,
-)
-from central.hf_endpoint import (
-    whole_param as _whole,
-)
 from shared.config import format_size
 from shared.errors import SdserveError
 from shared.pipeline.chain import Chain
+from shared.pipeline.contract import parse_params
+
+# Shared by every sdserve handler: shared/pipeline/hf.py.
+from shared.pipeline.hf import (
+    LoopThread as _LoopThread,
+)
+from shared.pipeline.hf import (
+    handler_settings as _handler_settings,
+)
+from shared.pipeline.hf import log as log
+from shared.pipeline.hf import (
+    number_param as _number,
+)
+from shared.pipeline.hf import (
+    real_param as _real,
+)
+from shared.pipeline.hf import (
+    request_error as _request_error,
+)
+from shared.pipeline.hf import (
+    split_request as _request,
+)
+from shared.pipeline.hf import (
+    whole_param as _whole,
+)
 from shared.pipeline.types import DenoiseParams, GenerationParams
 
 # The chain's parameter names -> the request fields they came from.
@@ -122,18 +124,18 @@ class EndpointHandler:
                 f"{', '.join(format_size(s) for s in served)}"
             )
         seed = _number(parameters, "seed", whole=True)
-        return GenerationParams(
-            prompt=prompt,
-            negative_prompt=negative or None,
-            denoise=DenoiseParams(
-                width=width,
-                height=height,
-                steps=_whole(parameters, "num_inference_steps", self.settings.default_steps),
-                guidance_scale=_real(parameters, "guidance_scale", self.settings.guidance_scale),
-                seed=None if seed is None else int(seed),
-                n=1,
-            ),
-        )
+        fields = {
+            "width": width,
+            "height": height,
+            "steps": _whole(parameters, "num_inference_steps", self.settings.default_steps),
+            "guidance_scale": _real(parameters, "guidance_scale", self.settings.guidance_scale),
+            "seed": None if seed is None else int(seed),
+        }
+        try:
+            denoise = parse_params(DenoiseParams, fields)
+        except SdserveError as exc:
+            raise _request_error(exc, FIELDS) from None
+        return GenerationParams(prompt=prompt, negative_prompt=negative or None, denoise=denoise)
 
     def close(self) -> None:
         """Stop the event loop and the model workers (the toolkit never calls this)."""

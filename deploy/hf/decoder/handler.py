@@ -1,7 +1,7 @@
 """Hugging Face Inference Endpoints handler: the sdserve decoder stage (the VAE).
 
 Latents in, PNG images out; and, in ``encode-image`` mode, images in, latents out (the
-init latent of image to image and inpainting). It runs `shared.stages.LocalDecoder`, the
+init latent of image to image and inpainting). It runs `shared.pipeline.local.LocalDecoder`, the
 object the sdserve decoder service wraps.
 
 Decode (the default mode), JSON::
@@ -35,41 +35,18 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
 
-# Shared by every sdserve handler: central/hf_endpoint.py.
-from central.hf_endpoint import (
-    LoopThread as _LoopThread,
-)
-from central.hf_endpoint import (
-    decode_npz_b64 as _decode_npz_b64,
-)
-from central.hf_endpoint import (
-    encode_npz_b64 as _encode_npz_b64,
-)
-from central.hf_endpoint import (
-    flag_param as _flag,
-)
-from central.hf_endpoint import (
-    handler_settings as _handler_settings,
-)
-from central.hf_endpoint import log as log
-from central.hf_endpoint import (
-    request_error as _request_error,
-)
-from central.hf_endpoint import (
-    split_request as _request,
-)
 from shared.config import format_size
-from shared.errors import SdserveError
-from shared.pipeline.local import make_decoder
-from shared.wire import TensorSpec
+from shared.pipeline.hf import StageHandler, flag_param, split_request
+from shared.pipeline.local.decoder import make_decoder
+from shared.pipeline.stage_contracts import DECODE, ENCODE_IMAGE
+from shared.pipeline.types import EncodeImageRequest
 
 MODES = ("decode", "encode-image")
-FIELDS = {"latent": "inputs (latent)", "images": "inputs"}
 
 
 def _png_b64(image: np.ndarray) -> str:
@@ -78,38 +55,25 @@ def _png_b64(image: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-class EndpointHandler:
+class EndpointHandler(StageHandler):
     """Base64 .npz latent -> base64 PNGs; encode-image: images -> base64 .npz latent."""
 
+    fields: ClassVar[dict[str, str]] = {"latent": "inputs (latent)", "images": "inputs"}
+
     def __init__(self, path: str = "") -> None:
-        self.settings = _handler_settings(path)
-        self.loop = _LoopThread("sdserve-decoder")
-        self.stage = make_decoder(self.settings)
-        self.stage.load()
-        channels = self.stage.family.spec.latent_channels
-        self.latent_spec = {
-            "latent": TensorSpec("float32", (None, None, None, channels), allow_fp16=True)
-        }
-        log.info("sdserve decoder handler ready: weights %s", self.settings.weights_label)
+        super().__init__(path, make_decoder)
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
-        inputs, parameters = _request(data)
+        inputs, parameters = split_request(data)
         default = "encode-image" if isinstance(inputs, Image.Image) else "decode"
         mode = parameters.get("mode") or default
         if mode not in MODES:
             raise ValueError(f"parameters.mode must be one of {', '.join(MODES)}; got {mode!r}")
-        try:
-            if mode == "decode":
-                tensors = _decode_npz_b64(
-                    inputs, self.latent_spec, "inputs", self.settings.max_body_bytes
-                )
-                decoded = self.loop.run(self.stage.decode(tensors["latent"]))
-                return {"images": [_png_b64(image) for image in decoded.images]}
-            images = self.read_images(inputs)
-            encoded = self.loop.run(self.stage.encode_image(images))
-        except SdserveError as exc:
-            raise _request_error(exc, FIELDS) from None
-        return {"npz": _encode_npz_b64({"latent": encoded.latent}, fp16=_flag(parameters, "fp16"))}
+        if mode == "decode":
+            decoded = self.run(DECODE, self.request(DECODE, 0, inputs, parameters))
+            return {"images": [_png_b64(image) for image in decoded.images]}
+        encoded = self.run(ENCODE_IMAGE, EncodeImageRequest(self.read_images(inputs)))
+        return self.answer(encoded, fp16=flag_param(parameters, "fp16"))
 
     def read_images(self, inputs: Any) -> np.ndarray:
         """PIL image, base64 image or list of base64 images -> uint8 (B, H, W, 3)."""
@@ -144,8 +108,3 @@ class EndpointHandler:
             return Image.open(io.BytesIO(body), formats=["PNG", "JPEG"])
         except (binascii.Error, ValueError, OSError):
             raise ValueError(f"{field} is not a base64 PNG or JPEG image") from None
-
-    def close(self) -> None:
-        """Stop the event loop and the model worker (the toolkit never calls this)."""
-        self.loop.close()
-        self.stage.close()

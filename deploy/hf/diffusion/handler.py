@@ -1,7 +1,7 @@
 """Hugging Face Inference Endpoints handler: the sdserve diffusion stage.
 
 Contexts (and, for image to image and inpainting, an init latent and a mask) in, the
-denoised latent out. It runs `shared.stages.LocalDiffusion`, the object the sdserve
+denoised latent out. It runs `shared.pipeline.local.LocalDiffusion`, the object the sdserve
 diffusion service wraps: DDIM with classifier-free guidance, requests sharing UNet calls
 step by step.
 
@@ -39,113 +39,38 @@ Deploying: deploy/hf/README.md in sdserve.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-# Shared by every sdserve handler: central/hf_endpoint.py.
-from central.hf_endpoint import (
-    LoopThread as _LoopThread,
-)
-from central.hf_endpoint import (
-    decode_npz_b64 as _decode_npz_b64,
-)
-from central.hf_endpoint import (
-    encode_npz_b64 as _encode_npz_b64,
-)
-from central.hf_endpoint import (
-    flag_param as _flag,
-)
-from central.hf_endpoint import (
-    handler_settings as _handler_settings,
-)
-from central.hf_endpoint import log as log
-from central.hf_endpoint import (
-    number_param as _number,
-)
-from central.hf_endpoint import (
-    real_param as _real,
-)
-from central.hf_endpoint import (
-    request_error as _request_error,
-)
-from central.hf_endpoint import (
-    split_request as _request,
-)
-from central.hf_endpoint import (
-    whole_param as _whole,
-)
-from shared.errors import SdserveError
-from shared.pipeline.local import make_diffusion
-from shared.pipeline.types import DenoiseParams
-from shared.wire import TensorSpec
+from shared.pipeline.hf import StageHandler, flag_param, split_request
+from shared.pipeline.local.diffusion import make_diffusion
+from shared.pipeline.stage_contracts import DENOISE
 
+# The denoise routes in the contract's order.
 MODES = ("txt2img", "img2img", "inpaint")
-# Tensors are in the npz ("inputs"); scalars are parameters.
-FIELDS = {
-    "context": "inputs (context)",
-    "unconditional_context": "inputs (unconditional_context)",
-    "init_latent": "inputs (init_latent)",
-    "mask": "inputs (mask)",
-    "size": "parameters.width/height",
-}
 
 
-class EndpointHandler:
+class EndpointHandler(StageHandler):
     """Base64 .npz of contexts (+ init latent, mask) -> base64 .npz of the latent."""
 
+    # Tensors are in the npz ("inputs"); scalars are parameters.
+    fields: ClassVar[dict[str, str]] = {
+        "context": "inputs (context)",
+        "unconditional_context": "inputs (unconditional_context)",
+        "init_latent": "inputs (init_latent)",
+        "mask": "inputs (mask)",
+        "size": "parameters.width/height",
+    }
+
     def __init__(self, path: str = "") -> None:
-        self.settings = _handler_settings(path)
-        self.loop = _LoopThread("sdserve-diffusion")
-        self.stage = make_diffusion(self.settings)
-        self.stage.load()
-        spec = self.stage.family.spec
-        context = TensorSpec("float32", (None, spec.max_tokens, spec.context_dim), allow_fp16=True)
-        txt2img = {"context": context, "unconditional_context": context}
-        latent = TensorSpec("float32", (None, None, None, spec.latent_channels), allow_fp16=True)
-        img2img = {**txt2img, "init_latent": latent}
-        mask = TensorSpec("float32", (None, None, None, 1), allow_fp16=True)
-        self.specs = {"txt2img": txt2img, "img2img": img2img, "inpaint": {**img2img, "mask": mask}}
-        log.info("sdserve diffusion handler ready: weights %s", self.settings.weights_label)
+        super().__init__(path, make_diffusion)
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
-        inputs, parameters = _request(data)
+        inputs, parameters = split_request(data)
         mode = parameters.get("mode") or "txt2img"
         if mode not in MODES:
             raise ValueError(f"parameters.mode must be one of {', '.join(MODES)}; got {mode!r}")
-        params = self.parse(parameters)
-        fp16 = _flag(parameters, "fp16")
-        tensors = _decode_npz_b64(inputs, self.specs[mode], "inputs", self.settings.max_body_bytes)
-        try:
-            result = self.loop.run(
-                self.stage.denoise(
-                    tensors["context"],
-                    tensors["unconditional_context"],
-                    params,
-                    init_latent=tensors.get("init_latent"),
-                    mask=tensors.get("mask"),
-                )
-            )
-        except SdserveError as exc:
-            raise _request_error(exc, FIELDS) from None
-        return {
-            "npz": _encode_npz_b64({"latent": result.latent}, fp16=fp16),
-            "seeds": list(result.seeds),
-        }
-
-    def parse(self, parameters: dict[str, Any]) -> DenoiseParams:
-        default_width, default_height = self.settings.sizes[0]
-        seed = _number(parameters, "seed", whole=True)
-        return DenoiseParams(
-            width=_whole(parameters, "width", default_width),
-            height=_whole(parameters, "height", default_height),
-            steps=_whole(parameters, "steps", self.settings.default_steps),
-            guidance_scale=_real(parameters, "guidance_scale", self.settings.guidance_scale),
-            seed=None if seed is None else int(seed),
-            n=_whole(parameters, "n", 1),
-            strength=_real(parameters, "strength", 1.0),
-            num_resamples=_whole(parameters, "num_resamples", 1),
-        )
-
-    def close(self) -> None:
-        """Stop the event loop and the model worker (the toolkit never calls this)."""
-        self.loop.close()
-        self.stage.close()
+        fp16 = flag_param(parameters, "fp16")
+        width, height = self.settings.sizes[0]
+        defaults = {"width": width, "height": height}
+        request = self.request(DENOISE, MODES.index(mode), inputs, parameters, defaults)
+        return self.answer(self.run(DENOISE, request), fp16=fp16)

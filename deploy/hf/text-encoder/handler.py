@@ -1,7 +1,7 @@
 """Hugging Face Inference Endpoints handler: the sdserve text encoder stage.
 
 Prompts in, the context tensors the diffusion stage needs out. It runs
-`shared.stages.LocalTextEncoder`, the object the sdserve text encoder service wraps.
+`shared.pipeline.local.LocalTextEncoder`, the object the sdserve text encoder service wraps.
 
 Request (JSON)::
 
@@ -27,32 +27,12 @@ Deploying: deploy/hf/README.md in sdserve.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-# Shared by every sdserve handler: central/hf_endpoint.py.
-from central.hf_endpoint import (
-    LoopThread as _LoopThread,
-)
-from central.hf_endpoint import (
-    encode_npz_b64 as _encode_npz_b64,
-)
-from central.hf_endpoint import (
-    flag_param as _flag,
-)
-from central.hf_endpoint import (
-    handler_settings as _handler_settings,
-)
-from central.hf_endpoint import log as log
-from central.hf_endpoint import (
-    request_error as _request_error,
-)
-from central.hf_endpoint import (
-    split_request as _request,
-)
-from shared.errors import SdserveError
-from shared.pipeline.local import make_text_encoder
-
-FIELDS = {"prompts": "inputs", "negative_prompts": "parameters.negative_prompt"}
+from shared.pipeline.hf import StageHandler, flag_param, split_request
+from shared.pipeline.local.text_encoder import make_text_encoder
+from shared.pipeline.stage_contracts import ENCODE
+from shared.pipeline.types import EncodeRequest
 
 
 def _prompts(value: Any, field: str) -> list[str]:
@@ -63,38 +43,23 @@ def _prompts(value: Any, field: str) -> list[str]:
     raise ValueError(f"{field} must be a prompt or a non-empty list of prompts")
 
 
-class EndpointHandler:
+class EndpointHandler(StageHandler):
     """Prompts -> base64 .npz of context and unconditional_context."""
 
+    fields: ClassVar[dict[str, str]] = {
+        "prompts": "inputs",
+        "negative_prompts": "parameters.negative_prompt",
+    }
+
     def __init__(self, path: str = "") -> None:
-        self.settings = _handler_settings(path)
-        self.loop = _LoopThread("sdserve-text-encoder")
-        self.stage = make_text_encoder(self.settings)
-        self.stage.load()
-        log.info("sdserve text encoder handler ready: weights %s", self.settings.weights_label)
+        super().__init__(path, make_text_encoder)
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
-        inputs, parameters = _request(data)
+        inputs, parameters = split_request(data)
         prompts = _prompts(inputs, "inputs")
         negatives: list[str | None] | None = None
         if parameters.get("negative_prompt") is not None:
             negatives = list(_prompts(parameters["negative_prompt"], "parameters.negative_prompt"))
-        fp16 = _flag(parameters, "fp16")
-        try:
-            result = self.loop.run(self.stage.encode(prompts, negatives))
-        except SdserveError as exc:
-            raise _request_error(exc, FIELDS) from None
-        tensors = {
-            "context": result.context,
-            "unconditional_context": result.unconditional_context,
-        }
-        return {
-            "npz": _encode_npz_b64(tensors, fp16=fp16),
-            "token_counts": list(result.token_counts),
-            "truncated": list(result.truncated),
-        }
-
-    def close(self) -> None:
-        """Stop the event loop and the model worker (the toolkit never calls this)."""
-        self.loop.close()
-        self.stage.close()
+        fp16 = flag_param(parameters, "fp16")
+        result = self.run(ENCODE, EncodeRequest(prompts=prompts, negative_prompts=negatives))
+        return self.answer(result, fp16=fp16)

@@ -211,8 +211,8 @@ def test_all_in_one_defaults_every_parameter(handlers: dict[str, Any]) -> None:
     image = handler({"inputs": "a cat", "parameters": {"num_inference_steps": 2}})
     assert image.size == (SIZE, SIZE)
     defaults = handler.parse({"inputs": "a cat"})
-    assert defaults.steps == handler.settings.default_steps
-    assert defaults.guidance_scale == handler.settings.guidance_scale
+    assert defaults.denoise.steps == handler.settings.default_steps
+    assert defaults.denoise.guidance_scale == handler.settings.guidance_scale
 
 
 def test_all_in_one_serves_concurrent_calls_from_toolkit_threads(
@@ -486,11 +486,11 @@ def test_random_weights_are_logged_loudly(tmp_path: Path, caplog: pytest.LogCapt
 
 def test_handlers_share_their_helpers_through_the_package() -> None:
     """Each handler repository gets the sdserve packages copied next to it (build_repo.py),
-    so shared helpers live once, in central/hf_endpoint.py; nothing imports deploy/hf."""
+    so shared helpers live once, in shared/pipeline/hf.py; nothing imports deploy/hf."""
     for name in HANDLERS:
         source = (HF_DIR / name / "handler.py").read_text()
         imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
-        assert any(line.startswith("from central.hf_endpoint import") for line in imports)
+        assert any(line.startswith("from shared.pipeline.hf import") for line in imports)
         assert not any("deploy" in line for line in imports)
         assert (HF_DIR / name / "requirements.txt").is_file()
 
@@ -531,7 +531,9 @@ def test_built_repository_runs_as_the_toolkit_loads_it(tmp_path: Path) -> None:
     assert build_repo.main(["text-encoder", str(repo)]) == 0
     for name in ("handler.py", "requirements.txt", "bpe_simple_vocab_16e6.txt.gz"):
         assert (repo / name).is_file()
-    assert (repo / "shared" / "stages.py").is_file() and (repo / "central" / "chain.py").is_file()
+    # The pipeline core is all a handler needs: the gateway package is not vendored.
+    assert (repo / "shared" / "pipeline" / "chain.py").is_file()
+    assert not (repo / "central").exists()
     assert not list(repo.rglob("__pycache__"))
 
     toolkit = """
@@ -544,9 +546,9 @@ sys.modules[spec.name] = module
 spec.loader.exec_module(module)
 handler = module.EndpointHandler(repo)
 result = handler({"inputs": "a cat"})
-import central, shared
+import shared
 print(json.dumps({
-    "shared": shared.__file__, "central": central.__file__,
+    "shared": shared.__file__,
     "vocab": str(handler.settings.clip_vocab), "token_counts": result["token_counts"],
 }))
 """
@@ -564,6 +566,6 @@ print(json.dumps({
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["shared"].startswith(str(repo)) and report["central"].startswith(str(repo))
+    assert report["shared"].startswith(str(repo))
     assert report["vocab"] == str(repo / "bpe_simple_vocab_16e6.txt.gz")
     assert report["token_counts"] == [4]

@@ -70,7 +70,9 @@ def assert_same_image(actual: np.ndarray, expected: np.ndarray, rel: float = 1e-
 def latent_of(response: httpx.Response) -> np.ndarray:
     assert response.status_code == 200, response.text
     arrays = read_npz(response.content)
-    assert set(arrays) == {"latent"}
+    # The seeds travel in the npz (as in the streamed result frame) and in X-Seeds.
+    assert set(arrays) == {"latent", "seeds"}
+    assert ",".join(str(s) for s in arrays["seeds"].tolist()) == response.headers["x-seeds"]
     return arrays["latent"]
 
 

@@ -133,8 +133,12 @@ def test_the_gateway_refuses_before_the_text_encoder_while_diffusion_is_full(ser
     settings = Settings(model="tiny", sizes=[(64, 64)], max_steps=1000, diffusion_url=service.url)
     chain = Chain(settings)  # hybrid: text encoder and decoder here, diffusion remote
     chain.load()
-    encoder_stats = chain.local["text_encoder"].batcher.stats
-    params = GenerationParams("a red square", None, DenoiseParams(64, 64, 2, 7.5, 1, 1))
+    encoder_stats = chain.stages["text_encoder"].batcher.stats
+    params = GenerationParams(
+        "a red square",
+        None,
+        DenoiseParams(width=64, height=64, steps=2, guidance_scale=7.5, seed=1),
+    )
 
     async def main() -> None:
         async with httpx.AsyncClient(base_url=service.url, timeout=120) as client:

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from shared.config import Settings
-from shared.pipeline.local import make_decoder, make_diffusion
-from shared.pipeline.types import DenoiseParams
+from shared.pipeline.local.decoder import make_decoder
+from shared.pipeline.local.diffusion import make_diffusion
+from shared.pipeline.types import DenoiseParams, DenoiseRequest, EncodeImageRequest
 from tests.utils.servers import ServiceProcess, run_services
 from tests.utils.wire import assert_error, npz, read_npz
 
@@ -43,11 +44,13 @@ def local():
     # Embedded weights, as the services.
     settings = Settings(model="tiny", sizes=[(64, 64), (128, 128)], warm_up=False)
     decoder, diffusion = make_decoder(settings), make_diffusion(settings)
-    decoder.load()
-    diffusion.load()
+    for stage in (decoder, diffusion):
+        stage.load()
+    for stage in (decoder, diffusion):
+        stage.warm()
     yield decoder, diffusion
-    decoder.close()
-    diffusion.close()
+    decoder.shutdown()
+    diffusion.shutdown()
 
 
 def _image() -> np.ndarray:
@@ -95,16 +98,25 @@ def _local_latents(local, mask=None, strength=1.0, num_resamples=1):
     decoder, diffusion = local
 
     async def run():
-        init = (await decoder.encode_image(_image())).latent
+        init = (await decoder.encode_image(EncodeImageRequest(_image()))).latent
         contexts = _contexts()
+        params = DenoiseParams(
+            width=SIZE,
+            height=SIZE,
+            steps=6,
+            guidance_scale=5.0,
+            seed=11,
+            strength=strength,
+            num_resamples=num_resamples,
+        )
         result = await diffusion.denoise(
-            contexts["context"],
-            contexts["unconditional_context"],
-            DenoiseParams(
-                SIZE, SIZE, 6, 5.0, seed=11, strength=strength, num_resamples=num_resamples
-            ),
-            init_latent=init,
-            mask=mask,
+            DenoiseRequest(
+                contexts["context"],
+                contexts["unconditional_context"],
+                params,
+                init_latent=init,
+                mask=mask,
+            )
         )
         return init, result.latent
 

@@ -19,8 +19,10 @@ import numpy as np
 import pytest
 
 from shared.config import Settings
-from shared.pipeline.local import make_decoder, make_diffusion, make_text_encoder
-from shared.pipeline.types import DenoiseParams
+from shared.pipeline.local.decoder import make_decoder
+from shared.pipeline.local.diffusion import make_diffusion
+from shared.pipeline.local.text_encoder import make_text_encoder
+from shared.pipeline.types import DecodeRequest, DenoiseParams, DenoiseRequest, EncodeRequest
 from shared.sampler import initial_noise
 
 pytestmark = pytest.mark.slow
@@ -62,9 +64,10 @@ def stages():
     )
     for stage in (text_encoder, diffusion, decoder):
         stage.load()
+        stage.warm()
     yield text_encoder, diffusion, decoder
     for stage in (text_encoder, diffusion, decoder):
-        stage.close()
+        stage.shutdown()
 
 
 def test_chain_matches_keras_cv_generate_image(stages):
@@ -73,13 +76,14 @@ def test_chain_matches_keras_cv_generate_image(stages):
     text_encoder, diffusion, decoder = stages
 
     async def ours():
-        encoded = await text_encoder.encode([PROMPT])
-        denoised = await diffusion.denoise(
-            encoded.context,
-            encoded.unconditional_context,
-            DenoiseParams(SIZE, SIZE, STEPS, GUIDANCE, seed=SEED),
+        encoded = await text_encoder.encode(EncodeRequest(prompts=[PROMPT]))
+        params = DenoiseParams(
+            width=SIZE, height=SIZE, steps=STEPS, guidance_scale=GUIDANCE, seed=SEED
         )
-        decoded = await decoder.decode(denoised.latent)
+        denoised = await diffusion.denoise(
+            DenoiseRequest(encoded.context, encoded.unconditional_context, params)
+        )
+        decoded = await decoder.decode(DecodeRequest(denoised.latent))
         return encoded, denoised, decoded
 
     encoded, denoised, decoded = asyncio.run(ours())

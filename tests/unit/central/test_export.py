@@ -42,15 +42,9 @@ from central.export import (
     timestep_embedding_tf,
 )
 from shared.config import Settings
-from shared.pipeline.local import (
-    LocalDecoder,
-    LocalDiffusion,
-    LocalTextEncoder,
-    latent_to_images,
-    make_decoder,
-    make_diffusion,
-    make_text_encoder,
-)
+from shared.pipeline.local.decoder import LocalDecoder, latent_to_images, make_decoder
+from shared.pipeline.local.diffusion import LocalDiffusion, make_diffusion
+from shared.pipeline.local.text_encoder import LocalTextEncoder, make_text_encoder
 from shared.pipeline.types import DenoiseParams
 from shared.sampler import ddim_timesteps, initial_noise, timestep_embedding
 

@@ -34,8 +34,8 @@ def chain() -> Iterator[Chain]:
     chain = Chain(SETTINGS)
     chain.load()
     yield chain
-    for stage in chain.local.values():
-        stage.close()
+    for stage in chain.located("local").values():
+        stage.shutdown()
 
 
 def params(steps: int = 6, seed: int | None = 11, n: int = 1) -> GenerationParams:
@@ -187,8 +187,8 @@ def test_edit_jobs_inpaint_with_a_white_repaints_mask(chain):
 
 
 def test_cancel_frees_the_rows_and_skips_the_decode(chain):
-    scheduler = chain.local["diffusion"].scheduler
-    decoder = chain.local["decoder"].decode_batcher
+    scheduler = chain.stages["diffusion"].scheduler
+    decoder = chain.stages["decoder"].decode_batcher
 
     async def main() -> tuple[Job, list[JobEvent], int, int]:
         store = JobStore(chain, SETTINGS)

@@ -13,6 +13,7 @@ from shared.progress import (
     PREVIEW,
     PROGRESS,
     RESULT,
+    TIMING_MEMBER,
     FrameReader,
     StreamError,
     error_frame,
@@ -24,10 +25,9 @@ from shared.progress import (
     read_preview,
     read_progress,
     result_frame,
-    result_spec,
     should_preview,
 )
-from shared.wire import decode_npz
+from shared.wire import TensorSpec, decode_npz
 
 
 def _stream() -> bytes:
@@ -38,7 +38,7 @@ def _stream() -> bytes:
             preview_frame(1, 3, latent_preview(latent)),
             progress_frame(2, 3),
             progress_frame(3, 3),
-            result_frame(latent, [7, 8], 1.5, 20.25),
+            result_frame({"latent": latent, "seeds": np.array([7, 8])}, 1.5, 20.25),
         ]
     )
 
@@ -55,7 +55,12 @@ def test_frames_survive_any_chunking(chunk):
     assert read_progress(frames[0][1]) == (1, 3)
     step, total, preview = read_preview(frames[1][1], max_bytes=1 << 20)
     assert (step, total, preview.shape, preview.dtype) == (1, 3, (2, 8, 8, 3), np.uint8)
-    arrays = decode_npz(frames[4][1], result_spec(4), max_bytes=1 << 20)
+    spec = {
+        "latent": TensorSpec("float32", (None, None, None, 4)),
+        "seeds": TensorSpec("int64", (None,)),
+        TIMING_MEMBER: TensorSpec("float64", (2,)),
+    }
+    arrays = decode_npz(frames[4][1], spec, max_bytes=1 << 20)
     assert arrays["seeds"].tolist() == [7, 8]
     assert arrays["timing_ms"].tolist() == [1.5, 20.25]
     assert arrays["latent"].shape == (2, 8, 8, 4)

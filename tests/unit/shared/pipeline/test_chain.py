@@ -24,14 +24,18 @@ def test_a_full_local_diffusion_queue_refuses_before_the_text_encoder():
     )
     chain = Chain(settings)
     chain.load()
-    encoder_stats = chain.local["text_encoder"].batcher.stats
+    encoder_stats = chain.stages["text_encoder"].batcher.stats
 
     def params(steps: int) -> GenerationParams:
-        return GenerationParams("a red square", None, DenoiseParams(64, 64, steps, 7.5, 1, 1))
+        return GenerationParams(
+            "a red square",
+            None,
+            DenoiseParams(width=64, height=64, steps=steps, guidance_scale=7.5, seed=1),
+        )
 
     async def main() -> None:
         long = asyncio.create_task(chain.generate(params(1000)))
-        while chain.local["diffusion"].scheduler.queue_depth == 0:
+        while chain.stages["diffusion"].scheduler.queue_depth == 0:
             assert not long.done(), long
             await asyncio.sleep(0.02)
         calls = encoder_stats.model_calls
@@ -43,15 +47,15 @@ def test_a_full_local_diffusion_queue_refuses_before_the_text_encoder():
         with pytest.raises(asyncio.CancelledError):
             await long
         # Room again once the cancelled rows leave at the next step.
-        while chain.local["diffusion"].is_full():
+        while chain.stages["diffusion"].is_full():
             await asyncio.sleep(0.02)
         assert len((await chain.generate(params(2))).images) == 1
 
     try:
         asyncio.run(main())
     finally:
-        for stage in chain.local.values():
-            stage.close()
+        for stage in chain.located("local").values():
+            stage.shutdown()
 
 
 def test_overlay_keeps_the_input_outside_the_mask():

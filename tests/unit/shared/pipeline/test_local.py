@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared.config import Settings
-from shared.pipeline.local import LocalTextEncoder, make_text_encoder
+from shared.pipeline.local.text_encoder import LocalTextEncoder, make_text_encoder
 
 
 def _traced(stage: LocalTextEncoder) -> bool:
@@ -19,6 +19,7 @@ def test_warm_up_traces_before_serving_only_when_on(warm_up: bool) -> None:
     stage = make_text_encoder(Settings(model="tiny", warm_up=warm_up))
     try:
         stage.load()
+        stage.warm()
         assert _traced(stage) == warm_up
         # Off, the graph is traced by the first request instead, which serves the same.
         models = stage.models
@@ -27,4 +28,4 @@ def test_warm_up_traces_before_serving_only_when_on(warm_up: bool) -> None:
         assert encoded.context.shape == (1, 77, 128)
         assert _traced(stage)
     finally:
-        stage.close()
+        stage.shutdown()

@@ -1,23 +1,23 @@
-"""The streamed reply of the diffusion routes (`?stream=true`): progress frames as the
-steps run, then the result (or error) frame. The frame format is in shared.progress."""
+"""The streamed reply of an operation that streams (`?stream=true`): progress frames as
+the steps run, then the result (or error) frame. The frame format is in shared.progress."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import numpy as np
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
-from shared.batching import ProgressCallback
 from shared.errors import SdserveError
 from shared.http import cancel_on_disconnect
-from shared.pipeline.types import DenoiseResult
+from shared.pipeline.contract import to_arrays
+from shared.pipeline.stage import Progress
 from shared.progress import (
     STREAM_MEDIA_TYPE,
-    PreviewCallback,
     error_frame,
     internal_error_frame,
     preview_frame,
@@ -27,11 +27,13 @@ from shared.progress import (
 
 log = logging.getLogger(__name__)
 
-StartDenoise = Callable[[ProgressCallback, PreviewCallback], Awaitable[DenoiseResult]]
+StartWork = Callable[[Progress], Awaitable[Any]]
 
 
-async def stream_denoise(request: Request, start: StartDenoise, *, fp16: bool) -> Response:
-    """Run `start(on_step, on_preview)` and stream its progress, then its result.
+async def stream_reply(
+    request: Request, start: StartWork, *, preview_every: int, fp16: bool
+) -> Response:
+    """Run `start(progress)` and stream its progress, then its result.
 
     Errors the stage raises before its first step (bad input, a full queue) are ordinary
     HTTP errors with their status; once the 200 is sent, an error is the last frame. A
@@ -49,7 +51,7 @@ async def stream_denoise(request: Request, start: StartDenoise, *, fp16: bool) -
     def on_preview(step: int, total: int, preview: np.ndarray) -> None:
         frames.put_nowait(preview_frame(step, total, preview))
 
-    work = asyncio.ensure_future(start(on_step, on_preview))
+    work = asyncio.ensure_future(start(Progress(on_step, on_preview, preview_every)))
     # Let the stage run up to its first real wait: validation and the bounded queue's
     # QueueFull happen before it, so they still get their own HTTP status.
     await asyncio.sleep(0)
@@ -64,7 +66,7 @@ async def stream_denoise(request: Request, start: StartDenoise, *, fp16: bool) -
 
 async def _frames(
     request: Request,
-    work: asyncio.Future[DenoiseResult],
+    work: asyncio.Future[Any],
     frames: asyncio.Queue[bytes | None],
     *,
     fp16: bool,
@@ -82,13 +84,12 @@ async def _frames(
             yield error_frame(exc)
             return
         except Exception:
-            log.exception("diffusion failed mid-stream")
+            log.exception("stage failed mid-stream")
             yield internal_error_frame()
             return
         timing = result.timing
         yield result_frame(
-            result.latent,
-            result.seeds,
+            to_arrays(result),
             timing.queue_ms if timing else 0.0,
             timing.compute_ms if timing else 0.0,
             fp16=fp16,

@@ -1,7 +1,8 @@
-"""What the Hugging Face Inference Endpoints handlers in deploy/hf share.
+"""What the Hugging Face Inference Endpoints handlers in deploy/hf share, and the one
+handler of a stage (`StageHandler`), driven by the stage's contract.
 
 Each handler directory is a model repository of its own; `deploy/hf/build_repo.py`
-copies the `shared` and `central` packages next to it, so this module travels with them.
+copies the `shared` package next to it, so this module travels with it.
 """
 
 from __future__ import annotations
@@ -13,15 +14,17 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
 from shared.config import Settings, load_settings
 from shared.errors import InvalidInput, SdserveError
 from shared.families import COMPONENTS, get_family
+from shared.pipeline.contract import Operation, from_arrays, parse_params, tensor_fields
+from shared.pipeline.local.base import LocalStage
 from shared.wire import TensorSpec, decode_npz, encode_npz
 
 log = logging.getLogger("sdserve.hf")
@@ -140,7 +143,7 @@ def real_param(parameters: dict[str, Any], name: str, default: float) -> float:
     return default if value is None else float(value)
 
 
-def flag_param(parameters: dict[str, Any], name: str) -> bool:
+def flag_param(parameters: Mapping[str, Any], name: str) -> bool:
     value = parameters.get(name, False)
     if value is None:
         return False
@@ -178,3 +181,75 @@ def decode_npz_b64(
 
 def encode_npz_b64(arrays: dict[str, np.ndarray], *, fp16: bool = False) -> str:
     return base64.b64encode(encode_npz(arrays, fp16=fp16)).decode("ascii")
+
+
+class StageHandler:
+    """A handler of one local stage: its operations' tensors as base64 `.npz` in
+    `inputs`, their scalar parameters in `parameters` (validated by the contract's
+    params model, named `parameters.<field>` when wrong), the result's tensors back as
+    base64 `.npz` and its lists (seeds, token counts) as JSON lists.
+
+    `fields` maps a stage error's `param` to the name the caller knows it by.
+    """
+
+    fields: ClassVar[Mapping[str, str]] = {}
+
+    def __init__(self, path: str, make_stage: Callable[[Settings], LocalStage]) -> None:
+        self.settings = handler_settings(path)
+        self.stage = make_stage(self.settings)
+        self.loop = LoopThread(f"sdserve-{self.stage.name}")
+        self.stage.load()
+        self.stage.warm()
+        log.info(
+            "sdserve %s handler ready: weights %s", self.stage.name, self.settings.weights_label
+        )
+
+    def request(
+        self,
+        op: Operation[Any, Any],
+        route_index: int,
+        inputs: Any,
+        parameters: Mapping[str, Any],
+        defaults: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """The operation's request from base64 `.npz` inputs and the parameters (those left
+        out take `defaults`, then the deployment's, as the stage service does)."""
+        route = op.routes[route_index]
+        specs = op.request_specs(route, self.stage.family.spec)
+        arrays = decode_npz_b64(inputs, specs, "inputs", self.settings.max_body_bytes)
+        extra: dict[str, Any] = {}
+        if op.params is not None:
+            given = {k: v for k, v in parameters.items() if k in op.params.model_fields}
+            deployment = op.params_defaults(self.settings) if op.params_defaults else {}
+            values = {**deployment, **(defaults or {}), **given}
+            try:
+                extra["params"] = parse_params(op.params, values, prefix="parameters.")
+            except InvalidInput as exc:
+                raise ValueError(exc.message) from None
+        return from_arrays(op.request, arrays, **extra)
+
+    def run(self, op: Operation[Any, Any], request: Any) -> Any:
+        try:
+            return self.loop.run(self.stage.run(op, request))
+        except SdserveError as exc:
+            raise request_error(exc, dict(self.fields)) from None
+
+    @staticmethod
+    def answer(result: Any, *, fp16: bool, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Array tensors as one base64 `.npz` ("npz"); list fields as JSON lists."""
+        arrays: dict[str, np.ndarray] = {}
+        answer: dict[str, Any] = {}
+        for name, declared in tensor_fields(type(result)).items():
+            value = getattr(result, name)
+            if name in skip or value is None:
+                continue
+            if isinstance(value, list):
+                answer[name] = list(value)
+            else:
+                arrays[declared.wire_name or name] = value
+        return {"npz": encode_npz_b64(arrays, fp16=fp16), **answer}
+
+    def close(self) -> None:
+        """Stop the event loop and the model worker (the toolkit never calls this)."""
+        self.loop.close()
+        self.stage.shutdown()

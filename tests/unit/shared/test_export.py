@@ -1,4 +1,4 @@
-"""central.export: TF Serving SavedModels, reloaded and checked against the Keras models.
+"""shared.export: TF Serving SavedModels, reloaded and checked against the Keras models.
 
 tiny is exported at 64x64 once for the module (about 15 s), then each SavedModel is
 loaded with `tf.saved_model.load` (no Keras, as TF Serving loads it) and its serving
@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 
 from central.cli import main
-from central.export import (
+from shared.export import (
     METADATA_FILE,
     _write_metadata,
     ddim_timesteps_tf,

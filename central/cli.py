@@ -286,7 +286,7 @@ def add_export_savedmodel_parser(commands: Any) -> None:
             "versioned TensorFlow SavedModels: OUT/<stage>/<version>/, with "
             "OUT/<stage>/export.json describing them. Point TF Serving's "
             "--model_base_path at OUT/<stage>. Settings not given as flags come from "
-            "SDSERVE_* variables. See central/export.py for the signatures."
+            "SDSERVE_* variables. See shared/export.py for the signatures."
         ),
     )
     export.add_argument("--out", required=True, metavar="DIR", help="where to write")
@@ -335,7 +335,7 @@ def cmd_export_savedmodel(args: argparse.Namespace) -> int:
             "For real ones: --model sd-v1 --weights pretrained",
             file=sys.stderr,
         )
-    from central.export import export_savedmodels
+    from shared.export import export_savedmodels
 
     try:
         paths = export_savedmodels(settings, Path(args.out), args.version, overwrite=args.overwrite)

@@ -5,6 +5,12 @@ schedule position, context, unconditional context and guidance scale, so rows at
 different steps (and from different requests) can share one UNet call; the arithmetic is
 the same float32 sequence keras-cv performs, so a request served this way matches
 keras-cv's output for the same components, context and initial noise.
+
+The DDIM math itself (timestep schedule, alphas, timestep embedding, the guidance
+interval and combination, the update) is written once, backend-neutral: the functions take
+an `ArrayOps` (numpy's by default, TensorFlow's for the traced SavedModel loop in
+`shared.export`) and otherwise use arithmetic operators both kinds of array support, so
+the services and the export cannot drift apart.
 """
 
 from __future__ import annotations
@@ -14,14 +20,63 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
+from typing import Any
 
 import numpy as np
+
+from shared.families.base import TIMESTEP_EMBEDDING_DIM
 
 NUM_TRAIN_TIMESTEPS = 1000
 MAX_SEED = 2**32 - 1
 
 # (latent, timestep_embedding, context) -> predicted noise, all batched on axis 0.
 NoisePredictor = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class ArrayOps:
+    """The few array functions the DDIM math needs from one backend.
+
+    Everything else is written with arithmetic operators, which numpy arrays and
+    TensorFlow tensors (eager or traced) both support with the same float semantics.
+    """
+
+    arange: Callable[[Any, str], Any]  # (stop, dtype) -> [0, 1, ..., stop - 1]
+    astype: Callable[[Any, str], Any]  # cast (float64 -> float32 rounds to nearest)
+    constant: Callable[[Sequence[float], str], Any]
+    take: Callable[[Any, Any], Any]  # (table, indices) -> table[indices]
+    concatenate: Callable[[Sequence[Any]], Any]  # along axis 0
+    maximum: Callable[[Any, Any], Any]
+    round: Callable[[Any], Any]  # half to even
+    sqrt: Callable[[Any], Any]
+
+
+NUMPY_OPS = ArrayOps(
+    arange=lambda stop, dtype: np.arange(stop, dtype=dtype),
+    astype=lambda x, dtype: np.asarray(x, dtype=dtype),
+    constant=lambda values, dtype: np.asarray(values, dtype=dtype),
+    take=np.take,
+    concatenate=np.concatenate,
+    maximum=np.maximum,
+    round=np.round,
+    sqrt=np.sqrt,
+)
+
+
+def tensorflow_ops() -> ArrayOps:
+    """`ArrayOps` in TensorFlow ops, for graphs traced by `tf.function` (the export)."""
+    import tensorflow as tf
+
+    return ArrayOps(
+        arange=lambda stop, dtype: tf.range(stop, dtype=dtype),
+        astype=tf.cast,
+        constant=tf.constant,
+        take=tf.gather,
+        concatenate=lambda values: tf.concat(values, 0),
+        maximum=tf.maximum,
+        round=tf.round,
+        sqrt=tf.sqrt,
+    )
 
 
 @cache
@@ -32,31 +87,75 @@ def alphas_cumprod() -> tuple[float, ...]:
     return tuple(float(a) for a in _ALPHAS_CUMPROD)
 
 
-def ddim_timesteps(num_steps: int) -> np.ndarray:
-    """Ascending timesteps `round(arange(n) * 999 / (n - 1))`, as keras-cv computes them."""
-    if num_steps < 1:
+def ddim_timesteps(num_steps: Any, ops: ArrayOps = NUMPY_OPS) -> Any:
+    """Ascending int64 timesteps `round(arange(n) * 999 / (n - 1))`, as keras-cv computes them.
+
+    `num_steps` is an int, or a scalar tensor with TensorFlow's ops (the caller checks it
+    is at least 1 there). The ratio is computed in float64 (an int divided by an int);
+    for n = 1 it is irrelevant, arange(1) being [0].
+    """
+    if isinstance(num_steps, int | np.integer) and num_steps < 1:
         raise ValueError("num_steps must be at least 1")
-    ratio = (NUM_TRAIN_TIMESTEPS - 1) / (num_steps - 1) if num_steps > 1 else NUM_TRAIN_TIMESTEPS
-    return (np.arange(0, num_steps) * ratio).round().astype(np.int64)
+    ratio = (NUM_TRAIN_TIMESTEPS - 1) / ops.maximum(num_steps - 1, 1)
+    return ops.astype(ops.round(ops.arange(num_steps, "float64") * ratio), "int64")
 
 
-def ddim_alphas(timesteps: np.ndarray) -> tuple[list[float], list[float]]:
-    """alpha_cumprod at each timestep and at the previous one (1.0 before the first)."""
-    table = alphas_cumprod()
-    alphas = [table[int(t)] for t in timesteps]
-    return alphas, [1.0, *alphas[:-1]]
+def ddim_alphas(timesteps: Any, ops: ArrayOps = NUMPY_OPS) -> tuple[Any, Any]:
+    """float64 alpha_cumprod at each timestep and at the previous one (1.0 before the first)."""
+    alphas = ops.take(ops.constant(alphas_cumprod(), "float64"), timesteps)
+    return alphas, ops.concatenate([ops.constant([1.0], "float64"), alphas[:-1]])
 
 
-@cache
-def _timestep_embedding_row(timestep: int, dim: int = 320, max_period: int = 10000) -> np.ndarray:
-    # Same keras ops keras-cv uses, so the embedding is bit-identical to its own.
+def embed_timestep(
+    timestep: Any, dim: int = TIMESTEP_EMBEDDING_DIM, max_period: int = 10000
+) -> Any:
+    """One (dim,) sinusoidal embedding of a scalar timestep (an int or a tensor).
+
+    Always the keras ops keras-cv uses, so it is bit-identical to keras-cv's own, whether
+    called eagerly (the services, via `timestep_embedding`) or traced (the export).
+    """
     from keras import ops
 
     half = dim // 2
     freqs = ops.exp(-math.log(max_period) * ops.cast(ops.arange(0, half), "float32") / half)
-    args = ops.convert_to_tensor([timestep], dtype="float32") * freqs
-    embedding = ops.concatenate([ops.cos(args), ops.sin(args)], 0)
-    row = np.asarray(ops.convert_to_numpy(embedding), dtype=np.float32)
+    args = ops.reshape(ops.cast(timestep, "float32"), (1,)) * freqs
+    return ops.concatenate([ops.cos(args), ops.sin(args)], 0)
+
+
+def guidance_applies(timestep: Any, guidance_from_timestep: Any) -> Any:
+    """Whether classifier-free guidance runs at `timestep` (the family's guidance interval).
+
+    Below `guidance_from_timestep` the conditional prediction is used alone (0: every
+    step, as keras-cv samples). See FamilySpec.guidance_from_timestep.
+    """
+    return timestep >= guidance_from_timestep
+
+
+def guided_eps(eps_cond: Any, eps_uncond: Any, guidance_scale: Any) -> Any:
+    """Classifier-free guidance, in keras-cv's order of float32 operations."""
+    return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+
+
+def ddim_step(latent: Any, eps: Any, alpha: Any, alpha_prev: Any, ops: ArrayOps = NUMPY_OPS) -> Any:
+    """x_{t-1} from x_t and its guided noise prediction: DDIM with eta = 0.
+
+    `alpha`/`alpha_prev` are float64 (per row, broadcastable against the latent, or a
+    scalar). Coefficients are computed in double then rounded to float32, exactly as TF
+    converts keras-cv's Python-float scalars, so the update is bit-identical to keras-cv's.
+    """
+
+    def coefficient(value: Any) -> Any:
+        return ops.astype(ops.sqrt(value), "float32")
+
+    pred_x0 = (latent - coefficient(1 - alpha) * eps) / coefficient(alpha)
+    return eps * coefficient(1.0 - alpha_prev) + coefficient(alpha_prev) * pred_x0
+
+
+@cache
+def _timestep_embedding_row(timestep: int) -> np.ndarray:
+    from keras import ops
+
+    row = np.asarray(ops.convert_to_numpy(embed_timestep(timestep)), dtype=np.float32)
     row.setflags(write=False)
     return row
 
@@ -113,8 +212,8 @@ class Row:
     # Index into `timesteps` of the next step to run; sampling runs from the top down.
     position: int = field(init=False)
     resamples_done: int = field(init=False, default=0)
-    alphas: list[float] = field(init=False)
-    alphas_prev: list[float] = field(init=False)
+    alphas: np.ndarray = field(init=False)  # float64, per timestep
+    alphas_prev: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         self.alphas, self.alphas_prev = ddim_alphas(self.timesteps)
@@ -190,7 +289,9 @@ def guided_noise(predict: NoisePredictor, rows: Sequence[Row], *, batched_cfg: b
     timesteps = [int(r.timesteps[r.position]) for r in rows]
     t_emb = timestep_embedding(timesteps)
     context = np.concatenate([r.context for r in rows])
-    guided = np.array([t >= r.guidance_from_timestep for t, r in zip(timesteps, rows, strict=True)])
+    guided = guidance_applies(
+        np.asarray(timesteps), np.asarray([r.guidance_from_timestep for r in rows])
+    )
     unconditional = np.concatenate([r.unconditional_context for r in rows])[guided]
     if batched_cfg:
         both = predict(
@@ -207,25 +308,17 @@ def guided_noise(predict: NoisePredictor, rows: Sequence[Row], *, batched_cfg: b
         eps_cond = predict(latent, t_emb, context)
     eps = eps_cond.copy()  # the conditional prediction alone where a row is not guided
     scale = _per_row([r.guidance_scale for r in rows])[guided]
-    eps[guided] = eps_uncond + scale * (eps_cond[guided] - eps_uncond)
+    eps[guided] = guided_eps(eps_cond[guided], eps_uncond, scale)
     return eps
 
 
 def ddim_update(rows: Sequence[Row], eps: np.ndarray) -> None:
     """Advance each row one DDIM step (eta = 0) given its guided noise prediction."""
-    a_t = [r.alphas[r.position] for r in rows]
-    a_prev = [r.alphas_prev[r.position] for r in rows]
+    a_t = [float(r.alphas[r.position]) for r in rows]
+    a_prev = [float(r.alphas_prev[r.position]) for r in rows]
     latent_prev = np.concatenate([r.latent for r in rows])
     eps = eps.astype(latent_prev.dtype, copy=False)
-    # Coefficients are computed in double then rounded to float32, exactly as TF converts
-    # keras-cv's Python-float scalars, so the update is bit-identical to keras-cv's.
-    pred_x0 = (latent_prev - _per_row([math.sqrt(1 - a) for a in a_t]) * eps) / _per_row(
-        [math.sqrt(a) for a in a_t]
-    )
-    latent = (
-        eps * _per_row([math.sqrt(1.0 - a) for a in a_prev])
-        + _per_row([math.sqrt(a) for a in a_prev]) * pred_x0
-    )
+    latent = ddim_step(latent_prev, eps, _per_row(a_t, np.float64), _per_row(a_prev, np.float64))
     for i, row in enumerate(rows):
         row.latent = latent[i : i + 1]
         row.after_update(a_t[i], a_prev[i])
@@ -236,8 +329,8 @@ def sample_step(predict: NoisePredictor, rows: Sequence[Row], *, batched_cfg: bo
     ddim_update(rows, guided_noise(predict, rows, batched_cfg=batched_cfg))
 
 
-def _per_row(values: Sequence[float]) -> np.ndarray:
-    return np.asarray(values, dtype=np.float32).reshape(-1, 1, 1, 1)
+def _per_row(values: Sequence[float], dtype: type[np.floating[Any]] = np.float32) -> np.ndarray:
+    return np.asarray(values, dtype=dtype).reshape(-1, 1, 1, 1)
 
 
 def mask_to_latent_grid(pixel_mask: np.ndarray, factor: int, blur: int = 0) -> np.ndarray:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from shared.sampler import (
+    NoisePredictor,
     Row,
     alphas_cumprod,
     ddim_alphas,
@@ -14,7 +15,7 @@ from shared.sampler import (
 )
 
 
-def test_timesteps_match_keras_cv_formula():
+def test_timesteps_match_keras_cv_formula() -> None:
     # keras-cv: round(arange(n) * 999 / (n - 1)), visited in reverse.
     assert ddim_timesteps(3).tolist() == [0, 500, 999]
     assert ddim_timesteps(50)[[0, 1, -1]].tolist() == [0, 20, 999]
@@ -24,7 +25,7 @@ def test_timesteps_match_keras_cv_formula():
         ddim_timesteps(0)
 
 
-def test_alphas_come_from_keras_cv_table():
+def test_alphas_come_from_keras_cv_table() -> None:
     from keras_cv.src.models.stable_diffusion.constants import _ALPHAS_CUMPROD
 
     table = alphas_cumprod()
@@ -32,11 +33,12 @@ def test_alphas_come_from_keras_cv_table():
     assert table[0] == pytest.approx(0.99915)
     assert table[999] == _ALPHAS_CUMPROD[999]
     alphas, prev = ddim_alphas(np.array([0, 500, 999]))
-    assert alphas == [table[0], table[500], table[999]]
-    assert prev == [1.0, table[0], table[500]]
+    assert alphas.dtype == prev.dtype == np.float64
+    assert alphas.tolist() == [table[0], table[500], table[999]]
+    assert prev.tolist() == [1.0, table[0], table[500]]
 
 
-def test_timestep_embedding_matches_keras_cv_bit_for_bit():
+def test_timestep_embedding_matches_keras_cv_bit_for_bit() -> None:
     from keras_cv.src.models.stable_diffusion.stable_diffusion import StableDiffusion
 
     reference = StableDiffusion(128, 128, jit_compile=False)
@@ -48,7 +50,7 @@ def test_timestep_embedding_matches_keras_cv_bit_for_bit():
     assert not np.array_equal(mixed[0], mixed[1])
 
 
-def test_initial_noise_is_per_seed_and_deterministic():
+def test_initial_noise_is_per_seed_and_deterministic() -> None:
     a = initial_noise(7, (8, 8, 4))
     assert a.shape == (1, 8, 8, 4) and a.dtype == np.float32
     np.testing.assert_array_equal(a, initial_noise(7, (8, 8, 4)))
@@ -56,10 +58,10 @@ def test_initial_noise_is_per_seed_and_deterministic():
     assert abs(float(a.std()) - 1.0) < 0.2
 
 
-def _linear_predictor(calls):
+def _linear_predictor(calls: list[int]) -> NoisePredictor:
     """A deterministic stand-in UNet: eps = 0.1 * latent + mean(context) + t_emb[0]."""
 
-    def predict(latent, t_emb, context):
+    def predict(latent: np.ndarray, t_emb: np.ndarray, context: np.ndarray) -> np.ndarray:
         calls.append(len(latent))
         bias = context.mean(axis=(1, 2)).reshape(-1, 1, 1, 1) + t_emb[:, :1].reshape(-1, 1, 1, 1)
         return (0.1 * latent + bias).astype(np.float32)
@@ -67,7 +69,9 @@ def _linear_predictor(calls):
     return predict
 
 
-def _row(seed, steps, ctx_value=1.0, guidance=7.5, guidance_from=0):
+def _row(
+    seed: int, steps: int, ctx_value: float = 1.0, guidance: float = 7.5, guidance_from: int = 0
+) -> Row:
     return Row(
         latent=initial_noise(seed, (4, 4, 4)),
         context=np.full((1, 77, 8), ctx_value, np.float32),
@@ -78,7 +82,13 @@ def _row(seed, steps, ctx_value=1.0, guidance=7.5, guidance_from=0):
     )
 
 
-def _reference_ddim(row_seed, steps, ctx_value=1.0, guidance=7.5, guidance_from=0):
+def _reference_ddim(
+    row_seed: int,
+    steps: int,
+    ctx_value: float = 1.0,
+    guidance: float = 7.5,
+    guidance_from: int = 0,
+) -> np.ndarray:
     """keras-cv's loop written out with scalars, one image (guidance only at t >= guidance_from)."""
     latent = initial_noise(row_seed, (4, 4, 4))
     timesteps = ddim_timesteps(steps)
@@ -97,8 +107,8 @@ def _reference_ddim(row_seed, steps, ctx_value=1.0, guidance=7.5, guidance_from=
 
 
 @pytest.mark.parametrize("batched_cfg", [False, True])
-def test_rows_at_different_timesteps_share_one_call(batched_cfg):
-    calls = []
+def test_rows_at_different_timesteps_share_one_call(batched_cfg: bool) -> None:
+    calls: list[int] = []
     predict = _linear_predictor(calls)
     long_row, short_row = _row(1, 5), _row(2, 3, ctx_value=-0.5, guidance=3.0)
     # Run the long row alone for two steps, then both together: different timesteps.
@@ -119,7 +129,7 @@ def test_rows_at_different_timesteps_share_one_call(batched_cfg):
 
 
 @pytest.mark.parametrize("batched_cfg", [False, True])
-def test_guidance_stops_below_the_rows_guidance_from_timestep(batched_cfg):
+def test_guidance_stops_below_the_rows_guidance_from_timestep(batched_cfg: bool) -> None:
     # Two rows in one call: one guided at every step, one only from t >= 500 on.
     everywhere, interval = _row(1, 10), _row(2, 10, guidance_from=500)
     while not everywhere.done:
@@ -132,8 +142,10 @@ def test_guidance_stops_below_the_rows_guidance_from_timestep(batched_cfg):
 
 
 @pytest.mark.parametrize("batched_cfg", [False, True])
-def test_rows_below_their_guidance_interval_skip_the_unconditional_pass(batched_cfg):
-    calls = []
+def test_rows_below_their_guidance_interval_skip_the_unconditional_pass(
+    batched_cfg: bool,
+) -> None:
+    calls: list[int] = []
     everywhere, interval = _row(1, 10), _row(2, 10, guidance_from=500)
     guided_steps = sum(int(t) >= 500 for t in interval.timesteps)
     assert 0 < guided_steps < 10
@@ -148,7 +160,9 @@ def test_rows_below_their_guidance_interval_skip_the_unconditional_pass(batched_
         assert calls == [2, 2] * guided_steps + [1, 2] * unguided_steps
 
 
-def _edit_row(seed, steps, strength, mask=None, resamples=1):
+def _edit_row(
+    seed: int, steps: int, strength: float, mask: np.ndarray | None = None, resamples: int = 1
+) -> Row:
     known = np.linspace(-1, 1, 64, dtype=np.float32).reshape(1, 4, 4, 4)
     return Row(
         latent=known,
@@ -165,8 +179,8 @@ def _edit_row(seed, steps, strength, mask=None, resamples=1):
 
 
 @pytest.mark.parametrize(("strength", "expected_steps"), [(1.0, 10), (0.5, 5), (0.26, 3)])
-def test_img2img_runs_round_strength_times_steps(strength, expected_steps):
-    calls = []
+def test_img2img_runs_round_strength_times_steps(strength: float, expected_steps: int) -> None:
+    calls: list[int] = []
     row = _edit_row(1, 10, strength)
     row.noise_known_to_start()
     while not row.done:
@@ -174,7 +188,7 @@ def test_img2img_runs_round_strength_times_steps(strength, expected_steps):
     assert len(calls) == expected_steps
 
 
-def test_img2img_with_tiny_strength_returns_the_init_latent():
+def test_img2img_with_tiny_strength_returns_the_init_latent() -> None:
     row = _edit_row(1, 10, 0.04)  # round(0.4) = 0 steps
     row.noise_known_to_start()
     assert row.done
@@ -182,7 +196,9 @@ def test_img2img_with_tiny_strength_returns_the_init_latent():
     row = _edit_row(1, 50, 0.02)  # one step at the least noisy timestep
     row.noise_known_to_start()
 
-    def no_noise_predicted(latent, t_emb, context):
+    def no_noise_predicted(
+        latent: np.ndarray, t_emb: np.ndarray, context: np.ndarray
+    ) -> np.ndarray:
         return np.zeros_like(latent)
 
     sample_step(no_noise_predicted, [row], batched_cfg=True)
@@ -191,26 +207,28 @@ def test_img2img_with_tiny_strength_returns_the_init_latent():
 
 
 @pytest.mark.parametrize("resamples", [1, 3])
-def test_inpaint_keeps_the_known_region_exactly_and_changes_the_rest(resamples):
+def test_inpaint_keeps_the_known_region_exactly_and_changes_the_rest(resamples: int) -> None:
     mask = np.zeros((1, 4, 4, 1), np.float32)
     mask[:, 1:3, 1:3] = 1
-    calls = []
+    calls: list[int] = []
     row = _edit_row(3, 6, 1.0, mask=mask, resamples=resamples)
     row.noise_known_to_start()
     while not row.done:
         sample_step(_linear_predictor(calls), [row], batched_cfg=True)
     keep = np.broadcast_to(mask == 0, row.latent.shape)
-    np.testing.assert_array_equal(row.latent[keep], row.known_latent[keep])
-    assert np.abs(row.latent[~keep] - row.known_latent[~keep]).min() > 0
+    known = row.known_latent
+    assert known is not None
+    np.testing.assert_array_equal(row.latent[keep], known[keep])
+    assert np.abs(row.latent[~keep] - known[~keep]).min() > 0
     # RePaint: every step but the last runs `resamples` times.
     assert len(calls) == 5 * resamples + 1
 
 
-def test_resampled_latent_is_what_the_next_unet_call_sees():
+def test_resampled_latent_is_what_the_next_unet_call_sees() -> None:
     mask = np.ones((1, 4, 4, 1), np.float32)
-    seen = []
+    seen: list[np.ndarray] = []
 
-    def predict(latent, t_emb, context):
+    def predict(latent: np.ndarray, t_emb: np.ndarray, context: np.ndarray) -> np.ndarray:
         seen.append(latent[:1].copy())
         return np.zeros_like(latent)
 
@@ -223,7 +241,7 @@ def test_resampled_latent_is_what_the_next_unet_call_sees():
     np.testing.assert_array_equal(seen[-1], after_first)
 
 
-def test_mask_goes_to_the_latent_grid_by_any_pixel():
+def test_mask_goes_to_the_latent_grid_by_any_pixel() -> None:
     from shared.sampler import mask_to_latent_grid
 
     pixels = np.zeros((32, 32), np.float32)

@@ -19,14 +19,16 @@ float32 (B, T, D); ``initial_latent``/``latent`` float32 (B, h, w, C); ``images`
 T, D, C and the downsampling factor are the family's; the image size (so h and w) is
 fixed per SavedModel: the first configured size (``--size``), named in export.json.
 
-The diffusion signatures run the whole DDIM loop in TensorFlow ops, the same float32
-sequence as :mod:`shared.sampler` (and keras-cv's ``generate_image``): timesteps
-``round(arange(n) * 999 / (n - 1))`` walked from the top, keras-cv's ``_ALPHAS_CUMPROD``
-as a float64 constant, DDIM coefficients computed in float64 and rounded to float32,
-eps-prediction, classifier-free guidance as two UNet calls (unconditional first) at the
-timesteps the family guides (all for sd-v1/sd-v2; ``tiny`` uses the prompted prediction
-alone below ``FamilySpec.guidance_from_timestep``, as the services do), and the timestep
-embedding computed with the very ops keras-cv uses.
+The diffusion signatures run the whole DDIM loop in TensorFlow ops, traced from the very
+functions :mod:`shared.sampler` runs in numpy for the services (``ddim_timesteps``,
+``ddim_alphas``, ``embed_timestep``, ``guidance_applies``, ``guided_eps``,
+``ddim_step``, given TensorFlow's ``ArrayOps``), so it is the same float32 sequence as the
+services (and keras-cv's ``generate_image``): timesteps ``round(arange(n) * 999 / (n - 1))``
+walked from the top, keras-cv's ``_ALPHAS_CUMPROD`` in float64, DDIM coefficients
+computed in float64 and rounded to float32, eps-prediction, classifier-free guidance as two
+UNet calls (unconditional first) at the timesteps the family guides (all for sd-v1/sd-v2;
+``tiny`` uses the prompted prediction alone below ``FamilySpec.guidance_from_timestep``),
+and the timestep embedding computed with the very ops keras-cv uses.
 
 What the SavedModels do not do:
 
@@ -50,7 +52,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import math
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
@@ -60,7 +61,16 @@ from typing import TYPE_CHECKING, Any
 from shared.config import Settings, Size, format_size
 from shared.families import get_family
 from shared.families.base import TIMESTEP_EMBEDDING_DIM, Component, ModelFamily
-from shared.sampler import NUM_TRAIN_TIMESTEPS, alphas_cumprod
+from shared.sampler import (
+    NUM_TRAIN_TIMESTEPS,
+    ddim_alphas,
+    ddim_step,
+    ddim_timesteps,
+    embed_timestep,
+    guidance_applies,
+    guided_eps,
+    tensorflow_ops,
+)
 
 if TYPE_CHECKING:
     import keras
@@ -132,7 +142,7 @@ def _decoder_module(model: keras.Model, family: ModelFamily, settings: Settings,
 
     def serve(latent: Any) -> dict[str, Any]:
         decoded = tf.cast(model(latent, training=False), tf.float32)
-        # keras-cv's postprocessing (shared.stages.latent_to_images): [-1, 1] -> uint8.
+        # keras-cv's postprocessing (shared.pipeline.local.decoder.latent_to_images): [-1, 1] -> uint8.
         pixels = tf.clip_by_value(((decoded + 1) / 2) * 255, 0, 255)
         return {"images": tf.cast(pixels, tf.uint8)}
 
@@ -143,28 +153,6 @@ def _decoder_module(model: keras.Model, family: ModelFamily, settings: Settings,
 
 
 # ---------------------------------------------------------------------------- diffusion
-
-
-def ddim_timesteps_tf(num_steps: Any) -> Any:
-    """shared.sampler.ddim_timesteps in TF ops (float64, round half to even, as numpy)."""
-    tf = _tf()
-    n = tf.cast(num_steps, tf.float64)
-    ratio = tf.where(
-        num_steps > 1,
-        (NUM_TRAIN_TIMESTEPS - 1) / tf.maximum(n - 1, 1),
-        tf.constant(float(NUM_TRAIN_TIMESTEPS), tf.float64),
-    )
-    return tf.cast(tf.round(tf.cast(tf.range(num_steps), tf.float64) * ratio), tf.int32)
-
-
-def timestep_embedding_tf(timestep: Any, dim: int = TIMESTEP_EMBEDDING_DIM) -> Any:
-    """One (dim,) sinusoidal embedding, with the keras ops keras-cv (and shared.sampler) use."""
-    from keras import ops
-
-    half = dim // 2
-    freqs = ops.exp(-math.log(10000) * ops.cast(ops.arange(0, half), "float32") / half)
-    args = ops.reshape(ops.cast(timestep, "float32"), (1,)) * freqs
-    return ops.concatenate([ops.cos(args), ops.sin(args)], 0)
 
 
 def _diffusion_module(
@@ -182,7 +170,7 @@ def _diffusion_module(
     steps_spec = tf.TensorSpec((), tf.int32, "num_steps")
     guidance_spec = tf.TensorSpec((), tf.float32, "guidance_scale")
     seed_spec = tf.TensorSpec((), tf.int64, "seed")
-    alphas_table = tf.constant(alphas_cumprod(), tf.float64)
+    ops = tensorflow_ops()
     batched_cfg = settings.batched_cfg == "on"
 
     def predict_noise(latent: Any, t_emb: Any, context: Any) -> Any:
@@ -200,11 +188,6 @@ def _diffusion_module(
         ],
         autograph=False,
     )
-
-    def f32(value: Any) -> Any:
-        # Coefficients in double, rounded to float32: what TF does with keras-cv's Python
-        # floats, and what shared.sampler.ddim_update does.
-        return tf.cast(value, tf.float32)
 
     def denoise(
         context: Any, unconditional: Any, latent: Any, num_steps: Any, guidance_scale: Any
@@ -225,12 +208,12 @@ def _diffusion_module(
             ),
         ]
         with tf.control_dependencies(checks):
-            timesteps = ddim_timesteps_tf(num_steps)
-        alphas = tf.gather(alphas_table, timesteps)
-        alphas_prev = tf.concat([tf.ones([1], tf.float64), alphas[:-1]], 0)
+            timesteps = ddim_timesteps(num_steps, ops)
+        alphas, alphas_prev = ddim_alphas(timesteps, ops)
 
         def step(i: Any, x: Any) -> tuple[Any, Any]:
-            t_emb = tf.tile(timestep_embedding_tf(timesteps[i])[None], [batch, 1])
+            timestep = timesteps[i]
+            t_emb = tf.tile(embed_timestep(timestep)[None], [batch, 1])
             if batched_cfg:
                 both = unet(
                     tf.concat([x, x], 0),
@@ -242,14 +225,12 @@ def _diffusion_module(
                 # keras-cv's order: the unconditional pass, then the conditional one.
                 eps_uncond = unet(x, t_emb, unconditional)
                 eps_cond = unet(x, t_emb, context)
-            eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
-            if spec.guidance_from_timestep:
-                unguided = timesteps[i] < spec.guidance_from_timestep
-                eps = tf.where(unguided, eps_cond, eps)
-            a_t, a_prev = alphas[i], alphas_prev[i]
-            pred_x0 = (x - f32(tf.sqrt(1 - a_t)) * eps) / f32(tf.sqrt(a_t))
-            x = eps * f32(tf.sqrt(1.0 - a_prev)) + f32(tf.sqrt(a_prev)) * pred_x0
-            return i - 1, x
+            eps = tf.where(
+                guidance_applies(timestep, spec.guidance_from_timestep),
+                guided_eps(eps_cond, eps_uncond, guidance_scale),
+                eps_cond,
+            )
+            return i - 1, ddim_step(x, eps, alphas[i], alphas_prev[i], ops)
 
         # From the noisiest timestep down, as keras-cv walks them.
         _, x = tf.while_loop(

@@ -1,4 +1,4 @@
-"""central.export: TF Serving SavedModels, reloaded and checked against the Keras models.
+"""shared.export: TF Serving SavedModels, reloaded and checked against the Keras models.
 
 tiny is exported at 64x64 once for the module (about 15 s), then each SavedModel is
 loaded with `tf.saved_model.load` (no Keras, as TF Serving loads it) and its serving
@@ -6,20 +6,20 @@ signatures are called.
 
 Tolerances, and why:
 
-* text encoder and decoder: the SavedModel runs the very Keras graph `shared.stages`
+* text encoder and decoder: the SavedModel runs the very Keras graph `shared.pipeline.local`
   runs, so contexts must agree to 1e-5. Decoded images are uint8 after truncating
   ((x + 1) / 2 * 255): a 1e-5 float difference can cross a level boundary, so images may
   differ by 1 level on at most 0.1 % of pixels (today they are identical).
-* diffusion: the exported loop performs the float32 operations of `shared.sampler` in
-  the same order (same timesteps, alphas rounded from float64, CFG as two UNet calls,
-  bit-identical timestep embeddings, which a test below checks), and on this CPU its
-  latent equals LocalDiffusion's bit for bit. But the UNet runs in two different TF
-  graphs (Keras' predict function vs. the SavedModel's while loop), where Grappler and
-  oneDNN may fuse or pick kernels differently, moving each UNet output by float32
-  rounding (~1e-6 relative) which the loop carries through the steps. So latents must
-  agree to 1e-4 relative to their scale (random-weight latents reach ~100): several
-  orders of magnitude tighter than any real error (a wrong timestep, alpha or guidance
-  moves them by whole units).
+* diffusion: the exported loop is `shared.sampler`'s DDIM functions traced with
+  TensorFlow's ops, so it performs the same float32 operations in the same order (same
+  timesteps, alphas, update and timestep embeddings bit for bit, which tests below
+  check; CFG as two UNet calls), and on this CPU its latent equals LocalDiffusion's bit
+  for bit. But the UNet runs in two different TF graphs (Keras' predict function vs. the
+  SavedModel's while loop), where Grappler and oneDNN may fuse or pick kernels
+  differently, moving each UNet output by float32 rounding (~1e-6 relative) which the
+  loop carries through the steps. So latents must agree to 1e-4 relative to their scale
+  (random-weight latents reach ~100): several orders of magnitude tighter than any real
+  error (a wrong timestep, alpha or guidance moves them by whole units).
 """
 
 from __future__ import annotations
@@ -34,19 +34,21 @@ import numpy as np
 import pytest
 
 from central.cli import main
-from central.export import (
-    METADATA_FILE,
-    _write_metadata,
-    ddim_timesteps_tf,
-    export_savedmodels,
-    timestep_embedding_tf,
-)
 from shared.config import Settings
+from shared.export import METADATA_FILE, _write_metadata, export_savedmodels
 from shared.pipeline.local.decoder import LocalDecoder, latent_to_images, make_decoder
 from shared.pipeline.local.diffusion import LocalDiffusion, make_diffusion
 from shared.pipeline.local.text_encoder import LocalTextEncoder, make_text_encoder
-from shared.pipeline.types import DenoiseParams
-from shared.sampler import ddim_timesteps, initial_noise, timestep_embedding
+from shared.pipeline.types import DenoiseParams, DenoiseRequest, EncodeRequest
+from shared.sampler import (
+    ddim_alphas,
+    ddim_step,
+    ddim_timesteps,
+    embed_timestep,
+    initial_noise,
+    tensorflow_ops,
+    timestep_embedding,
+)
 
 tf = pytest.importorskip("tensorflow")
 
@@ -84,9 +86,11 @@ def stages(
     built = (make_text_encoder(settings), make_diffusion(settings), make_decoder(settings))
     for stage in built:
         stage.load()
+    for stage in built:
+        stage.warm()
     yield built
     for stage in built:
-        stage.close()
+        stage.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +107,8 @@ def signature(loaded: dict[str, Any], stage: str, name: str = "serving_default")
 def contexts(
     stages: tuple[LocalTextEncoder, LocalDiffusion, LocalDecoder],
 ) -> tuple[np.ndarray, np.ndarray]:
-    encoded = asyncio.run(stages[0].encode(["a cat", "a dog"], ["", "blurry"]))
+    prompts = EncodeRequest(prompts=["a cat", "a dog"], negative_prompts=["", "blurry"])
+    encoded = asyncio.run(stages[0].encode(prompts))
     return encoded.context, encoded.unconditional_context
 
 
@@ -204,8 +209,11 @@ def test_diffusion_loop_matches_local_diffusion(
     # 10 steps: two of them (t = 0, 111) fall below tiny's guidance_from_timestep, where
     # both sides must use the prompted prediction alone.
     context, unconditional = contexts
-    params = DenoiseParams(SIZE, SIZE, steps, GUIDANCE, seed=SEED, n=2)
-    expected = asyncio.run(stages[1].denoise(context, unconditional, params)).latent
+    params = DenoiseParams(
+        width=SIZE, height=SIZE, steps=steps, guidance_scale=GUIDANCE, seed=SEED, n=2
+    )
+    request = DenoiseRequest(context, unconditional, params)
+    expected = asyncio.run(stages[1].denoise(request)).latent
     # The very noise LocalDiffusion started from: image i uses seed + i.
     noise = np.concatenate([initial_noise(SEED + i, LATENT_SHAPE) for i in range(2)])
 
@@ -308,18 +316,45 @@ def test_diffusion_refuses_bad_inputs(
         )
 
 
-# ------------------------------------------------------------- the sampler in TF ops
+# ------------------------------------- the sampler's DDIM traced with TensorFlow's ops
 
 
 def test_tf_timesteps_equal_the_sampler_for_every_step_count() -> None:
-    timesteps = tf.function(ddim_timesteps_tf, input_signature=[tf.TensorSpec((), tf.int32)])
+    timesteps = tf.function(
+        lambda n: ddim_timesteps(n, tensorflow_ops()),
+        input_signature=[tf.TensorSpec((), tf.int32)],
+        autograph=False,
+    )
     for steps in range(1, 1001):
         np.testing.assert_array_equal(timesteps(steps).numpy(), ddim_timesteps(steps))
 
 
+def test_tf_alphas_and_update_are_bit_identical_to_numpy() -> None:
+    ops = tensorflow_ops()
+    rng = np.random.default_rng(0)
+    latent = (rng.standard_normal((2, *LATENT_SHAPE)) * 10).astype(np.float32)
+    eps = rng.standard_normal((2, *LATENT_SHAPE)).astype(np.float32)
+
+    def alphas_and_last_update(num_steps: Any) -> tuple[Any, Any, Any]:
+        alphas, alphas_prev = ddim_alphas(ddim_timesteps(num_steps, ops), ops)
+        return alphas, alphas_prev, ddim_step(latent, eps, alphas[-1], alphas_prev[-1], ops)
+
+    traced = tf.function(
+        alphas_and_last_update, input_signature=[tf.TensorSpec((), tf.int32)], autograph=False
+    )
+
+    for steps in (1, 3, 50, 1000):
+        alphas, alphas_prev = ddim_alphas(ddim_timesteps(steps))
+        tf_alphas, tf_alphas_prev, tf_latent = traced(tf.constant(steps))
+        np.testing.assert_array_equal(tf_alphas.numpy(), alphas)
+        np.testing.assert_array_equal(tf_alphas_prev.numpy(), alphas_prev)
+        expected = ddim_step(latent, eps, alphas[-1], alphas_prev[-1])
+        assert tf_latent.numpy().tobytes() == expected.tobytes()
+
+
 def test_tf_timestep_embedding_is_bit_identical_to_keras_cv() -> None:
     embed = tf.function(
-        lambda t: tf.map_fn(timestep_embedding_tf, t, fn_output_signature=tf.float32),
+        lambda t: tf.map_fn(embed_timestep, t, fn_output_signature=tf.float32),
         input_signature=[tf.TensorSpec((None,), tf.int32)],
     )
     np.testing.assert_array_equal(embed(tf.range(1000)).numpy(), timestep_embedding(range(1000)))

@@ -142,7 +142,8 @@ def _decoder_module(model: keras.Model, family: ModelFamily, settings: Settings,
 
     def serve(latent: Any) -> dict[str, Any]:
         decoded = tf.cast(model(latent, training=False), tf.float32)
-        # keras-cv's postprocessing (shared.pipeline.local.decoder.latent_to_images): [-1, 1] -> uint8.
+        # keras-cv's postprocessing (shared.pipeline.local.decoder.latent_to_images):
+        # [-1, 1] -> uint8.
         pixels = tf.clip_by_value(((decoded + 1) / 2) * 255, 0, 255)
         return {"images": tf.cast(pixels, tf.uint8)}
 

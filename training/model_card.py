@@ -107,7 +107,8 @@ def write_card(
     text encoder read in training). Returns the scores."""
     from central.chain import Chain
     from shared.config import load_settings
-    from shared.families.tiny import UNET_CHANNELS, TinyFamily
+    from shared.families.tiny import TinyFamily
+    from shared.families.tiny_model import UNET_CHANNELS
     from shared.sampler import ddim_timesteps
 
     guidance_from = TinyFamily.spec.guidance_from_timestep

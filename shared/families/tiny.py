@@ -31,6 +31,13 @@ class TinyFamily(ModelFamily):
         downsampling_factor=4,
         max_tokens=77,
         size_multiple=32,
+        default_sizes=((64, 64), (128, 128)),
+        # tiny's model card is scored at 5; on its 284 held-out prompts colour and shape
+        # measured 94.7 / 96.1 / 94.4 / 93.7 % at 3 / 4 / 5 / 7.5 (earlier weights drew
+        # squares much worse at 7.5: 36 % against 53-63 % at 4-5).
+        default_guidance_scale=5.0,
+        example_prompt="a red square on a white background",
+        default_weights="embedded",
         # Measured on the embedded weights (their README.md, the model card): with guidance 5
         # at every step, the last low-noise steps of a low-strength edit moved the latent
         # twice as far as without guidance, all of it blotches. Guidance from t >= 200 on

@@ -15,8 +15,9 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from shared.config import DEFAULT_GUIDANCE_SCALES, MAX_GUIDANCE_SCALE, Settings, parse_size
+from shared.config import MAX_GUIDANCE_SCALE, Settings, parse_size
 from shared.errors import InvalidInput, PayloadTooLarge
+from shared.families import FAMILY_NAMES, get_family
 from shared.pipeline.types import (
     MAX_RESAMPLES,
     DenoiseParams,
@@ -29,8 +30,9 @@ from shared.tokenizer import MAX_PROMPT_CHARS
 
 GUIDANCE_DESCRIPTION = (
     "Classifier-free guidance scale. Omitted: SDSERVE_DEFAULT_GUIDANCE_SCALE, else the model "
-    f"family's ({', '.join(f'{name} {scale:g}' for name, scale in DEFAULT_GUIDANCE_SCALES.items())}"
-    "); see /v1/info."
+    "family's ("
+    + ", ".join(f"{n} {get_family(n).spec.default_guidance_scale:g}" for n in FAMILY_NAMES)
+    + "); see /v1/info."
 )
 # Uploaded images are decoded only if their header says they are at most this big.
 MAX_UPLOAD_PIXELS = 4096 * 4096

@@ -25,7 +25,6 @@ from central.api import (
 from central.jobs import register_job_routes
 from central.webpage import register_web_page
 from shared.config import (
-    EXAMPLE_PROMPTS,
     EXIT_CONFIG,
     ConfigError,
     Settings,
@@ -33,6 +32,7 @@ from shared.config import (
     load_settings,
 )
 from shared.errors import InvalidInput, UnsupportedMediaType
+from shared.families import get_family
 from shared.http import cancel_on_disconnect, configure_logging, create_app, serve
 from shared.metrics import BatchingSource
 from shared.pipeline.chain import Chain
@@ -71,7 +71,7 @@ class GatewayService:
             "family": settings.model,
             "weights": settings.weights_label,
             "random_weights": self.chain.random_weights(),
-            "example_prompt": EXAMPLE_PROMPTS[settings.model],
+            "example_prompt": get_family(settings.model).spec.example_prompt,
             "api_key_required": bool(settings.api_keys),
             "topology": self.chain.topology,
             "sizes": [format_size(s) for s in settings.sizes],

@@ -366,10 +366,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def resolve_up_config(args: argparse.Namespace, env: Mapping[str, str]) -> UpConfig:
     """Merge flags (first), SDSERVE_* environment variables, then defaults."""
-    from shared.config import DEFAULT_WEIGHTS
+    from shared.families import FAMILY_NAMES, get_family
 
     model = args.model or env.get("SDSERVE_MODEL") or "tiny"
-    weights = args.weights or env.get("SDSERVE_WEIGHTS") or DEFAULT_WEIGHTS.get(model, "")
+    family_weights = get_family(model).spec.default_weights if model in FAMILY_NAMES else ""
+    weights = args.weights or env.get("SDSERVE_WEIGHTS") or family_weights
     if weights not in ("embedded", "random", "pretrained", ""):
         weights = str(Path(weights).expanduser().resolve())
     sizes = args.sizes or env.get("SDSERVE_SIZES") or None
@@ -469,9 +470,12 @@ def check_ports(specs: Sequence[ChildSpec]) -> list[str]:
 def _example_size(config: UpConfig) -> str:
     if config.sizes:
         return config.sizes.split(",")[0]
-    from shared.config import DEFAULT_SIZES, format_size
+    from shared.config import format_size
+    from shared.families import FAMILY_NAMES, get_family
 
-    return format_size(DEFAULT_SIZES.get(config.model, [(512, 512)])[0])
+    if config.model not in FAMILY_NAMES:
+        return format_size((512, 512))
+    return format_size(get_family(config.model).spec.default_sizes[0])
 
 
 def random_weights_warning() -> str:
@@ -486,9 +490,10 @@ def ready_banner(config: UpConfig) -> str:
     """What `sdserve up` prints once every part is ready."""
     base = http_url(config.host, config.port)
     size = _example_size(config)
-    from shared.config import EXAMPLE_PROMPTS
+    from shared.families import FAMILY_NAMES, get_family
 
-    prompt = EXAMPLE_PROMPTS.get(config.model, EXAMPLE_PROMPTS["sd-v1"])
+    family = config.model if config.model in FAMILY_NAMES else "sd-v1"
+    prompt = get_family(family).spec.example_prompt
     body = json.dumps({"prompt": prompt, "size": size, "response_format": "b64_json"})
     decode = (
         "import sys, json, base64; d = json.load(sys.stdin); "

@@ -13,6 +13,9 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# One way only: the families know nothing of settings, so each fact lives in its spec.
+from shared.families import get_family
+
 ENV_PREFIX = "SDSERVE_"
 # sysexits' EX_CONFIG: a supervisor stops at once instead of restarting a bad config.
 EXIT_CONFIG = 78
@@ -24,25 +27,6 @@ Size = tuple[int, int]  # (width, height), as OpenAI's "WxH"
 
 _SIZE_RE = re.compile(r"^\s*(\d{1,5})\s*[xX]\s*(\d{1,5})\s*$")
 
-# What a family serves when SDSERVE_SIZES is not set.
-DEFAULT_SIZES: dict[str, list[Size]] = {
-    "tiny": [(64, 64), (128, 128)],
-    "sd-v1": [(512, 512)],
-    "sd-v2": [(512, 512)],
-}
-SIZE_MULTIPLE: dict[str, int] = {"tiny": 32, "sd-v1": 128, "sd-v2": 128}
-# A prompt each family's default weights can draw (the CLI banner, the web page).
-EXAMPLE_PROMPTS: dict[str, str] = {
-    "tiny": "a red square on a white background",
-    "sd-v1": "a lighthouse on a cliff at dusk, oil painting",
-    "sd-v2": "a lighthouse on a cliff at dusk, oil painting",
-}
-DEFAULT_WEIGHTS: dict[str, str] = {"tiny": "embedded", "sd-v1": "pretrained", "sd-v2": "pretrained"}
-# Classifier-free guidance for a request that names none: keras-cv's 7.5 for the Stable
-# Diffusion families. tiny's model card is scored at 5; on its 284 held-out prompts colour
-# and shape measured 94.7 / 96.1 / 94.4 / 93.7 % at 3 / 4 / 5 / 7.5 (earlier weights drew
-# squares much worse at 7.5: 36 % against 53-63 % at 4-5).
-DEFAULT_GUIDANCE_SCALES: dict[str, float] = {"tiny": 5.0, "sd-v1": 7.5, "sd-v2": 7.5}
 MAX_GUIDANCE_SCALE = 50.0
 
 
@@ -102,7 +86,7 @@ class Settings(BaseSettings):
     # --- limits ---
     max_images_per_request: int = Field(default=4, ge=1, le=64)
     default_steps: int = Field(default=25, ge=1, le=1000)
-    # Empty: the family's (DEFAULT_GUIDANCE_SCALES).
+    # Empty: the family's (its spec's default_guidance_scale).
     default_guidance_scale: float | None = Field(default=None, ge=0, le=MAX_GUIDANCE_SCALE)
     max_steps: int = Field(default=100, ge=1, le=1000)
     # Rows (images) per model call; the diffusion scheduler's running batch size.
@@ -184,16 +168,17 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Settings:
+        spec = get_family(self.model).spec
         if not self.sizes:
-            self.sizes = list(DEFAULT_SIZES[self.model])
+            self.sizes = list(spec.default_sizes)
         if not self.weights:
-            self.weights = DEFAULT_WEIGHTS[self.model]
+            self.weights = spec.default_weights
         if self.weights == "embedded" and self.model != "tiny":
             raise ValueError(
                 f"weights: only the tiny family has embedded weights; for {self.model} use "
                 "pretrained, a directory or random"
             )
-        multiple = SIZE_MULTIPLE[self.model]
+        multiple = spec.size_multiple
         for width, height in self.sizes:
             if width <= 0 or height <= 0 or width % multiple or height % multiple:
                 raise ValueError(
@@ -213,7 +198,7 @@ class Settings(BaseSettings):
     def guidance_scale(self) -> float:
         """The guidance a request gets when it names none (set, or the family's)."""
         if self.default_guidance_scale is None:
-            return DEFAULT_GUIDANCE_SCALES[self.model]
+            return get_family(self.model).spec.default_guidance_scale
         return self.default_guidance_scale
 
     @property

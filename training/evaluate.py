@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.config import DEFAULT_GUIDANCE_SCALES
+from shared.families import get_family
 from shared.pipeline.chain import Chain, overlay_unmasked
 from shared.pipeline.types import DenoiseParams, EditInputs, GenerationParams
 from training.judge import Verdict, judge
@@ -24,7 +24,7 @@ from training.scenes import COLOURS, IMAGE_SIZE, PLACES, SHAPES, Scene, held_out
 
 STEPS = 25
 # What a request that names no guidance_scale gets, so the scores are the default's.
-GUIDANCE = DEFAULT_GUIDANCE_SCALES["tiny"]
+GUIDANCE = get_family("tiny").spec.default_guidance_scale
 IMG2IMG_STRENGTH = 0.2
 # Square mask around the inpainted shape's cell, in pixels (a third of the image + margin).
 _MASK_MARGIN = 3

@@ -8,7 +8,6 @@ weights in `--out` through the serving chain (training.evaluate).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import csv
 import json
@@ -95,16 +94,25 @@ def _training_summary(workdir: Path) -> dict[str, Any]:
     return summary
 
 
-def write_card(args: argparse.Namespace) -> dict[str, Any]:
+def write_card(
+    workdir: Path,
+    out: Path,
+    *,
+    train_scenes: int,
+    ema_decay: float,
+    text_positions_read: int,
+) -> dict[str, Any]:
+    """Evaluate the weights in `out` and write the card there, from the loss CSVs and
+    timings in `workdir` and the run's settings (scene count, EMA decay, positions the
+    text encoder read in training). Returns the scores."""
     from shared.config import load_settings
-    from shared.families.tiny import UNET_CHANNELS, TinyFamily
+    from shared.families.tiny import TinyFamily
+    from shared.families.tiny_model import UNET_CHANNELS
     from shared.pipeline.chain import Chain
     from shared.sampler import ddim_timesteps
-    from training.train_tiny import TEXT_POSITIONS_READ
 
     guidance_from = TinyFamily.spec.guidance_from_timestep
-    out: Path = args.out
-    plot_losses(args.workdir, out)
+    plot_losses(workdir, out)
     # Every prompt is sent at once: room for all of them, and big running batches.
     settings = load_settings(
         model="tiny", weights=str(out), sizes="64x64", max_batch=64, queue_size=EVAL_PROMPTS
@@ -169,7 +177,7 @@ def write_card(args: argparse.Namespace) -> dict[str, Any]:
             "guidance_from_timestep": guidance_from,
         },
         "evaluation_seconds": round(eval_seconds, 1),
-        "training": _training_summary(args.workdir),
+        "training": _training_summary(workdir),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
     }
     (out / "evaluation.json").write_text(json.dumps(scores, indent=2) + "\n")
@@ -182,14 +190,14 @@ def write_card(args: argparse.Namespace) -> dict[str, Any]:
     (out / "README.md").write_text(
         CARD.format(
             held_out=HELD_OUT_ONE_IN,
-            train_scenes=f"{args.scenes:,} training scenes",
+            train_scenes=f"{train_scenes:,} training scenes",
             scores=json.dumps(scores, indent=2),
             t2i=scores["text_to_image"],
             table=table,
             score_rows=_score_rows(scores),
             t2i_colour_and_shape=f"{scores['text_to_image']['colour_and_shape']:.0%}",
-            ema=args.ema,
-            ema_window=round(1 / (1 - args.ema)),
+            ema=ema_decay,
+            ema_window=round(1 / (1 - ema_decay)),
             vae=scores["training"].get("vae", {}),
             decoder=scores["training"].get("decoder", {}),
             diffusion=scores["training"].get("diffusion", {}),
@@ -197,7 +205,7 @@ def write_card(args: argparse.Namespace) -> dict[str, Any]:
             guidance_from=guidance_from,
             unguided=int((ddim_timesteps(evaluate.STEPS) < guidance_from).sum()),
             steps=evaluate.STEPS,
-            text_positions=TEXT_POSITIONS_READ,
+            text_positions=text_positions_read,
             unet_channels="/".join(str(c) for c in UNET_CHANNELS),
         )
     )

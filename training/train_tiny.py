@@ -30,6 +30,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
+from training.recipe import (
+    CAPTION_DROPOUT,
+    DECODER_EDGE_WEIGHT,
+    DECODER_NOISE,
+    DEFAULT_WORKDIR,
+    HIGH_NOISE_WEIGHT,
+    LATENT_NOISE,
+    LAYOUT_LOSS_WEIGHT,
+    OFFSET_NOISE,
+    SHAPE_LOSS_WEIGHT,
+    TEXT_LR_SCALE,
+    TEXT_POSITIONS_READ,
+    TRAIN_SCENES,
+    WEIGHTS_DIR,
+)
 from training.scenes import (
     IMAGE_SIZE,
     Scene,
@@ -40,34 +55,6 @@ from training.scenes import (
 )
 
 log = logging.getLogger("train_tiny")
-
-DEFAULT_WORKDIR = Path("build/tiny-training")
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "shared" / "families" / "tiny_weights"
-TRAIN_SCENES = 24_000
-CAPTION_DROPOUT = 0.1  # share of captions replaced by "" so guidance has an unconditional
-LATENT_NOISE = 0.05  # decoder sees slightly noisy latents: sampled ones are never exact
-DECODER_NOISE = 0.02  # the same, while the decoder is fine-tuned alone
-# Extra decoder loss weight on the pixels along a shape's outline: a blurred outline
-# rounds off a small triangle's tip and a square's corners, and the shape is lost there.
-DECODER_EDGE_WEIGHT = 4.0
-TEXT_LR_SCALE = 1.0  # the text encoder's learning rate, relative to the UNet's
-OFFSET_NOISE = 0.2  # std of the per-image, per-channel constant added to training noise
-# Loss weight cap at high noise: 1 + min((1 - a) / a, cap - 1). 10 was needed before the
-# layout prior and its mask loss took over colour and place; 4 leaves more of the loss to
-# the low-noise steps that draw edges (same text-to-image scores, edits a little better).
-HIGH_NOISE_WEIGHT = 4.0
-# Extra loss weight on the latent cells the shape covers or borders: the shape is a few
-# percent of the image, so the plain loss spends nearly everything on the background.
-SHAPE_LOSS_WEIGHT = 4.0
-# Weight of the layout map's first channel learning to be the shape's coverage of each
-# latent cell, from the prompt alone. The noise-prediction loss barely rewards telling a
-# square from a circle (they differ in a few corner cells); this loss does, directly, and
-# so teaches the text encoder and the layout prior what the shape words mean.
-LAYOUT_LOSS_WEIGHT = 10.0
-# Training captions are at most 16 tokens with start and end; the text encoder reads this
-# many leading positions in training, and its last one stands for the rest of the 77
-# (exact: see HoldEndState), a third of the cost of running all 77.
-TEXT_POSITIONS_READ = 24
 
 
 def _scene_rng(seed: int, *keys: int) -> np.random.Generator:
@@ -593,6 +580,19 @@ def export(args: argparse.Namespace) -> None:
     log.info("exported to %s", out)
 
 
+def _write_card(args: argparse.Namespace) -> None:
+    """The model card for this run's work directory and exported weights."""
+    from training.model_card import write_card
+
+    write_card(
+        args.workdir,
+        args.out,
+        train_scenes=args.scenes,
+        ema_decay=args.ema,
+        text_positions_read=TEXT_POSITIONS_READ,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -634,9 +634,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "export": export,
     }
     if args.phase == "card":
-        from training.model_card import write_card
-
-        write_card(args)
+        _write_card(args)
         return
     # The decoder fine-tune is part of the pipeline: export takes the tuned decoder.
     everything = ["vae", "latents", "decoder", "diffusion", "export"]
@@ -647,9 +645,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Wall time of this run (a resumed run counts only its own part).
         minutes = {"minutes": round((time.monotonic() - started) / 60, 1)}
         (args.workdir / "all-time.json").write_text(json.dumps(minutes) + "\n")
-        from training.model_card import write_card
-
-        write_card(args)
+        _write_card(args)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from shared.families.base import COMPONENTS, Component, FamilySpec, ModelFamily, PublishedWeights
+from shared.families.sd_v1 import StableDiffusionV1
+from shared.families.sd_v2 import StableDiffusionV2
+from shared.families.tiny import TinyFamily
 
 __all__ = [
     "COMPONENTS",
+    "FAMILY_NAMES",
     "Component",
     "FamilySpec",
     "ModelFamily",
@@ -13,19 +17,19 @@ __all__ = [
     "get_family",
 ]
 
+# Every family module imports no more than the standard library at load time (each
+# imports Keras or keras-cv only when it builds a model), so the registry can name them
+# all here and settings can read a family's spec cheaply.
+_FAMILIES: dict[str, type[ModelFamily]] = {
+    "tiny": TinyFamily,
+    "sd-v1": StableDiffusionV1,
+    "sd-v2": StableDiffusionV2,
+}
+FAMILY_NAMES: tuple[str, ...] = tuple(_FAMILIES)
+
 
 def get_family(name: str) -> ModelFamily:
     """A fresh family object by name (fresh, so callers may adjust its weights table)."""
-    if name == "tiny":
-        from shared.families.tiny import TinyFamily
-
-        return TinyFamily()
-    if name == "sd-v1":
-        from shared.families.sd_v1 import StableDiffusionV1
-
-        return StableDiffusionV1()
-    if name == "sd-v2":
-        from shared.families.sd_v2 import StableDiffusionV2
-
-        return StableDiffusionV2()
-    raise ValueError(f"unknown model family {name!r}; expected tiny, sd-v1 or sd-v2")
+    if name not in _FAMILIES:
+        raise ValueError(f"unknown model family {name!r}; expected tiny, sd-v1 or sd-v2")
+    return _FAMILIES[name]()

@@ -51,6 +51,14 @@ class FamilySpec:
     max_tokens: int
     # Served sizes must be multiples of this (the UNet's total downsampling).
     size_multiple: int
+    # (width, height) served when SDSERVE_SIZES is not set.
+    default_sizes: tuple[tuple[int, int], ...]
+    # Classifier-free guidance for a request that names none.
+    default_guidance_scale: float
+    # A prompt the family's default weights can draw (the CLI banner, the web page).
+    example_prompt: str
+    # What an empty SDSERVE_WEIGHTS means for this family.
+    default_weights: Literal["embedded", "pretrained"]
     # The padding token after the end-of-text token, as keras-cv pads prompts.
     pad_token: int = 49407
     # Classifier-free guidance applies at timesteps >= this, the conditional prediction

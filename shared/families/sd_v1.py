@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     import keras
 
 HF_BASE = "https://huggingface.co"
+# A prompt keras-cv's published Stable Diffusion weights draw well (v1 and v2).
+LIGHTHOUSE_PROMPT = "a lighthouse on a cliff at dusk, oil painting"
 V1_WEIGHTS: dict[Component, PublishedWeights] = {
     "text_encoder": PublishedWeights(
         "kcv_encoder.h5",
@@ -47,6 +49,10 @@ class StableDiffusionV1(ModelFamily):
         downsampling_factor=8,
         max_tokens=77,
         size_multiple=128,
+        default_sizes=((512, 512),),
+        default_guidance_scale=7.5,  # keras-cv's
+        example_prompt=LIGHTHOUSE_PROMPT,
+        default_weights="pretrained",
     )
 
     def __init__(self) -> None:

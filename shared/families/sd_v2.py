@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from shared.families.base import Component, FamilySpec, PublishedWeights
-from shared.families.sd_v1 import HF_BASE, V1_WEIGHTS, StableDiffusionV1
+from shared.families.sd_v1 import HF_BASE, LIGHTHOUSE_PROMPT, V1_WEIGHTS, StableDiffusionV1
 
 if TYPE_CHECKING:
     import keras
@@ -34,6 +34,10 @@ class StableDiffusionV2(StableDiffusionV1):
         downsampling_factor=8,
         max_tokens=77,
         size_multiple=128,
+        default_sizes=((512, 512),),
+        default_guidance_scale=7.5,  # keras-cv's
+        example_prompt=LIGHTHOUSE_PROMPT,
+        default_weights="pretrained",
     )
 
     def __init__(self) -> None:

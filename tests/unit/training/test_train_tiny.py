@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training import train_tiny
+from training import recipe, train_tiny
 from training.scenes import shape_coverage
 
 # A few scenes and steps: what matters is that runs are repeatable, not what they learn.
@@ -107,14 +107,14 @@ def test_the_text_encoder_on_leading_positions_equals_it_on_all_77() -> None:
     keras.utils.set_random_seed(3)
     served = family.build_text_encoder()
     keras.utils.set_random_seed(3)
-    trained = family.build_text_encoder(positions_read=train_tiny.TEXT_POSITIONS_READ)
+    trained = family.build_text_encoder(positions_read=recipe.TEXT_POSITIONS_READ)
     captions = [
         "",
         "a red square",
         "a large yellow circle at the top left on a white and black background",
     ]
     tokens = np.array([tokenizer.tokenize(c).tokens for c in captions], np.int32)
-    read = train_tiny.TEXT_POSITIONS_READ
+    read = recipe.TEXT_POSITIONS_READ
     leading = train_tiny.leading_tokens(tokens, family.spec.pad_token, read)
     short = trained({"tokens": leading, "positions": np.tile(np.arange(read), (3, 1))})
     context = np.asarray(train_tiny.context_of_all_positions(short, family.spec.max_tokens))

@@ -242,20 +242,6 @@ def test_the_text_encoder_output_depends_only_on_the_prompt(
     assert float(np.min(np.abs(_run(text, inside) - base).max(-1))) > 1e-4
 
 
-def test_hold_end_state_copies_the_first_end_tokens_state_forward() -> None:
-    from shared.families.tiny import HoldEndState
-
-    hidden = np.random.default_rng(0).standard_normal((3, 5, 2)).astype(np.float32)
-    end = 49407
-    tokens = np.array(
-        [[49406, 7, end, end, end], [49406, end, 8, end, end], [49406, 7, 8, 9, 10]], np.int32
-    )
-    held = np.asarray(HoldEndState(end)([hidden, tokens]))
-    np.testing.assert_array_equal(held[0], hidden[0, [0, 1, 2, 2, 2]])
-    np.testing.assert_array_equal(held[1], hidden[1, [0, 1, 1, 1, 1]])  # the first end counts
-    np.testing.assert_array_equal(held[2], hidden[2])  # cut off, no end token: as it was
-
-
 def test_the_layout_prior_is_one_map_stretched_to_each_size(
     family: TinyFamily, seed0_models: dict[tuple[Component, int], keras.Model]
 ) -> None:
@@ -337,18 +323,6 @@ def test_build_time_of_whole_family(family: TinyFamily, capsys: pytest.CaptureFi
     with capsys.disabled():
         parts = ", ".join(f"{c} {t:.2f}s" for c, t in timings.items())
         print(f"\ntiny family build at 64x64: {total:.2f}s ({parts})")
-
-
-def test_prompt_mean_averages_up_to_the_first_end_token() -> None:
-    from shared.families.tiny import PromptMean
-
-    hidden = np.random.default_rng(0).standard_normal((2, 6, 3)).astype(np.float32)
-    end = 49407
-    tokens = np.array([[49406, 5, 6, end, end, end], [49406, end, end, end, end, end]], np.int32)
-    summary = np.asarray(PromptMean(end)([hidden, tokens]))
-    assert summary.shape == (2, 1, 3)
-    np.testing.assert_allclose(summary[0, 0], hidden[0, :4].mean(0), rtol=1e-6)
-    np.testing.assert_allclose(summary[1, 0], hidden[1, :2].mean(0), rtol=1e-6)
 
 
 def test_prompts_differ_in_every_position_of_the_context(

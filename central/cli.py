@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from central.supervisor import ChildSpec
+    from central.supervisor.specs import ChildSpec
 
 TOPOLOGIES = ("three-endpoints", "all-in-one", "hybrid")
 MODELS = ("tiny", "sd-v1", "sd-v2")
@@ -394,7 +394,7 @@ def build_processes(
     only on central, for the stages that run remote in this topology, so a stray
     SDSERVE_DIFFUSION_URL cannot turn an all-in-one gateway into a client.
     """
-    from central.supervisor import ChildSpec
+    from central.supervisor.specs import ChildSpec
 
     python = python or sys.executable
     url_vars = [stage.url_env for stage in STAGES]
@@ -521,7 +521,7 @@ def ready_banner(config: UpConfig) -> str:
 def cmd_up(args: argparse.Namespace) -> int:
     import asyncio
 
-    from central.supervisor import Supervisor
+    from central.supervisor.runner import Supervisor
     from shared.config import ConfigError, load_settings
 
     config = resolve_up_config(args, os.environ)

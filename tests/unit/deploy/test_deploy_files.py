@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
-from central.cli import DEFAULT_BASE_PORT, DEFAULT_PORT, STAGES
+from central.cli.up import DEFAULT_BASE_PORT, DEFAULT_PORT, STAGES
 
 ROOT = Path(__file__).resolve().parents[3]
 

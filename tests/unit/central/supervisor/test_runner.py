@@ -1,4 +1,4 @@
-"""central.supervisor with real child processes (small `python -c` programs)."""
+"""central.supervisor.runner with real child processes (small `python -c` programs)."""
 
 from __future__ import annotations
 
@@ -10,24 +10,16 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
-from central.supervisor import (
-    EX_CONFIG,
-    ChildSpec,
-    NotReadyError,
-    RestartPolicy,
-    Supervisor,
-    describe_exit,
-)
+from central.supervisor.runner import NotReadyError, Supervisor
+from central.supervisor.specs import EX_CONFIG, ChildSpec, RestartPolicy
+from tests.utils.child_processes import FAST, py, run, until
 
-REPO = Path(__file__).resolve().parents[3]
-FAST = RestartPolicy(initial_backoff_s=0.1, max_backoff_s=0.4, healthy_after_s=100.0)
+REPO = Path(__file__).resolve().parents[4]
 
 # Serves GET /readyz on 127.0.0.1:PORT: 503 until DELAY seconds have passed, then 200.
 READY_SERVER = """
@@ -48,10 +40,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
 print("listening on", port, flush=True)
 http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
 """
-
-
-def py(code: str, *args: str) -> list[str]:
-    return [sys.executable, "-c", textwrap.dedent(code), *args]
 
 
 def free_port() -> int:
@@ -82,91 +70,6 @@ def gone(pid: int) -> bool:
             return True
         return False
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
-
-
-async def until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
-def run(scenario: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(scenario())  # type: ignore[arg-type]
-
-
-def lines(out: io.StringIO) -> list[str]:
-    return out.getvalue().splitlines()
-
-
-# --------------------------------------------------------------------------- output
-
-
-def test_output_lines_are_prefixed_with_a_fixed_width_name() -> None:
-    out = io.StringIO()
-    specs = [
-        ChildSpec(
-            "a",
-            py("""
-            import sys, time
-            print("hello from a", flush=True)
-            print("warning from a", file=sys.stderr, flush=True)
-            sys.stdout.write("10%\\r50%\\r100%\\n")
-            sys.stdout.write("no newline at the end")
-            """),
-        ),
-        ChildSpec("long-name", py("print('x'); import time; time.sleep(30)")),
-    ]
-    sup = Supervisor(specs, color=False, out=out, policy=FAST)
-
-    async def scenario() -> None:
-        await sup.start()
-        try:
-            await until(lambda: "no newline at the end" in out.getvalue())
-            await until(lambda: "long-name | x" in out.getvalue())
-        finally:
-            await sup.stop()
-
-    run(scenario)
-    got = lines(out)
-    # width = the longest name ("long-name", 9); stdout and stderr both come through
-    assert "a         | hello from a" in got
-    assert "a         | warning from a" in got
-    assert "a         | 100%" in got  # a \r progress bar shows its last state
-    assert "a         | no newline at the end" in got
-    assert "long-name | x" in got
-    assert any(line.startswith("sdserve   | started a (pid ") for line in got)
-    assert "\x1b[" not in out.getvalue()
-    assert all(re.match(r"^[a-z-]+ +\| ", line) for line in got)
-
-
-def test_color_is_used_only_when_asked_or_on_a_tty() -> None:
-    def output(color: bool | None) -> str:
-        out = io.StringIO()
-        sup = Supervisor([ChildSpec("a", py("print('hi')"))], color=color, out=out)
-
-        async def scenario() -> None:
-            await sup.start()
-            try:
-                await until(lambda: "hi" in out.getvalue())
-            finally:
-                await sup.stop()
-
-        run(scenario)
-        return out.getvalue()
-
-    coloured = output(True)
-    assert "\x1b[36ma       |\x1b[0m hi" in coloured
-    assert "\x1b[" not in output(None)  # a StringIO is not a TTY
-    assert "\x1b[" not in output(False)
-
-
-def test_describe_exit() -> None:
-    assert describe_exit(0) == "exited with code 0"
-    assert describe_exit(3) == "exited with code 3"
-    assert describe_exit(-9) == "was killed by SIGKILL (9)"
-    assert describe_exit(-15) == "was killed by SIGTERM (15)"
 
 
 def test_names_must_be_unique() -> None:
@@ -423,7 +326,8 @@ def test_stop_terminates_children_and_grandchildren_then_kills_stragglers() -> N
 
 SUPERVISOR_SCRIPT = """
 import asyncio, sys
-from central.supervisor import ChildSpec, Supervisor
+from central.supervisor.runner import Supervisor
+from central.supervisor.specs import ChildSpec
 specs = [
     ChildSpec("one", [sys.executable, "-c", "import time; time.sleep(60)"]),
     ChildSpec("two", [sys.executable, "-c",

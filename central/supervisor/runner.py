@@ -1,50 +1,6 @@
-"""A small process supervisor: what `sdserve up` runs its four processes with.
+"""The running supervisor: start the children, watch them, restart them, stop them.
 
-It starts child processes (name, argv, env), prints every line they write prefixed with
-their name in a fixed-width, optionally coloured column (``text-encoder | ...``), waits
-for each child's ``/readyz`` to answer 200, restarts a child that dies unexpectedly, and
-stops everything on Ctrl-C, SIGTERM or SIGHUP. Plain asyncio, POSIX only, no dependency
-beyond httpx (already one of the project's).
-
-Behaviour, in the order it matters:
-
-* **Output.** A child's stdout and stderr are merged into one pipe (so their relative
-  order is kept) and re-printed line by line on the supervisor's output, flushed per
-  line, so it works when that output is a file or a pipe. Colour is used only when the
-  output is a TTY, ``NO_COLOR`` is unset and ``TERM`` is not ``dumb``; ``color=False``
-  (``--no-color``) turns it off. A carriage-return progress bar is shown as its last
-  state. ``PYTHONUNBUFFERED=1`` is added to the children's environment (unless set) so
-  Python children do not hold their logs back in a pipe buffer.
-* **Readiness.** A child with a ``ready_url`` is polled (GET, no proxy) after every
-  (re)start until it answers 200; :meth:`Supervisor.wait_ready` waits for all of them
-  with a deadline and, when it passes, raises :class:`NotReadyError` naming each part
-  that is not ready and what it last answered (503 body, connection refused, or how it
-  last exited). A child without a ``ready_url`` counts as ready once started.
-* **Restarts.** A child that exits while the supervisor is not stopping is restarted
-  after a back-off delay: 1 s, doubling up to 30 s. A child that ran for at least
-  ``healthy_after_s`` (60 s) before dying starts again from 1 s. Each exit is logged
-  with how the child ended (exit code, or the signal that killed it) and how long it ran.
-  A child that keeps crashing during start-up (a model that fails to load, a stage that
-  cannot be reached) keeps being retried with back-off; the gateway reports the missing
-  stage meanwhile.
-* **Fatal exits (the choice made for configuration errors).** Some exits cannot be
-  fixed by restarting. The services report a bad setting with ``SystemExit(message)``
-  (exit code 1, within about a second, before the model loads), argparse exits 2, and a
-  port that is already taken makes uvicorn exit 1 at once; a generic exit code does not
-  tell these apart from a crash. So the rule is: **a child that exits within
-  ``early_exit_s`` (2 s) of starting, with the same exit status, ``fatal_early_exits``
-  (3) times in a row is fatal** -- a crash that a restart could fix rarely repeats that
-  fast and that identically. In addition a child may exit with ``EX_CONFIG`` (78, from
-  BSD ``sysexits.h``) to say "configuration error" explicitly, which is fatal at once.
-  A fatal exit, or a child whose program cannot be executed at all, stops every child
-  and makes :meth:`Supervisor.run` return 1 with a message naming the child, how it
-  exited and its last lines of output.
-* **Stopping.** Every child runs in its own session (process group), so a Ctrl-C in
-  the terminal reaches only the supervisor, which then stops the children itself:
-  SIGTERM to each child's process group, up to ``grace_s`` (10 s) to exit, then
-  SIGKILL; a second Ctrl-C/SIGTERM kills at once. After a child exits its process group
-  is sent SIGKILL as well, so no grandchild survives it (and no port stays taken).
-  :meth:`Supervisor.run` returns 0 after a requested stop.
+The rules it follows are described in :mod:`central.supervisor`.
 """
 
 from __future__ import annotations
@@ -56,47 +12,18 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
 import httpx
 
-EX_CONFIG = 78  # sysexits.h: "configuration error"; fatal at once
+from central.supervisor.output import PrefixedOutput
+from central.supervisor.specs import EX_CONFIG, ChildSpec, RestartPolicy, describe_exit
 
-_OWN_NAME = "sdserve"
-_COLORS = ("36", "33", "32", "35", "34", "91", "96", "93", "92", "95")
-_RESET = "\x1b[0m"
 _TAIL_LINES = 8
-_MAX_LINE_BYTES = 64 * 1024
 _OUTPUT_DRAIN_S = 2.0
 _PROGRESS_EVERY_S = 15.0
-
-
-@dataclass(frozen=True)
-class ChildSpec:
-    """One process to run.
-
-    ``env`` is the child's whole environment (``None``: inherit the supervisor's).
-    ``ready_url`` is polled until it answers 200 (``None``: ready once started).
-    """
-
-    name: str
-    argv: Sequence[str]
-    env: Mapping[str, str] | None = None
-    ready_url: str | None = None
-    cwd: str | None = None
-
-
-@dataclass(frozen=True)
-class RestartPolicy:
-    """When and how fast children are restarted; see the module docstring."""
-
-    initial_backoff_s: float = 1.0
-    max_backoff_s: float = 30.0
-    healthy_after_s: float = 60.0
-    early_exit_s: float = 2.0
-    fatal_early_exits: int = 3
 
 
 class NotReadyError(Exception):
@@ -105,28 +32,6 @@ class NotReadyError(Exception):
     def __init__(self, message: str, names: Sequence[str]) -> None:
         super().__init__(message)
         self.names = list(names)
-
-
-def describe_exit(returncode: int) -> str:
-    """Say how a process ended: "exited with code 1" or "was killed by SIGKILL (9)"."""
-    if returncode < 0:
-        signum = -returncode
-        try:
-            signame = signal.Signals(signum).name
-        except ValueError:
-            signame = f"signal {signum}"
-        return f"was killed by {signame} ({signum})"
-    return f"exited with code {returncode}"
-
-
-def _color_wanted(out: TextIO) -> bool:
-    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
-        return False
-    isatty = getattr(out, "isatty", None)
-    try:
-        return bool(isatty and isatty())
-    except (OSError, ValueError):
-        return False
 
 
 def _signal_group(pid: int, signum: int) -> None:
@@ -138,7 +43,6 @@ def _signal_group(pid: int, signum: int) -> None:
 @dataclass
 class _Child:
     spec: ChildSpec
-    label: str
     process: asyncio.subprocess.Process | None = None
     pids: list[int] = field(default_factory=list)
     restarts: int = 0
@@ -151,7 +55,7 @@ class _Child:
 
 
 class Supervisor:
-    """Run, watch, restart and stop a set of child processes (see module docstring).
+    """Run, watch, restart and stop a set of child processes (see :mod:`central.supervisor`).
 
     Typical use is ``exit_code = asyncio.run(Supervisor(specs).run(ready_timeout_s=600,
     on_ready=print_banner))``; :meth:`start`, :meth:`wait_ready` and :meth:`stop` are
@@ -176,67 +80,24 @@ class Supervisor:
         self.policy = policy or RestartPolicy()
         self.grace_s = grace_s
         self.poll_interval_s = poll_interval_s
-        self._out = out if out is not None else sys.stdout
-        self._color = _color_wanted(self._out) if color is None else color
-        self._width = max(len(name) for name in [*names, _OWN_NAME])
-        self._children = {
-            spec.name: _Child(spec, self._label(spec.name, _COLORS[i % len(_COLORS)]))
-            for i, spec in enumerate(specs)
-        }
-        self._own_label = self._label(_OWN_NAME, "1")
+        self._output = PrefixedOutput(names, out if out is not None else sys.stdout, color=color)
+        self._children = {spec.name: _Child(spec) for spec in specs}
         self._stopping = asyncio.Event()
         self._kill_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._client: httpx.AsyncClient | None = None
-        self._broken_output = False
         self._signals_seen = 0
         self.fatal: str | None = None
 
     # ------------------------------------------------------------------ output
 
-    def _label(self, name: str, color: str) -> str:
-        text = f"{name:<{self._width}} |"
-        return f"\x1b[{color}m{text}{_RESET}" if self._color else text
-
     def write(self, text: str) -> None:
         """Write text as is (no prefix), e.g. a banner; flushed at once."""
-        if self._broken_output:
-            return
-        try:
-            self._out.write(text)
-            self._out.flush()
-        except (BrokenPipeError, ValueError):
-            self._broken_output = True
+        self._output.write(text)
 
     def log(self, message: str, *, error: bool = False) -> None:
         """A line from the supervisor itself, in the same prefixed column."""
-        if error and self._color:
-            message = f"\x1b[1;31m{message}{_RESET}"
-        for line in message.splitlines() or [""]:
-            self.write(f"{self._own_label} {line}\n")
-
-    def _emit(self, child: _Child, raw: bytes) -> None:
-        text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-        if "\r" in text:  # a progress bar redrawn with \r: show what a terminal would
-            text = next((part for part in reversed(text.split("\r")) if part), "")
-        child.tail.append(text)
-        self.write(f"{child.label} {text}\n")
-
-    async def _pump(self, child: _Child, stream: asyncio.StreamReader) -> None:
-        buffer = b""
-        while True:
-            chunk = await stream.read(65536)
-            if not chunk:
-                break
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                self._emit(child, line)
-            while len(buffer) > _MAX_LINE_BYTES:
-                self._emit(child, buffer[:_MAX_LINE_BYTES])
-                buffer = buffer[_MAX_LINE_BYTES:]
-        if buffer:
-            self._emit(child, buffer)
+        self._output.log(message, error=error)
 
     # ------------------------------------------------------------- inspection
 
@@ -441,7 +302,7 @@ class Supervisor:
             child.ready.clear()
             child.ready_status = "starting"
             assert proc.stdout is not None
-            child.pump = asyncio.create_task(self._pump(child, proc.stdout))
+            child.pump = asyncio.create_task(self._output.pump(name, proc.stdout, child.tail))
             self.log(f"started {name} (pid {proc.pid})")
             watcher = asyncio.create_task(self._watch_ready(child, proc))
             exited = asyncio.create_task(proc.wait())

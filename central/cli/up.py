@@ -1,0 +1,356 @@
+"""``sdserve up``: run the stage services and the gateway as processes on this machine.
+
+Which processes a topology needs, with their argv and environment, is decided here
+(:func:`build_processes`); :mod:`central.supervisor` runs them, restarts any that dies
+and stops them all on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from central.cli import arguments
+from central.cli.arguments import DEFAULT_URL
+
+if TYPE_CHECKING:
+    from central.supervisor.specs import ChildSpec
+
+TOPOLOGIES = ("three-endpoints", "all-in-one", "hybrid")
+DEFAULT_PORT = 8000
+DEFAULT_BASE_PORT = 8001
+# Stage services always listen on loopback: only central talks to them, on this machine.
+STAGE_HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # process name in the logs
+    module: str  # python -m MODULE --host H --port P
+    port_offset: int  # from --base-port
+    url_env: str  # the variable that tells central where it is
+
+
+STAGES = (
+    Stage("text-encoder", "services.text_encoder", 0, "SDSERVE_TEXT_ENCODER_URL"),
+    Stage("diffusion", "services.diffusion", 1, "SDSERVE_DIFFUSION_URL"),
+    Stage("decoder", "services.decoder", 2, "SDSERVE_DECODER_URL"),
+)
+# Which stages run as their own service (remote to central) in each topology.
+REMOTE_STAGES: dict[str, frozenset[str]] = {
+    "three-endpoints": frozenset({"text-encoder", "diffusion", "decoder"}),
+    "all-in-one": frozenset(),
+    "hybrid": frozenset({"diffusion"}),
+}
+
+
+@dataclass(frozen=True)
+class UpConfig:
+    """What `sdserve up` runs, after flags, environment and defaults are merged."""
+
+    topology: str = "three-endpoints"
+    model: str = "tiny"
+    weights: str = "embedded"
+    sizes: str | None = None  # "64x64,128x128"; None: the family's default sizes
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    base_port: int = DEFAULT_BASE_PORT
+
+
+def connect_host(host: str) -> str:
+    """The address to reach a server listening on ``host`` (wildcards → loopback)."""
+    if host in ("", "0.0.0.0"):  # noqa: S104 - comparing, not binding
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+def http_url(host: str, port: int) -> str:
+    host = connect_host(host)
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # IPv6 literal
+    return f"http://{host}:{port}"
+
+
+def add_parser(commands: Any) -> None:
+    """Add the command to ``commands`` (what ``add_subparsers`` returned)."""
+    up = commands.add_parser(
+        "up",
+        help="start the services and the gateway on this machine",
+        description=(
+            "Start the stage services and the central gateway as processes on this machine "
+            "and keep them running (restarting any that dies) until Ctrl-C. Settings go to "
+            "every process as SDSERVE_* environment variables; a flag overrides the "
+            "variable, and other SDSERVE_* variables (SDSERVE_XLA, SDSERVE_MAX_BATCH, ...) "
+            "pass through unchanged. Stage services listen on 127.0.0.1 only; --host is "
+            "where the gateway listens."
+        ),
+    )
+    up.set_defaults(handler=run)
+    up.add_argument(
+        "--topology",
+        choices=TOPOLOGIES,
+        default="three-endpoints",
+        help="three-endpoints: text encoder, diffusion and decoder each in its own service; "
+        "all-in-one: the gateway alone, every stage in it; hybrid: only diffusion in its "
+        "own service (default: three-endpoints)",
+    )
+    up.add_argument(
+        "--model",
+        choices=arguments.MODELS,
+        default=None,
+        help="model family (default: SDSERVE_MODEL or tiny)",
+    )
+    up.add_argument(
+        "--weights",
+        default=None,
+        metavar="embedded|pretrained|random|DIR",
+        help="embedded (tiny's, shipped in the package), pretrained (keras-cv's files, "
+        "downloaded once and checked), random (seeded; images are noise) or a directory "
+        "(default: SDSERVE_WEIGHTS, else embedded for tiny and pretrained for sd-v1/sd-v2)",
+    )
+    up.add_argument(
+        "--sizes",
+        type=arguments.sizes,
+        default=None,
+        metavar="WxH,...",
+        help="sizes to serve, e.g. 64x64,128x128 (default: SDSERVE_SIZES or the family's)",
+    )
+    up.add_argument(
+        "--host", default="127.0.0.1", help="where the gateway listens (default: 127.0.0.1)"
+    )
+    up.add_argument(
+        "--port", type=arguments.port, default=DEFAULT_PORT, help="gateway port (default: 8000)"
+    )
+    up.add_argument(
+        "--base-port",
+        type=arguments.port,
+        default=DEFAULT_BASE_PORT,
+        help="text encoder port; diffusion uses base+1, decoder base+2 (default: 8001)",
+    )
+    up.add_argument(
+        "--ready-timeout",
+        type=arguments.seconds,
+        default=600.0,
+        metavar="SECONDS",
+        help="stop everything if the parts are not all ready by then; 0: wait forever "
+        "(default: 600)",
+    )
+    up.add_argument(
+        "--grace",
+        type=arguments.seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="on stop, how long each process gets after SIGTERM before SIGKILL (default: 10)",
+    )
+    up.add_argument("--no-color", action="store_true", help="no colours in the log prefixes")
+
+
+def resolve_up_config(args: argparse.Namespace, env: Mapping[str, str]) -> UpConfig:
+    """Merge flags (first), SDSERVE_* environment variables, then defaults."""
+    from shared.families import FAMILY_NAMES, get_family
+
+    model = args.model or env.get("SDSERVE_MODEL") or "tiny"
+    family_weights = get_family(model).spec.default_weights if model in FAMILY_NAMES else ""
+    weights = args.weights or env.get("SDSERVE_WEIGHTS") or family_weights
+    if weights not in ("embedded", "random", "pretrained", ""):
+        weights = str(Path(weights).expanduser().resolve())
+    sizes = args.sizes or env.get("SDSERVE_SIZES") or None
+    return UpConfig(
+        topology=args.topology,
+        model=model,
+        weights=weights,
+        sizes=sizes,
+        host=args.host,
+        port=args.port,
+        base_port=args.base_port,
+    )
+
+
+def build_processes(
+    config: UpConfig, base_env: Mapping[str, str], python: str | None = None
+) -> list[ChildSpec]:
+    """The processes `sdserve up` starts for a topology, with their argv and environment.
+
+    Every process gets ``base_env`` with SDSERVE_MODEL, SDSERVE_WEIGHTS and (when set)
+    SDSERVE_SIZES from ``config``. The stage URL variables are removed everywhere and set
+    only on central, for the stages that run remote in this topology, so a stray
+    SDSERVE_DIFFUSION_URL cannot turn an all-in-one gateway into a client.
+    """
+    from central.supervisor.specs import ChildSpec
+
+    python = python or sys.executable
+    url_vars = [stage.url_env for stage in STAGES]
+    common = {k: v for k, v in base_env.items() if k not in url_vars}
+    common["SDSERVE_MODEL"] = config.model
+    common["SDSERVE_WEIGHTS"] = config.weights
+    # A terminal reads plain lines better than JSON; an explicit setting still wins.
+    common.setdefault("SDSERVE_LOG_FORMAT", "text")
+    # TensorFlow's C++ start-up notes (CPU features, oneDNN) are noise here.
+    common.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if config.sizes:
+        common["SDSERVE_SIZES"] = config.sizes
+    else:
+        common.pop("SDSERVE_SIZES", None)
+
+    remote = REMOTE_STAGES[config.topology]
+    specs: list[ChildSpec] = []
+    central_env = dict(common)
+    for stage in STAGES:
+        if stage.name not in remote:
+            continue
+        port = config.base_port + stage.port_offset
+        url = http_url(STAGE_HOST, port)
+        specs.append(
+            ChildSpec(
+                name=stage.name,
+                argv=[python, "-m", stage.module, "--host", STAGE_HOST, "--port", str(port)],
+                env=dict(common),
+                ready_url=f"{url}/readyz",
+            )
+        )
+        central_env[stage.url_env] = url
+    specs.append(
+        ChildSpec(
+            name="central",
+            argv=[python, "-m", "central", "--host", config.host, "--port", str(config.port)],
+            env=central_env,
+            ready_url=f"{http_url(config.host, config.port)}/readyz",
+        )
+    )
+    return specs
+
+
+def _port_taken(host: str, port: int) -> bool:
+    """Whether binding host:port fails the way uvicorn's bind would."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def check_ports(specs: Sequence[ChildSpec]) -> list[str]:
+    """Problems with the ports the processes will listen on (empty: all free)."""
+    problems: list[str] = []
+    seen: dict[int, str] = {}
+    for spec in specs:
+        argv = list(spec.argv)
+        host, port = argv[argv.index("--host") + 1], int(argv[argv.index("--port") + 1])
+        if port in seen:
+            problems.append(f"{spec.name} and {seen[port]} would both use port {port}")
+            continue
+        seen[port] = spec.name
+        if _port_taken(host, port):
+            problems.append(f"port {port} on {host} (for {spec.name}) is already in use")
+    return problems
+
+
+def _example_size(config: UpConfig) -> str:
+    if config.sizes:
+        return config.sizes.split(",")[0]
+    from shared.config import format_size
+    from shared.families import FAMILY_NAMES, get_family
+
+    if config.model not in FAMILY_NAMES:
+        return format_size((512, 512))
+    return format_size(get_family(config.model).spec.default_sizes[0])
+
+
+def random_weights_warning() -> str:
+    return (
+        "!!! WEIGHTS ARE RANDOM (SDSERVE_WEIGHTS=random): the model is untrained and every "
+        "image will be noise.\n"
+        "!!! For real images: sdserve up --model sd-v1 --weights pretrained"
+    )
+
+
+def ready_banner(config: UpConfig) -> str:
+    """What `sdserve up` prints once every part is ready."""
+    base = http_url(config.host, config.port)
+    size = _example_size(config)
+    from shared.families import FAMILY_NAMES, get_family
+
+    family = config.model if config.model in FAMILY_NAMES else "sd-v1"
+    prompt = get_family(family).spec.example_prompt
+    body = json.dumps({"prompt": prompt, "size": size, "response_format": "b64_json"})
+    decode = (
+        "import sys, json, base64; d = json.load(sys.stdin); "
+        'open("out.png", "wb").write(base64.b64decode(d["data"][0]["b64_json"]))'
+    )
+    listening = (
+        f" (listening on all interfaces, {config.host})"
+        if config.host in ("0.0.0.0", "::")  # noqa: S104 - comparing, not binding
+        else ""
+    )
+    lines = [
+        "",
+        f"sdserve is ready: {config.topology}, model {config.model}, weights {config.weights}",
+        f"  gateway: {base}{listening}",
+        f"  docs:    {base}/docs",
+        "  try it:",
+        f"    curl -s {base}/v1/images/generations \\",
+        "      -H 'Content-Type: application/json' \\",
+        f"      -d {shlex.quote(body)} \\",
+        f"      | python3 -c {shlex.quote(decode)}",
+        f"  or:  sdserve generate {shlex.quote(prompt)} --size {size} -o out.png"
+        + (f" --url {base}" if base != DEFAULT_URL else ""),
+    ]
+    if config.weights == "random":
+        lines.append(random_weights_warning())
+    lines += ["Press Ctrl-C to stop.", ""]
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from central.supervisor.runner import Supervisor
+    from shared.config import ConfigError, load_settings
+
+    config = resolve_up_config(args, os.environ)
+    overrides: dict[str, object] = {"model": config.model, "weights": config.weights}
+    if config.sizes:
+        overrides["sizes"] = config.sizes
+    try:  # the same check every process makes at start-up, once, before starting any
+        load_settings(**overrides)
+    except ConfigError as exc:
+        print(f"sdserve up: {exc}", file=sys.stderr)
+        return 2
+
+    specs = build_processes(config, os.environ)
+    problems = check_ports(specs)
+    if problems:
+        for problem in problems:
+            print(f"sdserve up: {problem}", file=sys.stderr)
+        print("sdserve up: pick others with --port / --base-port", file=sys.stderr)
+        return 2
+
+    supervisor = Supervisor(specs, color=False if args.no_color else None, grace_s=args.grace)
+    parts = ", ".join(
+        f"{s.name} on {s.ready_url.rsplit('/', 1)[0] if s.ready_url else '?'}" for s in specs
+    )
+    supervisor.log(
+        f"starting {config.topology}: {parts}; model {config.model}, weights {config.weights}"
+        + (f", sizes {config.sizes}" if config.sizes else "")
+    )
+    if config.weights == "random":
+        supervisor.log(random_weights_warning(), error=True)
+    timeout = args.ready_timeout or None
+    return asyncio.run(
+        supervisor.run(
+            ready_timeout_s=timeout, on_ready=lambda: supervisor.write(ready_banner(config))
+        )
+    )

@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from shared.progress import STREAM_MEDIA_TYPE, FrameReader, read_progress, result_spec
+from shared.service_process import ServiceProcess
 from shared.wire import MEDIA_TYPE, decode_npz, encode_npz
-from tests.utils.servers import ServiceProcess
 from tests.utils.tiny_stack import STAGE_NAMES
 
 

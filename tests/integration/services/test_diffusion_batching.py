@@ -12,7 +12,7 @@ import pytest
 from central.chain import Chain, GenerationParams
 from shared.config import Settings
 from shared.errors import QueueFull
-from tests.utils.servers import ServiceProcess, run_services
+from shared.service_process import ServiceProcess, run_services
 from tests.utils.wire import npz, read_npz
 
 from .common import TINY_ENV

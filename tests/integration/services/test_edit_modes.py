@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from shared.config import Settings
+from shared.service_process import ServiceProcess, run_services
 from shared.stages import DenoiseParams, make_decoder, make_diffusion
-from tests.utils.servers import ServiceProcess, run_services
 from tests.utils.wire import assert_error, npz, read_npz
 
 from .common import TINY_ENV

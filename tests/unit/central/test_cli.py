@@ -35,7 +35,7 @@ from central.cli import (
     ready_banner,
     resolve_up_config,
 )
-from tests.utils.servers import ServiceProcess
+from shared.service_process import ServiceProcess
 
 REPO = Path(__file__).resolve().parents[3]
 PY = "/usr/bin/python-test"

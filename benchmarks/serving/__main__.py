@@ -96,6 +96,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def render_only(out_dir: Path) -> int:
+    """Re-render serving.md and serving.png from serving.json, measuring nothing."""
+    json_path = out_dir / "serving.json"
+    report = json.loads(json_path.read_text())
+    report["targets"] = evaluate_targets(report["sections"])
+    if "concurrency" in report["sections"]:
+        report["chart"] = render_chart(report, out_dir / "serving.png") or "serving.png"
+    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (out_dir / "serving.md").write_text(render_markdown(report))
+    log(f"re-rendered {out_dir}/serving.md from serving.json")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker == "keras_cv":
@@ -113,14 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "serving.json"
     if args.render_only:
-        report = json.loads(json_path.read_text())
-        report["targets"] = evaluate_targets(report["sections"])
-        if "concurrency" in report["sections"]:
-            report["chart"] = render_chart(report, out_dir / "serving.png") or "serving.png"
-        json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-        (out_dir / "serving.md").write_text(render_markdown(report))
-        log(f"re-rendered {out_dir}/serving.md from serving.json")
-        return 0
+        return render_only(out_dir)
     previous: Record = {}
     if json_path.exists() and not args.fresh:
         with contextlib.suppress(ValueError):

@@ -26,8 +26,11 @@ from benchmarks.serving.common import (
     stats_ms,
     wxh,
 )
+from benchmarks.serving.records import ConcurrencyLevel, LoopRequest, Timings, as_json
 from benchmarks.serving.stack import (
+    GatewaySpecs,
     Stack,
+    StageSpecs,
     batch_rows,
     family_env,
     generation_body,
@@ -42,14 +45,14 @@ async def closed_loop(
     clients: int,
     warmup_s: float,
     window_s: float,
-) -> Record:
+) -> ConcurrencyLevel:
     """`clients` closed-loop clients for warmup + window seconds, then cancel the rest.
 
     Throughput counts the images of requests that completed inside the window; latency is
     over those requests. Requests still running at the end are cancelled (the server
     frees their rows at the next step) and not counted.
     """
-    records: list[Record] = []
+    records: list[LoopRequest] = []
     t0 = time.perf_counter()
     stop_issuing = t0 + warmup_s + window_s
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
@@ -58,9 +61,9 @@ async def closed_loop(
         async def run_client(i: int) -> None:
             while time.perf_counter() < stop_issuing:
                 started = time.perf_counter()
-                status: Any
+                status: int | str
                 images = 0
-                timings: Record = {}
+                timings: Timings = {}
                 try:
                     response = await client.post(f"{url}{GENERATIONS}", json=body)
                     status = response.status_code
@@ -73,14 +76,14 @@ async def closed_loop(
                 except httpx.HTTPError as exc:
                     status = type(exc).__name__
                 records.append(
-                    {
-                        "client": i,
-                        "start": started - t0,
-                        "end": time.perf_counter() - t0,
-                        "status": status,
-                        "images": images,
-                        "timings": timings,
-                    }
+                    LoopRequest(
+                        client=i,
+                        start=started - t0,
+                        end=time.perf_counter() - t0,
+                        status=status,
+                        images=images,
+                        timings=timings,
+                    )
                 )
 
         tasks = [asyncio.create_task(run_client(i)) for i in range(clients)]
@@ -89,30 +92,26 @@ async def closed_loop(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     lo, hi = warmup_s, warmup_s + window_s
-    done = [r for r in records if r["status"] == 200 and lo <= r["end"] <= hi]
-    latencies = [r["end"] - r["start"] for r in done]
+    done = [r for r in records if r.status == 200 and lo <= r.end <= hi]
+    latencies = [r.end - r.start for r in done]
     errors: dict[str, int] = {}
     for r in records:
-        if r["status"] != 200:
-            errors[str(r["status"])] = errors.get(str(r["status"]), 0) + 1
-    diffusion_queue = [float(r["timings"].get("diffusion", {}).get("queue_ms", 0)) for r in done]
-    diffusion_compute = [
-        float(r["timings"].get("diffusion", {}).get("compute_ms", 0)) for r in done
-    ]
-    return {
-        "clients": clients,
-        "warmup_s": round(warmup_s, 1),
-        "window_s": round(window_s, 1),
-        "completed_in_window": len(done),
-        "images_per_s": round(sum(r["images"] for r in done) / window_s, 3),
-        "latency": stats_ms(latencies),
-        "diffusion_queue_ms_median": round(float(np.median(diffusion_queue)), 1) if done else None,
-        "diffusion_compute_ms_median": round(float(np.median(diffusion_compute)), 1)
-        if done
-        else None,
-        "errors": errors,
-        "requests_started": len(records),
-    }
+        if r.status != 200:
+            errors[str(r.status)] = errors.get(str(r.status), 0) + 1
+    diffusion_queue = [float(r.timings.get("diffusion", {}).get("queue_ms", 0)) for r in done]
+    diffusion_compute = [float(r.timings.get("diffusion", {}).get("compute_ms", 0)) for r in done]
+    return ConcurrencyLevel(
+        clients=clients,
+        warmup_s=round(warmup_s, 1),
+        window_s=round(window_s, 1),
+        completed_in_window=len(done),
+        images_per_s=round(sum(r.images for r in done) / window_s, 3),
+        latency=stats_ms(latencies),
+        diffusion_queue_ms_median=round(float(np.median(diffusion_queue)), 1) if done else None,
+        diffusion_compute_ms_median=round(float(np.median(diffusion_compute)), 1) if done else None,
+        errors=errors,
+        requests_started=len(records),
+    )
 
 
 async def concurrency_levels(
@@ -146,24 +145,24 @@ async def concurrency_levels(
                 load = load_average()
                 cpu_before, t_level = cpu_snapshot(stack.pids()), time.perf_counter()
                 level = await closed_loop(stack.url(mode), body, clients, warmup, window)
-                level["cores_used"] = cores_used(
+                level.cores_used = cores_used(
                     cpu_before, cpu_snapshot(stack.pids()), time.perf_counter() - t_level
                 )
                 idle = await wait_idle(client, stack.url(modes[mode]), 180)
                 after = {k: await batch_rows(client, u) for k, u in urls.items()}
                 # Each service's /metrics labels its model by stage name.
-                level["batching"] = {k: rows_between(before[k], after[k]).get(k, {}) for k in urls}
-                level["load_1m_before"] = load[0]
-                level["idle_wait_s"] = idle
+                level.batching = {k: rows_between(before[k], after[k]).get(k, {}) for k in urls}
+                level.load_1m_before = load[0]
+                level.idle_wait_s = idle
                 stack.check_alive()
-                if clients == 1 and level["latency"].get("median_ms"):
-                    single_s[mode] = level["latency"]["median_ms"] / 1000
-                levels[mode].append(level)
-                lat = level["latency"]
+                if clients == 1 and level.latency.get("median_ms"):
+                    single_s[mode] = level.latency["median_ms"] / 1000
+                levels[mode].append(as_json(level))
+                lat = level.latency
                 log(
-                    f"  {mode} {clients:>2} clients: {level['images_per_s']:.2f} img/s, "
+                    f"  {mode} {clients:>2} clients: {level.images_per_s:.2f} img/s, "
                     f"p50 {lat.get('p50_ms')} ms, p95 {lat.get('p95_ms')} ms, "
-                    f"n={lat.get('n')}, errors {level['errors']}"
+                    f"n={lat.get('n')}, errors {level.errors}"
                 )
     return levels
 
@@ -174,14 +173,14 @@ def section_concurrency(plan: Record, args: argparse.Namespace, log_dir: Path) -
         log(f"concurrency: {family} {wxh(cfg['size'])} steps={cfg['steps']}")
         # One text encoder and one decoder service; two diffusion services (continuous
         # batching on / off), each behind its own three-endpoints gateway.
-        stages = {
+        stages: StageSpecs = {
             "text_encoder": ("text_encoder", {}),
             "diffusion_cb": ("diffusion", {"SDSERVE_CONTINUOUS_BATCHING": "true"}),
             "diffusion_nocb": ("diffusion", {"SDSERVE_CONTINUOUS_BATCHING": "false"}),
             "decoder": ("decoder", {}),
         }
         modes = {"cb": "diffusion_cb", "nocb": "diffusion_nocb"}
-        gateways = {
+        gateways: GatewaySpecs = {
             mode: ({"text_encoder": "text_encoder", "diffusion": d, "decoder": "decoder"}, {})
             for mode, d in modes.items()
         }

@@ -13,14 +13,14 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.serving.common import REPO_ROOT, STAGE_MODULES, Record, log, wxh
-from benchmarks.serving.stack import Stack, family_env
+from benchmarks.serving.stack import GatewaySpecs, Stack, StageSpecs, family_env
 
 
 def section_locust(plan: Record, args: argparse.Namespace, log_dir: Path) -> Record:
     if importlib.util.find_spec("locust") is None:
         return {"status": "skipped: locust is not installed (pip install locust)"}
-    stages = {kind: (kind, {}) for kind in STAGE_MODULES}
-    gateways = {"central": ({k: k for k in STAGE_MODULES}, {})}
+    stages: StageSpecs = {kind: (kind, {}) for kind in STAGE_MODULES}
+    gateways: GatewaySpecs = {"central": ({k: k for k in STAGE_MODULES}, {})}
     result: Record = {"config": {**plan, "size": wxh(plan["size"])}}
     with (
         Stack("locust-tiny", family_env("tiny", plan["size"]), stages, gateways, log_dir) as st,

@@ -28,7 +28,8 @@ from benchmarks.serving.common import (
     stats_ms,
     wxh,
 )
-from benchmarks.serving.stack import Stack, family_env, generation_body
+from benchmarks.serving.records import OverloadPhase, OverloadRequest, as_json
+from benchmarks.serving.stack import GatewaySpecs, Stack, StageSpecs, family_env, generation_body
 
 
 class RssSampler:
@@ -85,10 +86,10 @@ async def overload_phase(
     duration_s: float,
     max_requests: int,
     pause_after_503_s: float,
-) -> Record:
+) -> OverloadPhase:
     """Closed loop without cancelling: every request runs to its answer (or the client
     timeout), so a request that hangs shows up as a timeout."""
-    records: list[Record] = []
+    records: list[OverloadRequest] = []
     refusals: dict[str, int] = {}
     t0 = time.perf_counter()
     stop_issuing = t0 + duration_s
@@ -101,7 +102,7 @@ async def overload_phase(
             while time.perf_counter() < stop_issuing and issued < max_requests:
                 issued += 1
                 started = time.perf_counter()
-                status: Any
+                status: int | str
                 detail = ""
                 try:
                     response = await client.post(f"{url}{GENERATIONS}", json=body)
@@ -126,12 +127,12 @@ async def overload_phase(
                 except ValueError:
                     status = "bad body"
                 records.append(
-                    {
-                        "status": status,
-                        "start_s": round(started - t0, 3),
-                        "seconds": round(time.perf_counter() - started, 3),
-                        "detail": detail,
-                    }
+                    OverloadRequest(
+                        status=status,
+                        start_s=round(started - t0, 3),
+                        seconds=round(time.perf_counter() - started, 3),
+                        detail=detail,
+                    )
                 )
                 if status != 200 and pause_after_503_s:
                     await asyncio.sleep(pause_after_503_s)
@@ -139,33 +140,33 @@ async def overload_phase(
         await asyncio.gather(*(run_client() for _ in range(clients)))
     counts: dict[str, int] = {}
     for r in records:
-        counts[str(r["status"])] = counts.get(str(r["status"]), 0) + 1
-    ok = [r["seconds"] for r in records if r["status"] == 200]
-    refused = [r["seconds"] for r in records if str(r["status"]).startswith("503")]
+        counts[str(r.status)] = counts.get(str(r.status), 0) + 1
+    ok = [r.seconds for r in records if r.status == 200]
+    refused = [r.seconds for r in records if str(r.status).startswith("503")]
     elapsed = time.perf_counter() - t0
-    return {
-        "clients": clients,
-        "duration_s": round(elapsed, 1),
-        "requests": len(records),
-        "status_counts": counts,
-        "refused_by": refusals,
-        "ok_latency": stats_ms(ok),
-        "refused_latency": stats_ms(refused),
-        "ok_images_per_s": round(len(ok) / elapsed, 3),
+    return OverloadPhase(
+        clients=clients,
+        duration_s=round(elapsed, 1),
+        requests=len(records),
+        status_counts=counts,
+        refused_by=refusals,
+        ok_latency=stats_ms(ok),
+        refused_latency=stats_ms(refused),
+        ok_images_per_s=round(len(ok) / elapsed, 3),
         # Anything that was neither 200 nor 503, with when it started and how long it took.
-        "other_outcomes": [
-            r for r in records if r["status"] != 200 and not str(r["status"]).startswith("503")
+        other_outcomes=[
+            as_json(r) for r in records if r.status != 200 and not str(r.status).startswith("503")
         ][:20],
-        "all_200_or_503": all(
-            r["status"] == 200 or str(r["status"]).startswith("503") for r in records
-        ),
-    }
+        all_200_or_503=all(r.status == 200 or str(r.status).startswith("503") for r in records),
+    )
 
 
 def section_overload(plan: Record, args: argparse.Namespace, log_dir: Path) -> Record:
     queue = str(plan["queue_size"])
-    stages = {kind: (kind, {"SDSERVE_QUEUE_SIZE": queue}) for kind in STAGE_MODULES}
-    gateways = {"central": ({k: k for k in STAGE_MODULES}, {"SDSERVE_QUEUE_SIZE": queue})}
+    stages: StageSpecs = {kind: (kind, {"SDSERVE_QUEUE_SIZE": queue}) for kind in STAGE_MODULES}
+    gateways: GatewaySpecs = {
+        "central": ({k: k for k in STAGE_MODULES}, {"SDSERVE_QUEUE_SIZE": queue})
+    }
     body = generation_body(plan["size"], plan["steps"])
     result: Record = {"config": {**plan, "size": wxh(plan["size"])}}
     with Stack("overload-tiny", family_env("tiny", plan["size"]), stages, gateways, log_dir) as st:
@@ -178,7 +179,7 @@ def section_overload(plan: Record, args: argparse.Namespace, log_dir: Path) -> R
                 sampler.phase = "moderate"
                 log(f"overload: moderate load, {plan['moderate_clients']} clients")
                 cpu, t = cpu_snapshot(st.pids()), time.perf_counter()
-                result["moderate"] = await overload_phase(
+                moderate = await overload_phase(
                     st.url("central"),
                     body,
                     plan["moderate_clients"],
@@ -186,14 +187,15 @@ def section_overload(plan: Record, args: argparse.Namespace, log_dir: Path) -> R
                     10**9,
                     0.0,
                 )
-                result["moderate"]["load_1m"] = load_average()[0]
-                result["moderate"]["cores_used"] = cores_used(
+                moderate.load_1m = load_average()[0]
+                moderate.cores_used = cores_used(
                     cpu, cpu_snapshot(st.pids()), time.perf_counter() - t
                 )
+                result["moderate"] = as_json(moderate)
                 sampler.phase = "overload"
                 log(f"overload: {plan['overload_clients']} clients, queues of {queue}")
                 cpu, t = cpu_snapshot(st.pids()), time.perf_counter()
-                result["overload"] = await overload_phase(
+                overload = await overload_phase(
                     st.url("central"),
                     body,
                     plan["overload_clients"],
@@ -201,10 +203,11 @@ def section_overload(plan: Record, args: argparse.Namespace, log_dir: Path) -> R
                     plan["max_requests"],
                     plan["pause_after_503_s"],
                 )
-                result["overload"]["load_1m"] = load_average()[0]
-                result["overload"]["cores_used"] = cores_used(
+                overload.load_1m = load_average()[0]
+                overload.cores_used = cores_used(
                     cpu, cpu_snapshot(st.pids()), time.perf_counter() - t
                 )
+                result["overload"] = as_json(overload)
                 sampler.phase = "after"
                 await asyncio.sleep(3)
                 # Still serving normally afterwards?

@@ -23,8 +23,15 @@ from benchmarks.serving.common import (
 )
 from shared.service_process import ServiceProcess
 
+# Stage service name -> (stage kind, env overrides).
+StageSpecs = Mapping[str, tuple[str, Mapping[str, str]]]
+# Gateway name -> (stage kind -> stage service it uses, env overrides).
+GatewaySpecs = Mapping[str, tuple[Mapping[str, str], Mapping[str, str]]]
 
-def family_env(family: str, size: Sequence[int], extra: Mapping[str, str] | None = None) -> dict:
+
+def family_env(
+    family: str, size: Sequence[int], extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
     env = {
         "SDSERVE_MODEL": family,
         "SDSERVE_WEIGHTS": "random",
@@ -48,8 +55,8 @@ class Stack:
         self,
         label: str,
         base_env: Mapping[str, str],
-        stages: Mapping[str, tuple[str, Mapping[str, str]]],
-        gateways: Mapping[str, tuple[Mapping[str, str], Mapping[str, str]]],
+        stages: StageSpecs,
+        gateways: GatewaySpecs,
         log_dir: Path,
         startup_timeout: float = 600.0,
     ) -> None:

@@ -30,7 +30,8 @@ from benchmarks.serving.common import (
     stats_ms,
     wxh,
 )
-from benchmarks.serving.stack import Stack, family_env, generation_body
+from benchmarks.serving.records import TopologyRequest, as_json
+from benchmarks.serving.stack import GatewaySpecs, Stack, StageSpecs, family_env, generation_body
 
 
 def png_digest(payload: Mapping[str, Any]) -> str:
@@ -42,10 +43,10 @@ def png_digest(payload: Mapping[str, Any]) -> str:
 
 async def sequential_rounds(
     urls: Mapping[str, str], body: Mapping[str, Any], warmup: int, repeats: int
-) -> list[Record]:
+) -> list[TopologyRequest]:
     """One request at a time; each round visits every gateway, in a rotating order so that
     load drift and ordering effects hit every topology alike."""
-    records: list[Record] = []
+    records: list[TopologyRequest] = []
     names = list(urls)
     async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S * 5) as client:
         for r in range(warmup + repeats):
@@ -58,50 +59,48 @@ async def sequential_rounds(
                     raise RuntimeError(f"{name}: HTTP {response.status_code}: {response.text}")
                 payload = response.json()
                 records.append(
-                    {
-                        "topology": name,
-                        "round": r,
-                        "warmup": r < warmup,
-                        "e2e_ms": round(elapsed * 1000, 1),
-                        "timings": payload.get("timings", {}),
-                        "digest": png_digest(payload),
-                        "load_1m": load_average()[0],
-                    }
+                    TopologyRequest(
+                        topology=name,
+                        round=r,
+                        warmup=r < warmup,
+                        e2e_ms=round(elapsed * 1000, 1),
+                        timings=payload.get("timings", {}),
+                        digest=png_digest(payload),
+                        load_1m=load_average()[0],
+                    )
                 )
                 log(f"  {name} round {r}: {elapsed * 1000:.0f} ms")
     return records
 
 
-def summarize_topologies(records: list[Record]) -> Record:
-    measured = [r for r in records if not r["warmup"]]
+def summarize_topologies(records: list[TopologyRequest]) -> Record:
+    measured = [r for r in records if not r.warmup]
     out: Record = {}
     for topology in TOPOLOGIES:
-        rows = [r for r in measured if r["topology"] == topology]
+        rows = [r for r in measured if r.topology == topology]
         if not rows:
             continue
-        e2e = [r["e2e_ms"] / 1000 for r in rows]
+        e2e = [r.e2e_ms / 1000 for r in rows]
         stages: Record = {}
         stage_total = [0.0] * len(rows)
         for stage in ("text_encoder", "diffusion", "decoder"):
             parts: Record = {}
             for key in ("queue_ms", "compute_ms", "transfer_ms"):
-                values = [float(r["timings"].get(stage, {}).get(key, 0.0)) for r in rows]
+                values = [float(r.timings.get(stage, {}).get(key, 0.0)) for r in rows]
                 parts[key] = round(float(np.median(values)), 1)
-            totals = [
-                sum(float(r["timings"].get(stage, {}).get(k, 0.0)) for k in parts) for r in rows
-            ]
+            totals = [sum(float(r.timings.get(stage, {}).get(k, 0.0)) for k in parts) for r in rows]
             parts["total_ms"] = round(float(np.median(totals)), 1)
             stages[stage] = parts
             stage_total = [a + b for a, b in zip(stage_total, totals, strict=True)]
-        other = [r["e2e_ms"] - t for r, t in zip(rows, stage_total, strict=True)]
+        other = [r.e2e_ms - t for r, t in zip(rows, stage_total, strict=True)]
         compute = [
             sum(
-                float(r["timings"].get(s, {}).get("compute_ms", 0.0))
+                float(r.timings.get(s, {}).get("compute_ms", 0.0))
                 for s in ("text_encoder", "diffusion", "decoder")
             )
             for r in rows
         ]
-        overhead = [r["e2e_ms"] - c for r, c in zip(rows, compute, strict=True)]
+        overhead = [r.e2e_ms - c for r, c in zip(rows, compute, strict=True)]
         out[topology] = {
             "e2e": stats_ms(e2e),
             "stages": stages,
@@ -116,7 +115,7 @@ def summarize_topologies(records: list[Record]) -> Record:
                     np.median(
                         [
                             sum(
-                                float(r["timings"].get(s, {}).get("transfer_ms", 0.0))
+                                float(r.timings.get(s, {}).get("transfer_ms", 0.0))
                                 for s in ("text_encoder", "diffusion", "decoder")
                             )
                             for r in rows
@@ -136,7 +135,7 @@ def summarize_topologies(records: list[Record]) -> Record:
             entry["ratio_at_equal_compute"] = ratio(
                 aio["compute_ms"] + entry["overhead_ms"], aio["compute_ms"] + aio["overhead_ms"]
             )
-    digests = {r["digest"] for r in records}
+    digests = {r.digest for r in records}
     out["_identical_images"] = len(digests) == 1
     return out
 
@@ -161,14 +160,14 @@ def section_topologies(plan: Record, args: argparse.Namespace, log_dir: Path) ->
                     if args.sd_layout == "sequential"
                     else f"sequential: MemAvailable {available} GiB < {SD_INTERLEAVE_MIN_GIB}"
                 )
-        records: list[Record] = []
+        records: list[TopologyRequest] = []
         startup: Record = {}
         describe: Record = {}
         rss: Record = {}
         for group in groups:
             needed = sorted({k for t in group for k in REMOTE_STAGES[t]})
-            stages = {kind: (kind, {}) for kind in needed}
-            gateways = {t: ({k: k for k in REMOTE_STAGES[t]}, {}) for t in group}
+            stages: StageSpecs = {kind: (kind, {}) for kind in needed}
+            gateways: GatewaySpecs = {t: ({k: k for k in REMOTE_STAGES[t]}, {}) for t in group}
             mem = mem_available_gib()
             log(f"  starting {group} (MemAvailable {mem} GiB)")
             with Stack(
@@ -202,6 +201,6 @@ def section_topologies(plan: Record, args: argparse.Namespace, log_dir: Path) ->
             "rss_mib": rss,
             "execution": execution,
             "summary": summarize_topologies(records),
-            "requests": records,
+            "requests": [as_json(r) for r in records],
         }
     return result

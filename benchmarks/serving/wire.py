@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.serving.common import Record, ratio, wxh
+from benchmarks.serving.records import CodecTimes, WireHop, as_json
 
 
 def b64_json(arrays: Mapping[str, np.ndarray]) -> bytes:
@@ -45,7 +46,7 @@ def _best_of_ms(fn: Callable[[], Any], repeat: int = 5) -> float:
     return round(min(times) * 1000, 2)
 
 
-def codec_times(arrays: Mapping[str, np.ndarray]) -> Record:
+def codec_times(arrays: Mapping[str, np.ndarray]) -> CodecTimes:
     """Encode and decode milliseconds (best of 5): npz with the stages' checked decode,
     and base64 JSON."""
     from shared.wire import TensorSpec, decode_npz, encode_npz
@@ -62,12 +63,12 @@ def codec_times(arrays: Mapping[str, np.ndarray]) -> Record:
             raw = base64.b64decode(item["b64"])
             np.frombuffer(raw, dtype=item["dtype"]).reshape(item["shape"])
 
-    return {
-        "npz_encode_ms": _best_of_ms(lambda: encode_npz(arrays)),
-        "npz_decode_checked_ms": _best_of_ms(lambda: decode_npz(npz_body, spec, max_bytes=1 << 30)),
-        "b64_json_encode_ms": _best_of_ms(lambda: b64_json(arrays)),
-        "b64_json_decode_ms": _best_of_ms(decode_json),
-    }
+    return CodecTimes(
+        npz_encode_ms=_best_of_ms(lambda: encode_npz(arrays)),
+        npz_decode_checked_ms=_best_of_ms(lambda: decode_npz(npz_body, spec, max_bytes=1 << 30)),
+        b64_json_encode_ms=_best_of_ms(lambda: b64_json(arrays)),
+        b64_json_decode_ms=_best_of_ms(decode_json),
+    )
 
 
 def section_wire(plan: Record, args: argparse.Namespace, log_dir: Path) -> Record:
@@ -99,31 +100,31 @@ def section_wire(plan: Record, args: argparse.Namespace, log_dir: Path) -> Recor
                 "central -> decoder": {"latent": latent},
                 "decoder -> central": {"images": images},
             }
-            rows: list[Record] = []
+            rows: list[WireHop] = []
             for hop, arrays in bodies.items():
                 rows.append(
-                    {
-                        "hop": hop,
-                        "tensors": {k: list(v.shape) for k, v in arrays.items()},
-                        "npz_fp32": len(encode_npz(arrays)),
-                        "npz_fp16": len(encode_npz(arrays, fp16=True)),
-                        "b64_json_fp32": len(b64_json(arrays)),
-                        "json_lists": json_lists(arrays),
-                        "raw_fp32": int(sum(a.nbytes for a in arrays.values())),
-                    }
+                    WireHop(
+                        hop=hop,
+                        tensors={k: list(v.shape) for k, v in arrays.items()},
+                        npz_fp32=len(encode_npz(arrays)),
+                        npz_fp16=len(encode_npz(arrays, fp16=True)),
+                        b64_json_fp32=len(b64_json(arrays)),
+                        json_lists=json_lists(arrays),
+                        raw_fp32=int(sum(a.nbytes for a in arrays.values())),
+                    )
                 )
             total = {
-                k: sum(r[k] for r in rows)
+                k: sum(int(getattr(r, k)) for r in rows)
                 for k in ("npz_fp32", "npz_fp16", "b64_json_fp32", "json_lists", "raw_fp32")
             }
             # Encode + decode cost of the biggest body (checked decode, as the stages do).
             big = max(bodies.values(), key=lambda a: sum(x.nbytes for x in a.values()))
             codec_ms = codec_times(big)
             result["shapes"][f"{family_name} {wxh(size)} n={n}"] = {
-                "hops": rows,
+                "hops": [as_json(r) for r in rows],
                 "total": total,
                 "b64_json_over_npz_fp32": ratio(total["b64_json_fp32"], total["npz_fp32"]),
                 "npz_fp16_over_fp32": ratio(total["npz_fp16"], total["npz_fp32"]),
-                "codec_of_biggest_body": codec_ms,
+                "codec_of_biggest_body": as_json(codec_ms),
             }
     return result

@@ -11,9 +11,12 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from shared.config import FamilyName, Precision
 
 from benchmarks.stages.common import (
     FAMILY_SIZES,
@@ -53,12 +56,12 @@ class FamilyBench:
         self.size = FAMILY_SIZES[family_name]
         self.device = detect_device()
         self.settings = Settings(
-            model=family_name,
+            model=cast("FamilyName", family_name),
             weights="random",
             sizes=[self.size],
             xla="off",
             batched_cfg="off",
-            precision=precision,
+            precision=cast("Precision", precision),
         )
         self.family = get_family(family_name)
         self.strategy = ExecutionStrategy(

@@ -60,7 +60,7 @@ integration: install
 	$(BIN)/python -m pytest tests/integration tests/e2e $(PYTEST_ARGS)
 
 benchmark: install
-	$(BIN)/python benchmarks/stages.py
+	$(BIN)/python -m benchmarks.stages
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

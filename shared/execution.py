@@ -3,7 +3,7 @@
 These are per-device choices, not constants: on the 2-core CPU we develop on, XLA made a
 keras-cv UNet step slower and batching the two CFG passes slower than two batch-1 calls,
 while on GPUs both usually pay. `auto` takes the choice measured fastest for the device
-kind and family (benchmarks/stages.py writes the measurements to
+kind and family (`python -m benchmarks.stages` writes the measurements to
 benchmarks/results/stages.md).
 """
 
@@ -35,7 +35,7 @@ class ExecutionStrategy:
 # 12.9 ms batched without XLA), but XLA compiles once per batch shape and the step
 # scheduler's batch sizes vary, so tiny takes the best strategy without XLA. Reduced
 # precision changes images, so `auto` keeps float32 on CPUs. GPU: the usual result on CUDA
-# devices; re-measure with `python benchmarks/stages.py` on yours.
+# devices; re-measure with `python -m benchmarks.stages` on yours.
 AUTO_STRATEGY: dict[DeviceKind, dict[str, dict[str, Any]]] = {
     "cpu": {
         "tiny": {"xla": False, "batched_cfg": True, "precision": "float32"},

@@ -11,7 +11,7 @@ _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from tests.utils.servers import ServiceProcess, run_services  # noqa: E402
+from shared.service_process import ServiceProcess, run_services  # noqa: E402
 from tests.utils.tiny_stack import STAGE_NAMES, TINY_STACK_ENV  # noqa: E402
 
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.utils.servers import ServiceProcess, free_port, run_services
+from shared.service_process import ServiceProcess, free_port, run_services
 
 TINY = {"SDSERVE_MODEL": "tiny", "SDSERVE_SIZES": "64x64,128x128", "SDSERVE_WARM_UP": "false"}
 REQUEST = {

@@ -19,8 +19,8 @@ from PIL import Image
 from shared.families import get_family
 from shared.pipeline.stage_contracts import DENOISE
 from shared.progress import STREAM_MEDIA_TYPE, TIMING_MEMBER, FrameReader, read_progress
+from shared.service_process import ServiceProcess
 from shared.wire import MEDIA_TYPE, TensorSpec, decode_npz, encode_npz
-from tests.utils.servers import ServiceProcess
 from tests.utils.tiny_stack import STAGE_NAMES
 
 

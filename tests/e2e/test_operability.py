@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.utils.servers import ServiceProcess, run_services
+from shared.service_process import ServiceProcess, run_services
 from tests.utils.wire import npz
 
 TINY = {"SDSERVE_MODEL": "tiny", "SDSERVE_SIZES": "64x64", "SDSERVE_WARM_UP": "false"}
@@ -283,7 +283,7 @@ def test_a_stage_answering_garbage_is_a_502_naming_it(tmp_path):
     import subprocess
     import sys
 
-    from tests.utils.servers import free_port
+    from shared.service_process import free_port
 
     port = free_port()
     garbage = subprocess.Popen([sys.executable, "-c", GARBAGE_STAGE, str(port)])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.utils.servers import ServiceProcess, run_services
+from shared.service_process import ServiceProcess, run_services
 
 TINY = {"SDSERVE_MODEL": "tiny", "SDSERVE_SIZES": "64x64"}  # embedded weights
 WARM_UP = int(os.environ.get("SDSERVE_SOAK_WARMUP", "40"))

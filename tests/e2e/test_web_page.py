@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.utils.servers import REPO_ROOT, ServiceProcess
+from shared.service_process import REPO_ROOT, ServiceProcess
 from tests.utils.tiny_stack import TINY_STACK_ENV
 
 if os.environ.get("CI") == "true":

@@ -12,7 +12,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.utils.servers import ServiceProcess
+from shared.service_process import ServiceProcess
 
 EXAMPLES = int(os.environ.get("SDSERVE_FUZZ_EXAMPLES", "25"))
 TINY = {

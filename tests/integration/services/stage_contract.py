@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
-from tests.utils.servers import ServiceProcess
+from shared.service_process import ServiceProcess
 from tests.utils.wire import assert_error
 
 from .common import AUTH, SMALL_BODY_BYTES, TINY_ENV, TOKEN

@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.utils.servers import ServiceProcess
+from shared.service_process import ServiceProcess
 from tests.utils.wire import (
     NPZ_HEADERS,
     assert_error,

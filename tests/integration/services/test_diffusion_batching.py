@@ -13,7 +13,7 @@ from shared.config import Settings
 from shared.errors import QueueFull
 from shared.pipeline.chain import Chain
 from shared.pipeline.types import DenoiseParams, GenerationParams
-from tests.utils.servers import ServiceProcess, run_services
+from shared.service_process import ServiceProcess, run_services
 from tests.utils.wire import npz, read_npz
 
 from .common import TINY_ENV

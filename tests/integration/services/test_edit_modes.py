@@ -17,7 +17,7 @@ from shared.config import Settings
 from shared.pipeline.local.decoder import make_decoder
 from shared.pipeline.local.diffusion import make_diffusion
 from shared.pipeline.types import DenoiseParams, DenoiseRequest, EncodeImageRequest
-from tests.utils.servers import ServiceProcess, run_services
+from shared.service_process import ServiceProcess, run_services
 from tests.utils.wire import assert_error, npz, read_npz
 
 from .common import TINY_ENV

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.utils.servers import ServiceProcess, run_services
+from shared.service_process import ServiceProcess, run_services
 from tests.utils.wire import NPZ_HEADERS, assert_error, npz, read_npz
 
 pytestmark = pytest.mark.slow

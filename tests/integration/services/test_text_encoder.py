@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.utils.servers import ServiceProcess
+from shared.service_process import ServiceProcess
 from tests.utils.wire import assert_error, read_npz
 
 from .common import AUTH

@@ -20,7 +20,7 @@ from PIL import Image
 
 from shared.config import load_settings
 from shared.pipeline.chain import Chain
-from tests.utils.servers import ServiceProcess
+from shared.service_process import ServiceProcess
 from training import evaluate
 from training.judge import judge, palette_labels
 from training.scenes import COLOURS, Scene

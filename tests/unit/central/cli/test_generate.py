@@ -26,7 +26,7 @@ from PIL import Image
 from central.cli import main
 from central.cli.generate import output_paths
 from central.cli.parser import build_parser
-from tests.utils.servers import ServiceProcess
+from shared.service_process import ServiceProcess
 
 REPO = Path(__file__).resolve().parents[4]
 

@@ -1,9 +1,9 @@
-"""Real service processes for integration and end-to-end tests.
+"""Real service processes on free ports, for the tests and the benchmarks.
 
 In the spirit of vLLM's `RemoteOpenAIServer`: start `python -m <module> --host 127.0.0.1
 --port <free port>` with a given environment, wait for `/readyz` to answer 200, hand the
-test a base URL, and stop the process afterwards. Everything the process prints goes to
-a log file, so a test that fails can show the log's tail.
+caller a base URL, and stop the process afterwards. Everything the process prints goes to
+a log file, so a failure can show the log's tail.
 
     with ServiceProcess("services.diffusion", env={"SDSERVE_MODEL": "tiny"}) as svc:
         httpx.get(f"{svc.url}/v1/info")
@@ -30,7 +30,7 @@ from typing import Self
 
 import httpx
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STARTUP_TIMEOUT_S = 180.0
 DEFAULT_STOP_TIMEOUT_S = 15.0
 POLL_INTERVAL_S = 0.2
@@ -58,7 +58,7 @@ def service_env(
     """os.environ minus variables with the given prefixes, plus KERAS_BACKEND and overrides.
 
     Scrubbing `SDSERVE_*` keeps a developer's shell settings (an internal token, say) from
-    leaking into a test's process; pass `scrub_prefixes=()` to keep them.
+    leaking into the started process; pass `scrub_prefixes=()` to keep them.
     """
     prefixes = tuple(scrub_prefixes)
     env = {k: v for k, v in os.environ.items() if not (prefixes and k.startswith(prefixes))}
@@ -166,7 +166,8 @@ class ServiceProcess:
         with self.log_path.open("ab") as log:
             log.write(f"$ {' '.join(self.command)}\n".encode())
             log.flush()
-            self.proc = subprocess.Popen(
+            # The command is this interpreter and a module name given by the caller; no shell.
+            self.proc = subprocess.Popen(  # noqa: S603
                 self.command,
                 cwd=self.cwd,
                 env=self.env,

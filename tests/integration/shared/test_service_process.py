@@ -1,4 +1,4 @@
-"""tests.utils.servers itself: ports, environment, failing fast with the log tail."""
+"""shared.service_process itself: ports, environment, failing fast with the log tail."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.utils.servers import ServiceProcess, ServiceStartError, free_port, service_env
+from shared.service_process import ServiceProcess, ServiceStartError, free_port, service_env
 
 
 def test_free_port_is_bindable() -> None:

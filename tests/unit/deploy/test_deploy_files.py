@@ -946,3 +946,14 @@ def test_docs_list_the_validation_commands() -> None:
     commands += [f"{shlex.join(KUSTOMIZE[o])} | {shlex.join(VALIDATE)}" for o in OVERLAYS]
     for command in commands:
         assert command in docs, f"docs/deploy.md does not list `{command}`"
+
+
+@pytest.mark.parametrize("compose_file", COMPOSE_FILES)
+def test_docs_build_each_image_as_compose_does(compose_file: str) -> None:
+    docs = (ROOT / "docs/deploy.md").read_text(encoding="utf-8")
+    services = yaml.safe_load((ROOT / compose_file).read_text(encoding="utf-8"))["services"]
+    for name, build_args in compose_build_args(compose_file).items():
+        image = re.sub(r"\$\{SDSERVE_IMAGE_TAG:-([^}]+)\}", r"\1", services[name]["image"])
+        args = [w for key, value in build_args.items() for w in ("--build-arg", f"{key}={value}")]
+        command = shlex.join(["docker", "build", "-f", DOCKERFILE, *args, "-t", image, "."])
+        assert command in docs, f"docs/deploy.md does not list `{command}`"

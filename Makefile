@@ -9,7 +9,18 @@ BIN := $(VENV)/bin
 CLIP_VOCAB_WHEEL := open-clip-torch==3.3.0
 EXTRAS ?= cpu,dev
 
-.PHONY: install up test lint unit integration benchmark clean deploy-tools
+# The images' locked requirements (deploy/docker/Dockerfile installs them with
+# --require-hashes --no-deps), resolved for the images' Python and platform (the
+# python:3.11 slim-bookworm base: x86-64, glibc 2.36) on whatever machine runs `make lock`.
+# Run it after changing dependencies in pyproject.toml: tests/unit/deploy fails until then.
+# `make lock LOCK_ARGS=--upgrade` moves every pin to the newest version allowed.
+IMAGE_PYTHON := 3.11
+IMAGE_PLATFORM := x86_64-manylinux_2_36
+LOCK_DIR := deploy/docker
+LOCK = $(BIN)/uv pip compile --quiet --generate-hashes \
+	--python-version $(IMAGE_PYTHON) --python-platform $(IMAGE_PLATFORM) $(LOCK_ARGS)
+
+.PHONY: install up test lint unit integration benchmark clean deploy-tools lock
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +69,11 @@ unit: install
 
 integration: install
 	$(BIN)/python -m pytest tests/integration tests/e2e $(PYTEST_ARGS)
+
+lock: $(BIN)/.installed
+	$(LOCK) pyproject.toml --extra cpu -o $(LOCK_DIR)/requirements-cpu.txt
+	$(LOCK) pyproject.toml --extra gpu -o $(LOCK_DIR)/requirements-gpu.txt
+	echo "$(CLIP_VOCAB_WHEEL)" | $(LOCK) --no-deps - -o $(LOCK_DIR)/clip-vocab.txt
 
 benchmark: install
 	$(BIN)/python -m benchmarks.stages

@@ -18,12 +18,13 @@ from PIL import Image
 
 from central.job_store import SUBSCRIBER_BUFFER, Job, JobEvent, JobStore
 from shared.errors import JobNotFound, UpstreamUnavailable
+from shared.pipeline.chain import Chain
 from tests.utils.gateway import SETTINGS, collect, params, wait_for_step
 
 # ------------------------------------------------------------------------ lifecycle
 
 
-def test_job_goes_queued_running_succeeded_with_events_in_order(chain):
+def test_job_goes_queued_running_succeeded_with_events_in_order(chain: Chain) -> None:
     async def main() -> tuple[Job, list[JobEvent], list[str]]:
         store = JobStore(chain, SETTINGS)
         job = store.submit("generation", params(steps=6, n=2), None, "b64_json")
@@ -64,7 +65,7 @@ def test_job_goes_queued_running_succeeded_with_events_in_order(chain):
 # --------------------------------------------------------------------------- cancel
 
 
-def test_cancel_frees_the_rows_and_skips_the_decode(chain):
+def test_cancel_frees_the_rows_and_skips_the_decode(chain: Chain) -> None:
     scheduler = chain.local["diffusion"].scheduler
     decoder = chain.local["decoder"].decode_batcher
 
@@ -101,7 +102,7 @@ def test_cancel_frees_the_rows_and_skips_the_decode(chain):
     assert snapshot["finished"] is not None
 
 
-def test_a_job_cancelled_before_it_starts_is_cancelled(chain):
+def test_a_job_cancelled_before_it_starts_is_cancelled(chain: Chain) -> None:
     async def main() -> Job:
         store = JobStore(chain, SETTINGS)
         job = store.submit("generation", params(), None, "b64_json")
@@ -115,7 +116,7 @@ def test_a_job_cancelled_before_it_starts_is_cancelled(chain):
 # -------------------------------------------------------------------- subscribers
 
 
-def test_a_late_subscriber_gets_the_current_state_first(chain):
+def test_a_late_subscriber_gets_the_current_state_first(chain: Chain) -> None:
     async def main() -> tuple[list[JobEvent], list[JobEvent]]:
         store = JobStore(chain, SETTINGS)
         job = store.submit("generation", params(steps=300), None, "b64_json")
@@ -138,7 +139,7 @@ def test_a_late_subscriber_gets_the_current_state_first(chain):
     assert [e.name for e in finished] == ["cancelled"]
 
 
-def test_a_slow_subscriber_misses_progress_but_never_the_end():
+def test_a_slow_subscriber_misses_progress_but_never_the_end() -> None:
     job = Job(id="j", kind="generation", total=10_000)
     store = JobStore.__new__(JobStore)
 
@@ -162,7 +163,9 @@ def test_a_slow_subscriber_misses_progress_but_never_the_end():
 # ------------------------------------------------------------------ failure, bounds
 
 
-def test_a_failing_stage_fails_the_job_with_its_error(chain, monkeypatch):
+def test_a_failing_stage_fails_the_job_with_its_error(
+    chain: Chain, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async def down(latent: np.ndarray) -> Any:
         raise UpstreamUnavailable("decoder stage at http://decoder is unreachable")
 
@@ -183,7 +186,7 @@ def test_a_failing_stage_fails_the_job_with_its_error(chain, monkeypatch):
     assert "result" not in job.snapshot() and job.snapshot()["error"] == error
 
 
-def test_finished_jobs_are_forgotten_after_the_ttl(chain):
+def test_finished_jobs_are_forgotten_after_the_ttl(chain: Chain) -> None:
     settings = SETTINGS.model_copy(update={"job_ttl_s": 0.3})
 
     async def main() -> None:

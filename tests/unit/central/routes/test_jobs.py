@@ -14,10 +14,11 @@ from PIL import Image
 from central.app import create_central_app
 from central.job_store import JobStore
 from shared.errors import QueueFull
+from shared.pipeline.chain import Chain
 from tests.utils.gateway import SETTINGS, client_for, params, sse, wait_for_step
 
 
-def test_job_result_is_the_generations_response_with_the_same_pixels(chain):
+def test_job_result_is_the_generations_response_with_the_same_pixels(chain: Chain) -> None:
     request = {"prompt": "a lighthouse", "size": "64x64", "steps": 4, "seed": 5, "n": 2}
 
     async def main() -> tuple[httpx.Response, list[tuple[str, Any]], dict[str, Any], Any]:
@@ -46,7 +47,7 @@ def test_job_result_is_the_generations_response_with_the_same_pixels(chain):
     assert result["model"] == "tiny" and "random" in result["weights"]
 
 
-def test_edit_jobs_inpaint_with_a_white_repaints_mask(chain):
+def test_edit_jobs_inpaint_with_a_white_repaints_mask(chain: Chain) -> None:
     image = Image.new("RGB", (64, 64), (200, 30, 30))
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (16, 16, 48, 48))
@@ -79,7 +80,7 @@ def test_edit_jobs_inpaint_with_a_white_repaints_mask(chain):
     assert [d["step"] for name, d in events if name == "progress"] == [1, 2, 3, 4, 5]
 
 
-def test_cancel_over_http_and_cancelling_a_finished_job_changes_nothing(chain):
+def test_cancel_over_http_and_cancelling_a_finished_job_changes_nothing(chain: Chain) -> None:
     async def main() -> tuple[httpx.Response, httpx.Response, list[tuple[str, Any]], int]:
         app = create_central_app(SETTINGS, chain)
         store: JobStore = app.state.jobs
@@ -99,7 +100,7 @@ def test_cancel_over_http_and_cancelling_a_finished_job_changes_nothing(chain):
     assert missing == 404
 
 
-def test_a_full_store_refuses_with_503_and_retry_after(chain):
+def test_a_full_store_refuses_with_503_and_retry_after(chain: Chain) -> None:
     settings = SETTINGS.model_copy(update={"max_jobs": 2})
 
     async def main() -> None:
@@ -140,7 +141,9 @@ def test_a_full_store_refuses_with_503_and_retry_after(chain):
         (["not", "an", "object"], 422, "body"),
     ],
 )
-def test_bad_job_requests_are_refused_before_a_job_exists(chain, body, status, param):
+def test_bad_job_requests_are_refused_before_a_job_exists(
+    chain: Chain, body: Any, status: int, param: str
+) -> None:
     async def main() -> tuple[httpx.Response, int]:
         app = create_central_app(SETTINGS, chain)
         async with client_for(app) as client:
@@ -152,7 +155,7 @@ def test_bad_job_requests_are_refused_before_a_job_exists(chain, body, status, p
     assert jobs == 0
 
 
-def test_unknown_jobs_are_404_everywhere(chain):
+def test_unknown_jobs_are_404_everywhere(chain: Chain) -> None:
     async def main() -> list[httpx.Response]:
         async with client_for(create_central_app(SETTINGS, chain)) as client:
             return [

@@ -1,28 +1,18 @@
-"""The public gateway: validates requests, chains the stages, encodes images. Routes only."""
+"""The public gateway: builds the app from the gateway service and its routers."""
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Mapping
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
-from starlette.datastructures import UploadFile
+from fastapi import FastAPI
 
-from central.api import (
-    HfTextToImageRequest,
-    ImageEditFields,
-    ImageEditJson,
-    ImageGenerationRequest,
-    b64_bytes,
-    edit_inputs,
-    encode_png,
-    generation_response,
-    validated,
-)
-from central.jobs import register_job_routes
+from central.job_store import JobStore
+from central.routes.images import images_router
+from central.routes.jobs import jobs_router
+from central.routes.stages import stages_router
+from central.schemas import GatewayInfo
 from central.webpage import register_web_page
 from shared.config import (
     EXIT_CONFIG,
@@ -31,13 +21,11 @@ from shared.config import (
     format_size,
     load_settings,
 )
-from shared.errors import InvalidInput, UnsupportedMediaType
 from shared.families import get_family
-from shared.http import cancel_on_disconnect, configure_logging, create_app, serve
+from shared.http import configure_logging, create_app, serve
 from shared.metrics import BatchingSource
 from shared.pipeline.chain import Chain
 from shared.pipeline.local.base import LocalStage
-from shared.pipeline.types import EditInputs, GenerationParams, GenerationResult
 
 VERSION = "0.1.0"
 DEFAULT_PORT = 8000
@@ -98,119 +86,25 @@ class GatewayService:
 
 def create_central_app(settings: Settings, chain: Chain | None = None) -> FastAPI:
     chain = chain or Chain(settings)
-    service = GatewayService(chain)
     app = create_app(
-        service,
+        GatewayService(chain),
         settings,
         title="sdserve",
         version=VERSION,
         readiness=chain.readiness,
         description=DESCRIPTION,
         public_api=True,
+        info_model=GatewayInfo,
     )
     app.router.on_shutdown.append(chain.aclose)
-    register_job_routes(app, chain, settings)
+    jobs = JobStore(chain, settings)
+    app.state.jobs = jobs
+    # Before anything else shuts down (the chain's clients): jobs end as cancelled.
+    app.router.on_shutdown.insert(0, jobs.aclose)
+    app.include_router(stages_router(chain))
+    app.include_router(images_router(chain, settings))
+    app.include_router(jobs_router(jobs, settings))
     register_web_page(app)
-    chain_info = {"model": settings.model, "weights": settings.weights_label}
-
-    async def run(
-        request: Request, params: GenerationParams, edit: EditInputs | None = None
-    ) -> tuple[GenerationResult, list[bytes]]:
-        # A client that hangs up cancels the chain, which closes the stage connections,
-        # which frees the request's diffusion rows and skips its decode.
-        result = await cancel_on_disconnect(request, chain.generate(params, edit))
-        pngs = await asyncio.to_thread(lambda: [encode_png(image) for image in result.images])
-        return result, pngs
-
-    @app.get("/v1/stages", tags=["health"])
-    async def stages() -> dict[str, Any]:
-        """Each stage: local or remote, and what it reports about itself."""
-        return await chain.describe_stages()
-
-    @app.post("/v1/images/generations", tags=["images"])
-    async def generations(body: ImageGenerationRequest, request: Request) -> dict[str, Any]:
-        """Text to image, in the OpenAI Images API shape (plus per-image seeds and timings)."""
-        result, pngs = await run(request, body.to_params(settings))
-        return generation_response(result, pngs, body.response_format, chain_info)
-
-    edit_body_doc = {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        **ImageEditFields.model_json_schema(),
-                        "properties": {
-                            **ImageEditFields.model_json_schema()["properties"],
-                            "image": {"type": "string", "format": "binary"},
-                            "mask": {"type": "string", "format": "binary"},
-                        },
-                        "required": ["image", "prompt"],
-                    }
-                },
-                "application/json": {"schema": ImageEditJson.model_json_schema()},
-            },
-        }
-    }
-
-    @app.post("/v1/images/edits", tags=["images"], openapi_extra=edit_body_doc)
-    async def edits(request: Request) -> dict[str, Any]:
-        """Inpainting (with a mask) or image to image (without), OpenAI `images.edit` shape."""
-        content_type = request.headers.get("content-type", "").split(";")[0].strip()
-        if content_type == "application/json":
-            try:
-                payload = await request.json()
-            except ValueError:
-                raise InvalidInput("body is not valid JSON", param="body") from None
-            body = validated(ImageEditJson, payload)
-            params, edit = edit_inputs(
-                body,
-                settings,
-                b64_bytes(body.image, param="image"),
-                b64_bytes(body.mask, param="mask") if body.mask else None,
-                mask_polarity="white-repaints",
-            )
-        elif content_type == "multipart/form-data":
-            form = await request.form(max_files=2, max_fields=32)
-            image, mask = form.get("image"), form.get("mask")
-            if not isinstance(image, UploadFile):
-                raise InvalidInput("image file is required", param="image")
-            if mask is not None and not isinstance(mask, UploadFile):
-                raise InvalidInput("mask must be a file", param="mask")
-            fields = validated(
-                ImageEditFields,
-                {
-                    k: v
-                    for k, v in form.items()
-                    if k not in ("image", "mask") and isinstance(v, str)
-                },
-            )
-            params, edit = edit_inputs(
-                fields,
-                settings,
-                await image.read(),
-                await mask.read() if mask is not None else None,
-                mask_polarity="openai-alpha",
-            )
-            body = fields
-        else:
-            raise UnsupportedMediaType(
-                "send multipart/form-data (OpenAI) or application/json", param="body"
-            )
-        result, pngs = await run(request, params, edit)
-        return generation_response(result, pngs, body.response_format, chain_info)
-
-    @app.post(
-        "/",
-        tags=["images"],
-        response_class=Response,
-        responses={200: {"content": {"image/png": {}}, "description": "The image as PNG."}},
-    )
-    async def hugging_face_text_to_image(body: HfTextToImageRequest, request: Request) -> Response:
-        """What `huggingface_hub.InferenceClient(model=URL).text_to_image()` sends."""
-        result, pngs = await run(request, body.to_params(settings))
-        return Response(pngs[0], media_type="image/png", headers={"X-Seed": str(result.seeds[0])})
-
     return app
 
 

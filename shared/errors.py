@@ -135,6 +135,13 @@ class UpstreamTimeout(SdserveError):
     error_type = "upstream_timeout"
 
 
+class JobNotFound(SdserveError):
+    """404: no job has this id (it never existed, expired, or the gateway restarted)."""
+
+    status_code = 404
+    error_type = "not_found"
+
+
 class WeightsError(SdserveError):
     """Start-up only: weights are missing, corrupt or of the wrong shape."""
 

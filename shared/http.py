@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -59,6 +60,24 @@ def npz_responses(description: str) -> dict[int | str, dict[str, Any]]:
             "content": {MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
         }
     }
+
+
+class ServiceInfo(BaseModel):
+    """`GET /v1/info`: every part says these; the rest is what its service describes."""
+
+    model_config = ConfigDict(extra="allow")
+
+    service: str
+    version: str
+    ready: bool
+
+
+class ReadyStatus(BaseModel):
+    """`GET /readyz`: "ready", or why not (503), with the stages it calls."""
+
+    status: str
+    stages: dict[str, str] | None = None
+    error: str | None = None
 
 
 class Service(Protocol):
@@ -320,6 +339,7 @@ def create_app(
     readiness: ReadinessCheck | None = None,
     description: str = "",
     public_api: bool = False,
+    info_model: type[ServiceInfo] = ServiceInfo,
 ) -> FastAPI:
     state: dict[str, Any] = {"ready": False, "error": None, "draining": False}
 
@@ -371,7 +391,17 @@ def create_app(
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestIdMiddleware)
 
-    @app.get("/metrics", tags=["health"], response_class=Response)
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        response_class=Response,
+        responses={
+            200: {
+                "description": "Prometheus text exposition format.",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
+    )
     async def prometheus_metrics() -> Response:
         """Prometheus metrics: requests, latency, queue depth, batch sizes, model info."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -383,7 +413,12 @@ def create_app(
         """Alive: the process answers (models may still be loading)."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        response_model=ReadyStatus,
+        responses={503: {"model": ReadyStatus, "description": "Not ready yet (or failed)."}},
+    )
     async def readyz() -> JSONResponse:
         """Ready: models are loaded and warmed, and any stage it calls is ready (else 503)."""
         body: dict[str, Any] = {}
@@ -404,15 +439,17 @@ def create_app(
             body["error"] = state["error"]
         return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
 
-    @app.get("/v1/info", tags=["health"])
-    async def info() -> dict[str, Any]:
+    @app.get("/v1/info", tags=["health"], response_model=info_model)
+    async def info() -> ServiceInfo:
         """What this part serves: model family, weights (random ones say so), sizes."""
-        return {
-            "service": service.name,
-            "version": version,
-            "ready": state["ready"],
-            **service.describe(),
-        }
+        return info_model.model_validate(
+            {
+                "service": service.name,
+                "version": version,
+                "ready": state["ready"],
+                **service.describe(),
+            }
+        )
 
     return app
 

@@ -1,5 +1,7 @@
 """Jobs: generations that run on their own, with live progress, previews and cancel.
 
+The store and its event fan-out; the routes (central/routes/jobs.py) are:
+
     POST   /v1/jobs              a generations body, or {"kind": "edit", ...} with an
                                  edits JSON body -> 202 {"id", "status", "url",
                                  "events_url", ...}; 503 + Retry-After when full
@@ -20,37 +22,27 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import math
 import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from central.api import (
-    ImageEditJson,
-    ImageGenerationRequest,
-    b64_bytes,
-    edit_inputs,
-    encode_png,
-    generation_response,
-    validated,
+from central.schemas import (
+    ErrorDetail,
+    ImagesResponse,
+    JobKind,
+    JobProgress,
+    JobResource,
+    JobStatus,
 )
+from central.serving import encode_png, encode_pngs, images_response
 from shared.config import Settings
-from shared.errors import (
-    InvalidInput,
-    QueueFull,
-    SdserveError,
-    UnsupportedMediaType,
-    error_body,
-)
+from shared.errors import JobNotFound, QueueFull, SdserveError
 from shared.pipeline.chain import Chain
 from shared.pipeline.stage import Progress
 from shared.pipeline.types import EditInputs, GenerationParams
@@ -58,8 +50,6 @@ from shared.sampler import img2img_steps
 
 log = logging.getLogger(__name__)
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JobKind = Literal["generation", "edit"]
 FINISHED: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 TERMINAL_EVENTS: frozenset[str] = frozenset({"done", "error", "cancelled"})
 
@@ -71,14 +61,6 @@ SUBSCRIBER_BUFFER = 256
 # How long DELETE waits for the chain to unwind before it answers.
 CANCEL_WAIT_S = 10.0
 RETRY_AFTER_S = 5
-SSE_PING_S = 15
-
-
-class JobNotFound(SdserveError):
-    """404: no job has this id (it never existed, expired, or central restarted)."""
-
-    status_code = 404
-    error_type = "not_found"
 
 
 @dataclass(frozen=True)
@@ -102,8 +84,8 @@ class Job:
     started: float | None = None
     finished: float | None = None
     finished_at: float | None = None  # monotonic, for the TTL
-    result: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
+    result: ImagesResponse | None = None
+    error: ErrorDetail | None = None
     previews: list[str] = field(default_factory=list)  # PNG data URLs, one per image
     preview_step: int = 0
     task: asyncio.Task[None] | None = None
@@ -118,24 +100,29 @@ class Job:
         return self.status in FINISHED
 
     def snapshot(self) -> dict[str, Any]:
-        """The job as GET /v1/jobs/{id} shows it."""
-        body: dict[str, Any] = {
-            "id": self.id,
-            "object": "job",
-            "kind": self.kind,
-            "status": self.status,
-            "created": self.created,
-            "started": self.started,
-            "finished": self.finished,
-            "progress": {"step": self.step, "total": self.total},
-            "url": self.url,
-            "events_url": f"{self.url}/events",
-        }
+        """The job as GET /v1/jobs/{id} shows it, as JSON."""
+        return self.resource().model_dump(mode="json", exclude_unset=True)
+
+    def resource(self) -> JobResource:
+        """The job as GET /v1/jobs/{id} shows it (render with `exclude_unset`)."""
+        resource = JobResource(
+            id=self.id,
+            object="job",
+            kind=self.kind,
+            status=self.status,
+            created=self.created,
+            started=self.started,
+            finished=self.finished,
+            progress=JobProgress(step=self.step, total=self.total),
+            url=self.url,
+            events_url=f"{self.url}/events",
+        )
+        # Assigned only when present, so exclude_unset leaves them out until then.
         if self.result is not None:
-            body["result"] = self.result
+            resource.result = self.result
         if self.error is not None:
-            body["error"] = self.error
-        return body
+            resource.error = self.error
+        return resource
 
     def _base(self) -> dict[str, Any]:
         return {"id": self.id, "status": self.status, "step": self.step, "total": self.total}
@@ -157,14 +144,26 @@ class Job:
 
     def final_event(self) -> JobEvent:
         if self.status == "succeeded":
-            return JobEvent("done", {**self._base(), "result": self.result})
+            return JobEvent("done", {**self._base(), "result": _json(self.result)})
         if self.status == "failed":
-            return JobEvent("error", {**self._base(), "error": self.error})
+            return JobEvent("error", {**self._base(), "error": _json(self.error)})
         return JobEvent("cancelled", self._base())
+
+
+def _json(model: ImagesResponse | ErrorDetail | None) -> dict[str, Any] | None:
+    return None if model is None else model.model_dump(mode="json", exclude_unset=True)
 
 
 def _data_url(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(encode_png(image)).decode("ascii")
+
+
+def _error_detail(error_type: str, message: str, param: str | None = None) -> ErrorDetail:
+    # param only when there is one, as in every other error body.
+    detail = ErrorDetail(type=error_type, message=message)
+    if param is not None:
+        detail.param = param
+    return detail
 
 
 class JobStore:
@@ -175,7 +174,6 @@ class JobStore:
         self.settings = settings
         self.max_jobs = settings.max_jobs
         self.ttl_s = settings.job_ttl_s
-        self.chain_info = {"model": settings.model, "weights": settings.weights_label}
         self.jobs: dict[str, Job] = {}
 
     # --- lifecycle ----------------------------------------------------------------
@@ -273,19 +271,19 @@ class JobStore:
             result = await self.chain.generate(
                 params, edit, progress=Progress(on_step, on_preview, every)
             )
-            pngs = await asyncio.to_thread(lambda: [encode_png(image) for image in result.images])
+            pngs = await encode_pngs(result.images)
         except asyncio.CancelledError:
             self._finish(job, "cancelled")
             raise
         except SdserveError as exc:
-            self._finish(job, "failed", error=error_body(exc.error_type, exc.message, exc.param))
+            self._finish(job, "failed", error=_error_detail(exc.error_type, exc.message, exc.param))
         except Exception:
             log.exception("job %s failed", job.id)
             self._finish(
-                job, "failed", error=error_body("internal_error", "internal error; see the log")
+                job, "failed", error=_error_detail("internal_error", "internal error; see the log")
             )
         else:
-            response = generation_response(result, pngs, response_format, self.chain_info)
+            response = images_response(result, pngs, response_format, self.settings)
             self._finish(job, "succeeded", result=response)
 
     def _settle(self, job: Job, task: asyncio.Task[None]) -> None:
@@ -298,14 +296,14 @@ class JobStore:
         job: Job,
         status: JobStatus,
         *,
-        result: dict[str, Any] | None = None,
-        error: dict[str, Any] | None = None,
+        result: ImagesResponse | None = None,
+        error: ErrorDetail | None = None,
     ) -> None:
         if job.done:
             return
         job.status = status
         job.result = result
-        job.error = None if error is None else error["error"]
+        job.error = error
         job.finished = time.time()
         job.finished_at = time.monotonic()
         job.previews = []  # the images (or nothing) replace them
@@ -337,112 +335,3 @@ class JobStore:
                     return
         finally:
             job.subscribers.remove(queue)
-
-
-# ------------------------------------------------------------------------- routes
-
-JOB_BODY_DOC: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "description": "A generations body (`kind` omitted or `generation`), or an edits "
-        'JSON body (base64 `image`, greyscale `mask`: white = repaint) with `"kind": "edit"`.',
-        "content": {
-            "application/json": {
-                "schema": {
-                    "oneOf": [
-                        {
-                            **ImageGenerationRequest.model_json_schema(),
-                            "title": "GenerationJob",
-                        },
-                        {
-                            **ImageEditJson.model_json_schema(),
-                            "title": "EditJob",
-                            "properties": {
-                                "kind": {"type": "string", "enum": ["edit"]},
-                                **ImageEditJson.model_json_schema()["properties"],
-                            },
-                            "required": ["kind", "prompt", "image"],
-                        },
-                    ]
-                }
-            }
-        },
-    }
-}
-
-EVENTS_DOC: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "Server-Sent Events: `queued`, `progress` ({step, total}), `preview` "
-        "({step, total, images: [PNG data URLs]}), then `done` ({result}), `error` ({error}) "
-        "or `cancelled`; each `data` is JSON with the job's id, status, step and total.",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
-    }
-}
-
-
-def register_job_routes(app: FastAPI, chain: Chain, settings: Settings) -> JobStore:
-    """Add the /v1/jobs routes to central's app; jobs are cancelled when it stops."""
-    store = JobStore(chain, settings)
-    app.state.jobs = store
-    # Before anything else shuts down (the chain's clients): jobs end as cancelled.
-    app.router.on_shutdown.insert(0, store.aclose)
-
-    @app.post("/v1/jobs", status_code=202, tags=["jobs"], openapi_extra=JOB_BODY_DOC)
-    async def submit_job(request: Request) -> JSONResponse:
-        """Start a generation or an edit; follow it at `events_url` or poll `url`."""
-        content_type = request.headers.get("content-type", "").split(";")[0].strip()
-        if content_type != "application/json":
-            raise UnsupportedMediaType("send application/json", param="body")
-        try:
-            payload = await request.json()
-        except ValueError:
-            raise InvalidInput("body is not valid JSON", param="body") from None
-        if not isinstance(payload, dict):
-            raise InvalidInput("body must be a JSON object", param="body")
-        kind = payload.get("kind", "generation")
-        edit: EditInputs | None = None
-        if kind == "generation":
-            generation = validated(ImageGenerationRequest, payload)
-            params, response_format = generation.to_params(settings), generation.response_format
-        elif kind == "edit":
-            body = validated(ImageEditJson, payload)
-            params, edit = edit_inputs(
-                body,
-                settings,
-                b64_bytes(body.image, param="image"),
-                b64_bytes(body.mask, param="mask") if body.mask else None,
-                mask_polarity="white-repaints",
-            )
-            response_format = body.response_format
-        else:
-            raise InvalidInput('kind must be "generation" or "edit"', param="kind")
-        job = store.submit(kind, params, edit, response_format)
-        return JSONResponse(job.snapshot(), status_code=202, headers={"Location": job.url})
-
-    @app.get("/v1/jobs/{job_id}", tags=["jobs"])
-    async def get_job(job_id: str) -> dict[str, Any]:
-        """Status, progress, and the result (generations shape) or error when finished."""
-        return store.get(job_id).snapshot()
-
-    @app.get(
-        "/v1/jobs/{job_id}/events",
-        tags=["jobs"],
-        response_class=EventSourceResponse,
-        responses=EVENTS_DOC,
-    )
-    async def job_events(job_id: str) -> EventSourceResponse:
-        """The job's events as they happen (current state first)."""
-        job = store.get(job_id)
-
-        async def stream() -> AsyncIterator[ServerSentEvent]:
-            async for event in store.events(job):
-                yield ServerSentEvent(data=json.dumps(event.data), event=event.name)
-
-        return EventSourceResponse(stream(), ping=SSE_PING_S)
-
-    @app.delete("/v1/jobs/{job_id}", tags=["jobs"])
-    async def cancel_job(job_id: str) -> dict[str, Any]:
-        """Cancel the job (no-op once finished); answers its state afterwards."""
-        return (await store.cancel(job_id)).snapshot()
-
-    return store

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from central.api import HfTextToImageRequest, ImageEditFields, ImageGenerationRequest
+from central.schemas import HfTextToImageRequest, ImageEditFields, ImageGenerationRequest
 from shared.config import Settings, load_settings
 
 

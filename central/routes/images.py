@@ -1,0 +1,61 @@
+"""The images routes: OpenAI generations and edits, and Hugging Face text to image."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from central.schemas import (
+    COMMON_ERRORS,
+    EDIT_BODY_DOC,
+    HfTextToImageRequest,
+    ImageGenerationRequest,
+    ImagesResponse,
+    error_responses,
+)
+from central.serving import generate_pngs, images_response, read_edit
+from shared.config import Settings
+from shared.pipeline.chain import Chain
+
+
+def images_router(chain: Chain, settings: Settings) -> APIRouter:
+    router = APIRouter(tags=["images"])
+
+    @router.post(
+        "/v1/images/generations",
+        response_model=ImagesResponse,
+        response_model_exclude_unset=True,
+        responses=error_responses(*COMMON_ERRORS),
+    )
+    async def generations(body: ImageGenerationRequest, request: Request) -> ImagesResponse:
+        """Text to image, in the OpenAI Images API shape (plus per-image seeds and timings)."""
+        result, pngs = await generate_pngs(request, chain, body.to_params(settings))
+        return images_response(result, pngs, body.response_format, settings)
+
+    @router.post(
+        "/v1/images/edits",
+        response_model=ImagesResponse,
+        response_model_exclude_unset=True,
+        responses=error_responses(*COMMON_ERRORS, 415),
+        openapi_extra=EDIT_BODY_DOC,
+    )
+    async def edits(request: Request) -> ImagesResponse:
+        """Inpainting (with a mask) or image to image (without), OpenAI `images.edit` shape."""
+        fields, params, edit = await read_edit(request, settings)
+        result, pngs = await generate_pngs(request, chain, params, edit)
+        return images_response(result, pngs, fields.response_format, settings)
+
+    @router.post(
+        "/",
+        response_class=Response,
+        responses={
+            200: {"content": {"image/png": {}}, "description": "The image as PNG."},
+            **error_responses(*COMMON_ERRORS),
+        },
+    )
+    async def hugging_face_text_to_image(body: HfTextToImageRequest, request: Request) -> Response:
+        """What `huggingface_hub.InferenceClient(model=URL).text_to_image()` sends."""
+        result, pngs = await generate_pngs(request, chain, body.to_params(settings))
+        return Response(pngs[0], media_type="image/png", headers={"X-Seed": str(result.seeds[0])})
+
+    return router

@@ -1,0 +1,240 @@
+"""The gateway's serving work, shared by the images routes and the jobs routes.
+
+Edit parsing (multipart and JSON forms), upload decoding, PNG encoding and response
+assembly. Pillow and base64 work on whole images runs in worker threads, never on the
+event loop, so one large upload does not stall every other request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import time
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+from fastapi import Request
+from PIL import Image
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+
+from central.schemas import (
+    ImageData,
+    ImageEditFields,
+    ImageEditJson,
+    ImagesResponse,
+    StageTimingBody,
+    parse_size_field,
+)
+from shared.config import Settings, format_size
+from shared.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType, UnsupportedSize
+from shared.http import cancel_on_disconnect
+from shared.pipeline.chain import Chain
+from shared.pipeline.types import EditInputs, GenerationParams, GenerationResult
+
+# Uploaded images are decoded only if their header says they are at most this big.
+MAX_UPLOAD_PIXELS = 4096 * 4096
+UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP")
+
+MaskPolarity = Literal["openai-alpha", "white-repaints"]
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def validated(model: type[Model], data: Any) -> Model:
+    """pydantic validation outside FastAPI's own, with the same 422 naming the field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or "body"
+        raise InvalidInput(f"{param}: {first['msg']}", param=param) from None
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip()
+
+
+async def read_json(request: Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError:
+        raise InvalidInput("body is not valid JSON", param="body") from None
+
+
+def b64_bytes(text: str, *, param: str) -> bytes:
+    try:
+        return base64.b64decode(
+            text.split(",", 1)[-1] if text.startswith("data:") else text, validate=True
+        )
+    except ValueError:
+        raise InvalidInput(f"{param} is not valid base64", param=param) from None
+
+
+def open_image(data: bytes, *, param: str) -> Image.Image:
+    """Decode an uploaded image, refusing non-images and oversize ones before decoding."""
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Exception:
+        raise InvalidInput(f"{param} is not an image (PNG, JPEG or WebP)", param=param) from None
+    if image.format not in UPLOAD_FORMATS:
+        raise InvalidInput(f"{param} must be PNG, JPEG or WebP, not {image.format}", param=param)
+    if image.width * image.height > MAX_UPLOAD_PIXELS:
+        raise PayloadTooLarge(
+            f"{param} is {image.width}x{image.height}; at most {MAX_UPLOAD_PIXELS} pixels",
+            param=param,
+        )
+    try:
+        image.load()
+    except Exception:
+        raise InvalidInput(f"{param} is truncated or corrupt", param=param) from None
+    return image
+
+
+def _repaint_mask(
+    mask_image: Image.Image, width: int, height: int, polarity: MaskPolarity
+) -> np.ndarray:
+    """1.0 where the mask asks for repainting, at the output size."""
+    if polarity == "openai-alpha":
+        if "A" not in mask_image.getbands() and "transparency" not in mask_image.info:
+            raise InvalidInput(
+                "mask needs an alpha channel: fully transparent pixels are repainted",
+                param="mask",
+            )
+        alpha = mask_image.convert("RGBA").getchannel("A")
+        repaint = np.asarray(alpha.resize((width, height), Image.Resampling.NEAREST)) == 0
+    else:
+        grey = mask_image.convert("L").resize((width, height), Image.Resampling.NEAREST)
+        repaint = np.asarray(grey) > 127
+    return repaint.astype(np.float32)
+
+
+def decode_edit(
+    fields: ImageEditFields,
+    settings: Settings,
+    image_bytes: bytes,
+    mask_bytes: bytes | None,
+    *,
+    mask_polarity: MaskPolarity,
+) -> tuple[GenerationParams, EditInputs]:
+    """The edit's parameters and its image (and mask) at the output size. Blocking."""
+    image = open_image(image_bytes, param="image")
+    mask_image = open_image(mask_bytes, param="mask") if mask_bytes is not None else None
+    if mask_image is not None and mask_image.size != image.size:
+        raise InvalidInput(
+            f"mask is {mask_image.width}x{mask_image.height} but image is "
+            f"{image.width}x{image.height}",
+            param="mask",
+        )
+    width, height = image.size if fields.size is None else parse_size_field(fields.size)
+    if (width, height) not in settings.sizes:
+        served = ", ".join(format_size(size) for size in settings.sizes)
+        raise UnsupportedSize(
+            f"{width}x{height} is not a served size ({served}); send one or set size",
+            param="size" if fields.size is not None else "image",
+        )
+    rgb = image.convert("RGB")
+    if rgb.size != (width, height):
+        rgb = rgb.resize((width, height), Image.Resampling.LANCZOS)
+    mask = _repaint_mask(mask_image, width, height, mask_polarity) if mask_image else None
+    params = fields.to_params(settings, width, height)
+    return params, EditInputs(
+        np.asarray(rgb, dtype=np.uint8), mask, fields.mask_blur, fields.keep_unmasked
+    )
+
+
+async def edit_from_json(
+    payload: Any, settings: Settings
+) -> tuple[ImageEditJson, GenerationParams, EditInputs]:
+    """An edit's JSON form (base64 image, greyscale mask: white = repaint)."""
+    body = validated(ImageEditJson, payload)
+
+    def decode() -> tuple[GenerationParams, EditInputs]:
+        image = b64_bytes(body.image, param="image")
+        mask = b64_bytes(body.mask, param="mask") if body.mask else None
+        return decode_edit(body, settings, image, mask, mask_polarity="white-repaints")
+
+    params, edit = await asyncio.to_thread(decode)
+    return body, params, edit
+
+
+async def edit_from_form(
+    request: Request, settings: Settings
+) -> tuple[ImageEditFields, GenerationParams, EditInputs]:
+    """An edit's OpenAI multipart form (image and mask files; mask alpha 0 = repaint)."""
+    form = await request.form(max_files=2, max_fields=32)
+    image, mask = form.get("image"), form.get("mask")
+    if not isinstance(image, UploadFile):
+        raise InvalidInput("image file is required", param="image")
+    if mask is not None and not isinstance(mask, UploadFile):
+        raise InvalidInput("mask must be a file", param="mask")
+    fields = validated(
+        ImageEditFields,
+        {k: v for k, v in form.items() if k not in ("image", "mask") and isinstance(v, str)},
+    )
+    image_bytes = await image.read()
+    mask_bytes = await mask.read() if mask is not None else None
+    params, edit = await asyncio.to_thread(
+        decode_edit, fields, settings, image_bytes, mask_bytes, mask_polarity="openai-alpha"
+    )
+    return fields, params, edit
+
+
+async def read_edit(
+    request: Request, settings: Settings
+) -> tuple[ImageEditFields, GenerationParams, EditInputs]:
+    """An edit in either form the edits route takes, by its media type."""
+    kind = media_type(request)
+    if kind == "application/json":
+        return await edit_from_json(await read_json(request), settings)
+    if kind == "multipart/form-data":
+        return await edit_from_form(request, settings)
+    raise UnsupportedMediaType(
+        "send multipart/form-data (OpenAI) or application/json", param="body"
+    )
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+async def encode_pngs(images: np.ndarray) -> list[bytes]:
+    return await asyncio.to_thread(lambda: [encode_png(image) for image in images])
+
+
+async def generate_pngs(
+    request: Request, chain: Chain, params: GenerationParams, edit: EditInputs | None = None
+) -> tuple[GenerationResult, list[bytes]]:
+    """Run the chain for a request and encode its images.
+
+    A client that hangs up cancels the chain, which closes the stage connections, which
+    frees the request's diffusion rows and skips its decode.
+    """
+    result = await cancel_on_disconnect(request, chain.generate(params, edit))
+    return result, await encode_pngs(result.images)
+
+
+def images_response(
+    result: GenerationResult, pngs: list[bytes], response_format: str, settings: Settings
+) -> ImagesResponse:
+    """The images response; render it with `exclude_unset` (an image has one of its forms)."""
+    data = []
+    for png, seed in zip(pngs, result.seeds, strict=True):
+        encoded = base64.b64encode(png).decode("ascii")
+        if response_format == "url":
+            data.append(ImageData(seed=seed, url=f"data:image/png;base64,{encoded}"))
+        else:
+            data.append(ImageData(seed=seed, b64_json=encoded))
+    return ImagesResponse(
+        created=int(time.time()),
+        data=data,
+        timings={
+            name: StageTimingBody(**timing.as_dict()) for name, timing in result.timings.items()
+        },
+        prompt_tokens=result.prompt_tokens,
+        prompt_truncated=result.prompt_truncated,
+        model=settings.model,
+        weights=settings.weights_label,
+    )

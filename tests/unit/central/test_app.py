@@ -1,0 +1,114 @@
+"""The gateway's OpenAPI document: every JSON answer has a schema, every refusal the error body."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from central.app import create_central_app
+from central.schemas import GatewayInfo
+from tests.utils.gateway import SETTINGS, client_for
+
+# The routes of the public API (the rest are health, metrics and the web page).
+PUBLIC = {
+    ("post", "/v1/images/generations"),
+    ("post", "/v1/images/edits"),
+    ("post", "/"),
+    ("post", "/v1/jobs"),
+    ("get", "/v1/jobs/{job_id}"),
+    ("get", "/v1/jobs/{job_id}/events"),
+    ("delete", "/v1/jobs/{job_id}"),
+}
+# JSON answers typed as a plain object on purpose: each stage describes itself its way.
+LOOSE = {("get", "/v1/stages"), ("get", "/healthz")}
+
+
+@pytest.fixture(scope="module")
+def openapi() -> dict[str, Any]:
+    # The document only: the chain is never loaded.
+    return create_central_app(SETTINGS).openapi()
+
+
+def operations(openapi: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (method, path, operation)
+        for path, item in openapi["paths"].items()
+        for method, operation in item.items()
+    ]
+
+
+def test_every_json_success_has_a_schema(openapi: dict[str, Any]) -> None:
+    checked = []
+    for method, path, operation in operations(openapi):
+        success = {k: v for k, v in operation["responses"].items() if k.startswith("2")}
+        assert success, f"{method} {path} declares no success response"
+        for status, response in success.items():
+            content = response.get("content", {})
+            assert content, f"{method} {path} {status} declares no content"
+            json_body = content.get("application/json")
+            if json_body is None:
+                continue  # PNG, SSE or Prometheus text
+            schema = json_body.get("schema", {})
+            if (method, path) in LOOSE:
+                assert schema.get("type") == "object", f"{method} {path} {status}: {schema}"
+            else:
+                # A named model: a route answering an untyped dict shows no fields.
+                assert "$ref" in schema, f"{method} {path} {status}: {schema}"
+            checked.append((method, path))
+    # The JSON routes of the gateway are all there (a route lost from the walk fails too).
+    assert {
+        ("get", "/v1/info"),
+        ("get", "/v1/stages"),
+        ("get", "/readyz"),
+        ("post", "/v1/images/generations"),
+        ("post", "/v1/images/edits"),
+        ("post", "/v1/jobs"),
+        ("get", "/v1/jobs/{job_id}"),
+        ("delete", "/v1/jobs/{job_id}"),
+    } <= set(checked)
+
+
+def test_public_routes_declare_the_error_body(openapi: dict[str, Any]) -> None:
+    found = {(m, p): op for m, p, op in operations(openapi) if (m, p) in PUBLIC}
+    assert set(found) == PUBLIC
+    for (method, path), operation in found.items():
+        errors = {k: v for k, v in operation["responses"].items() if k[0] in "45"}
+        assert {"401", "403", "500", "503"} <= set(errors), (method, path, sorted(errors))
+        for status, response in errors.items():
+            schema = response["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, (path, status)
+    error = openapi["components"]["schemas"]["ErrorDetail"]
+    assert set(error["required"]) == {"type", "message"}
+
+
+def test_the_images_and_job_schemas_name_every_field(openapi: dict[str, Any]) -> None:
+    schemas = openapi["components"]["schemas"]
+    images = schemas["ImagesResponse"]["properties"]
+    assert set(images) == {
+        "created",
+        "data",
+        "timings",
+        "prompt_tokens",
+        "prompt_truncated",
+        "model",
+        "weights",
+    }
+    assert set(schemas["ImageData"]["properties"]) == {"seed", "b64_json", "url"}
+    job = schemas["JobResource"]["properties"]
+    assert {"id", "status", "url", "events_url", "progress", "result", "error"} <= set(job)
+
+
+def test_info_answers_in_its_declared_shape() -> None:
+    async def main() -> dict[str, Any]:
+        async with client_for(create_central_app(SETTINGS)) as client:
+            response = await client.get("/v1/info")
+            assert response.status_code == 200, response.text
+            return dict(response.json())
+
+    info = asyncio.run(main())
+    # extra="forbid": a key /v1/info sends that the schema does not declare fails here.
+    GatewayInfo.model_validate(info)
+    assert info["service"] == "central" and info["family"] == "tiny"
+    assert info["sizes"] == ["64x64"] and info["limits"]["max_steps"] == 1000

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,14 +14,12 @@ from central.routes.stages import stages_router
 from central.schemas import GatewayInfo
 from central.webpage import register_web_page
 from shared.config import (
-    EXIT_CONFIG,
-    ConfigError,
     Settings,
     format_size,
-    load_settings,
 )
+from shared.entrypoint import run_part
 from shared.families import get_family
-from shared.http import configure_logging, create_app, serve
+from shared.http import create_app
 from shared.metrics import BatchingSource
 from shared.pipeline.chain import Chain
 from shared.pipeline.local.base import LocalStage
@@ -109,23 +106,7 @@ def create_central_app(settings: Settings, chain: Chain | None = None) -> FastAP
 
 
 def main() -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="sdserve-central")
-    parser.add_argument("--host", help="default: SDSERVE_HOST or 127.0.0.1")
-    parser.add_argument("--port", type=int, help=f"default: SDSERVE_PORT or {DEFAULT_PORT}")
-    args = parser.parse_args()
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"central: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG) from None
-    configure_logging("central", json_lines=settings.log_format == "json")
-    serve(
-        create_central_app(settings),
-        args.host or settings.host,
-        args.port or settings.port or DEFAULT_PORT,
-    )
+    run_part("central", create_central_app, DEFAULT_PORT)
 
 
 if __name__ == "__main__":

@@ -60,19 +60,13 @@ def parse_size_field(size: str) -> tuple[int, int]:
 # --------------------------------------------------------------------------- requests
 
 
-class ImageGenerationRequest(BaseModel):
-    """OpenAI `images.generate` body, plus Stable Diffusion's own fields."""
+class StableDiffusionFields(BaseModel):
+    """What generations and edits share: the prompts and the diffusion parameters."""
 
     model_config = ConfigDict(extra="ignore")
 
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     n: int = Field(default=1, ge=1, description="Number of images.")
-    size: str | None = Field(
-        default=None, description='"WxH"; one of the served sizes (default: the first).'
-    )
-    response_format: ResponseFormat = Field(
-        default="b64_json", description="url gives a data: URL (nothing is stored)."
-    )
     negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
     steps: int | None = Field(default=None, ge=1, description="Denoising steps.")
     guidance_scale: float | None = Field(
@@ -80,8 +74,10 @@ class ImageGenerationRequest(BaseModel):
     )
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Image i uses seed+i.")
 
-    def to_params(self, settings: Settings) -> GenerationParams:
-        width, height = settings.sizes[0] if self.size is None else parse_size_field(self.size)
+    def generation_params(
+        self, settings: Settings, width: int, height: int, **edit: Any
+    ) -> GenerationParams:
+        """The chain's parameters, with the deployment's defaults for what was left out."""
         return GenerationParams(
             prompt=self.prompt,
             negative_prompt=self.negative_prompt,
@@ -93,27 +89,33 @@ class ImageGenerationRequest(BaseModel):
                     "guidance_scale": _or_default(self.guidance_scale, settings),
                     "seed": self.seed,
                     "n": self.n,
+                    **edit,
                 }
             ),
         )
 
 
-class ImageEditFields(BaseModel):
+class ImageGenerationRequest(StableDiffusionFields):
+    """OpenAI `images.generate` body, plus Stable Diffusion's own fields."""
+
+    size: str | None = Field(
+        default=None, description='"WxH"; one of the served sizes (default: the first).'
+    )
+    response_format: ResponseFormat = Field(
+        default="b64_json", description="url gives a data: URL (nothing is stored)."
+    )
+
+    def to_params(self, settings: Settings) -> GenerationParams:
+        width, height = settings.sizes[0] if self.size is None else parse_size_field(self.size)
+        return self.generation_params(settings, width, height)
+
+
+class ImageEditFields(StableDiffusionFields):
     """The fields of an edit besides the image and mask (multipart sends them as strings)."""
 
-    model_config = ConfigDict(extra="ignore")
-
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
-    n: int = Field(default=1, ge=1)
     size: str | None = Field(default=None, description='"WxH"; default: the image\'s size.')
     response_format: ResponseFormat = "b64_json"
-    negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
     strength: float = Field(default=0.8, gt=0, le=1, description="How far to move from the image.")
-    steps: int | None = Field(default=None, ge=1)
-    guidance_scale: float | None = Field(
-        default=None, ge=0, le=MAX_GUIDANCE_SCALE, description=GUIDANCE_DESCRIPTION
-    )
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     num_resamples: int = Field(default=1, ge=1, le=MAX_RESAMPLES, description="RePaint resamples.")
     mask_blur: int = Field(default=0, ge=0, le=MAX_MASK_BLUR, description="Feather, latent cells.")
     keep_unmasked: bool = Field(
@@ -123,21 +125,8 @@ class ImageEditFields(BaseModel):
     )
 
     def to_params(self, settings: Settings, width: int, height: int) -> GenerationParams:
-        return GenerationParams(
-            prompt=self.prompt,
-            negative_prompt=self.negative_prompt,
-            denoise=denoise_params(
-                {
-                    "width": width,
-                    "height": height,
-                    "steps": self.steps or settings.default_steps,
-                    "guidance_scale": _or_default(self.guidance_scale, settings),
-                    "seed": self.seed,
-                    "n": self.n,
-                    "strength": self.strength,
-                    "num_resamples": self.num_resamples,
-                }
-            ),
+        return self.generation_params(
+            settings, width, height, strength=self.strength, num_resamples=self.num_resamples
         )
 
 

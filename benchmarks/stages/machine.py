@@ -5,10 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
-from pathlib import Path
 
 import numpy as np
 
+from benchmarks.host import cpu_model_and_flags, memory_gib
 from benchmarks.stages.common import Record
 
 
@@ -19,23 +19,7 @@ def machine_description() -> Record:
 
     from shared.execution import detect_device
 
-    cpu_model = platform.processor() or "unknown"
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    memory_gib = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
-    except OSError:
-        pass
+    cpu_model, flags = cpu_model_and_flags()
     gpus = []
     for gpu in tf.config.list_physical_devices("GPU"):
         details = tf.config.experimental.get_device_details(gpu)
@@ -48,7 +32,7 @@ def machine_description() -> Record:
         "cpu_flags_of_note": [f for f in interesting if f in flags],
         "logical_cpus": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "memory_gib": memory_gib,
+        "memory_gib": memory_gib(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "device": detect_device(),
         "gpus": gpus,

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from services import run_service
 from services.routes import create_stage_app
 from shared.config import Settings
+from shared.entrypoint import run_part
 from shared.pipeline.local.decoder import LocalDecoder, make_decoder
 
 DEFAULT_PORT = 8003
@@ -20,7 +20,7 @@ def create_decoder_app(settings: Settings, stage: LocalDecoder | None = None) ->
 
 
 def main() -> None:
-    run_service("decoder", create_decoder_app, DEFAULT_PORT)
+    run_part("decoder", create_decoder_app, DEFAULT_PORT)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from services import run_service
 from services.routes import create_stage_app
 from shared.config import Settings
+from shared.entrypoint import run_part
 from shared.pipeline.local.diffusion import LocalDiffusion, make_diffusion
 
 DEFAULT_PORT = 8002
@@ -20,7 +20,7 @@ def create_diffusion_app(settings: Settings, stage: LocalDiffusion | None = None
 
 
 def main() -> None:
-    run_service("diffusion", create_diffusion_app, DEFAULT_PORT)
+    run_part("diffusion", create_diffusion_app, DEFAULT_PORT)
 
 
 if __name__ == "__main__":

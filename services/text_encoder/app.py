@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from services import run_service
 from services.routes import create_stage_app
 from shared.config import Settings
+from shared.entrypoint import run_part
 from shared.pipeline.local.text_encoder import LocalTextEncoder, make_text_encoder
 
 DEFAULT_PORT = 8001
@@ -22,7 +22,7 @@ def create_text_encoder_app(settings: Settings, stage: LocalTextEncoder | None =
 
 
 def main() -> None:
-    run_service("text-encoder", create_text_encoder_app, DEFAULT_PORT)
+    run_part("text-encoder", create_text_encoder_app, DEFAULT_PORT)
 
 
 if __name__ == "__main__":

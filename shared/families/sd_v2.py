@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from shared.families.base import Component, FamilySpec, PublishedWeights
-from shared.families.sd_v1 import HF_BASE, LIGHTHOUSE_PROMPT, V1_WEIGHTS, StableDiffusionV1
+from shared.families.base import Component, PublishedWeights
+from shared.families.sd_v1 import HF_BASE, V1_WEIGHTS, StableDiffusionV1
 
 if TYPE_CHECKING:
     import keras
@@ -27,18 +28,8 @@ V2_WEIGHTS: dict[Component, PublishedWeights] = {
 
 
 class StableDiffusionV2(StableDiffusionV1):
-    spec = FamilySpec(
-        name="sd-v2",
-        context_dim=1024,
-        latent_channels=4,
-        downsampling_factor=8,
-        max_tokens=77,
-        size_multiple=128,
-        default_sizes=((512, 512),),
-        default_guidance_scale=7.5,  # keras-cv's
-        example_prompt=LIGHTHOUSE_PROMPT,
-        default_weights="pretrained",
-    )
+    # SD 1.x's facts but the name and OpenCLIP's wider context.
+    spec = replace(StableDiffusionV1.spec, name="sd-v2", context_dim=1024)
 
     def __init__(self) -> None:
         self.published_weights = dict(V2_WEIGHTS)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Hashable
 from dataclasses import asdict
 from typing import Any, TypeVar
 
-from shared.batching import ModelWorker
+from shared.batching import DynamicBatcher, ModelWorker
 from shared.config import Settings, format_size
 from shared.errors import ModelNotReady
 from shared.execution import resolve_strategy
@@ -19,6 +20,8 @@ from shared.pipeline.types import StageInfo
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
+Item = TypeVar("Item")
+Output = TypeVar("Output")
 
 
 class LocalStage:
@@ -35,6 +38,18 @@ class LocalStage:
         self.name = worker.name
         self.models: LoadedModels | None = None
         self._built: LoadedModels | None = None
+
+    def request_batcher(
+        self, fn: Callable[[Hashable, list[Item]], list[Output]]
+    ) -> DynamicBatcher[Item, Output]:
+        """Request-level batching of `fn` on this stage's model thread, sized by settings."""
+        return DynamicBatcher(
+            self.worker,
+            fn,
+            max_batch=self.settings.max_batch,
+            max_wait_s=self.settings.batch_wait_ms / 1000,
+            queue_size=self.settings.queue_size,
+        )
 
     def load(self) -> None:
         """Build and load the models (blocking). Warm only after every model of the

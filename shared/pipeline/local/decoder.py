@@ -45,19 +45,11 @@ class LocalDecoder(LocalStage):
     def __init__(self, settings: Settings, family: ModelFamily, worker: ModelWorker) -> None:
         super().__init__(settings, family, worker)
         # Rows of one size go through one model call; each batch is of one size.
-        self.decode_batcher: DynamicBatcher[np.ndarray, np.ndarray] = DynamicBatcher(
-            worker,
-            self._decode_rows,
-            max_batch=settings.max_batch,
-            max_wait_s=settings.batch_wait_ms / 1000,
-            queue_size=settings.queue_size,
+        self.decode_batcher: DynamicBatcher[np.ndarray, np.ndarray] = self.request_batcher(
+            self._decode_rows
         )
-        self.encode_batcher: DynamicBatcher[np.ndarray, np.ndarray] = DynamicBatcher(
-            worker,
-            self._encode_rows,
-            max_batch=settings.max_batch,
-            max_wait_s=settings.batch_wait_ms / 1000,
-            queue_size=settings.queue_size,
+        self.encode_batcher: DynamicBatcher[np.ndarray, np.ndarray] = self.request_batcher(
+            self._encode_rows
         )
 
     def batching_sources(self) -> list[BatchingSource]:

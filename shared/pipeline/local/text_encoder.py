@@ -36,12 +36,8 @@ class LocalTextEncoder(LocalStage):
     ) -> None:
         super().__init__(settings, family, worker)
         self.tokenizer = tokenizer
-        self.batcher: DynamicBatcher[PromptPair, PromptRow] = DynamicBatcher(
-            worker,
-            self._encode_rows,
-            max_batch=settings.max_batch,
-            max_wait_s=settings.batch_wait_ms / 1000,
-            queue_size=settings.queue_size,
+        self.batcher: DynamicBatcher[PromptPair, PromptRow] = self.request_batcher(
+            self._encode_rows
         )
 
     def batching_sources(self) -> list[BatchingSource]:

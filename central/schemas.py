@@ -18,7 +18,12 @@ from shared.errors import InvalidInput, UnsupportedSize
 from shared.families import FAMILY_NAMES, get_family
 from shared.http import ServiceInfo
 from shared.pipeline.contract import parse_params
-from shared.pipeline.types import MAX_RESAMPLES, DenoiseParams, GenerationParams
+from shared.pipeline.types import (
+    MAX_RESAMPLES,
+    DenoiseParams,
+    GenerationParams,
+    denoise_defaults,
+)
 from shared.sampler import MAX_SEED
 from shared.tokenizer import MAX_PROMPT_CHARS
 
@@ -74,24 +79,19 @@ class StableDiffusionFields(BaseModel):
     )
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Image i uses seed+i.")
 
-    def generation_params(
-        self, settings: Settings, width: int, height: int, **edit: Any
-    ) -> GenerationParams:
-        """The chain's parameters, with the deployment's defaults for what was left out."""
+    def generation_params(self, settings: Settings, width: int, height: int) -> GenerationParams:
+        """The chain's parameters: every field this request shares with DenoiseParams (by
+        name), the deployment's defaults for those left out."""
+        given = {
+            name: getattr(self, name)
+            for name in DenoiseParams.model_fields
+            if name in type(self).model_fields and getattr(self, name) is not None
+        }
+        fields = {**denoise_defaults(settings), "width": width, "height": height, **given}
         return GenerationParams(
             prompt=self.prompt,
             negative_prompt=self.negative_prompt,
-            denoise=denoise_params(
-                {
-                    "width": width,
-                    "height": height,
-                    "steps": self.steps or settings.default_steps,
-                    "guidance_scale": _or_default(self.guidance_scale, settings),
-                    "seed": self.seed,
-                    "n": self.n,
-                    **edit,
-                }
-            ),
+            denoise=denoise_params(fields),
         )
 
 
@@ -125,9 +125,7 @@ class ImageEditFields(StableDiffusionFields):
     )
 
     def to_params(self, settings: Settings, width: int, height: int) -> GenerationParams:
-        return self.generation_params(
-            settings, width, height, strength=self.strength, num_resamples=self.num_resamples
-        )
+        return self.generation_params(settings, width, height)
 
 
 class ImageEditJson(ImageEditFields):

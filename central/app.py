@@ -20,7 +20,7 @@ from shared.config import (
 from shared.entrypoint import run_part
 from shared.families import get_family
 from shared.http import create_app
-from shared.metrics import BatchingSource
+from shared.metrics import BatchingSource, StageReplicas
 from shared.pipeline.chain import Chain
 from shared.pipeline.local.base import LocalStage
 
@@ -94,6 +94,7 @@ def create_central_app(settings: Settings, chain: Chain | None = None) -> FastAP
         info_model=GatewayInfo,
     )
     app.router.on_shutdown.append(chain.aclose)
+    app.state.metrics.registry.register(StageReplicas(chain.retries, chain.replicas))
     jobs = JobStore(chain, settings)
     app.state.jobs = jobs
     # Before anything else shuts down (the chain's clients): jobs end as cancelled.

@@ -13,6 +13,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, create_model
 from pydantic.fields import FieldInfo
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services import VERSION
 from services.streaming import stream_reply
@@ -56,9 +57,32 @@ class StageService:
         self.stage.shutdown()
 
 
+class QueueDepthHeader:
+    """Every answer says how deep the stage's queue is (X-Queue-Depth), so the gateway
+    can route by load without asking."""
+
+    def __init__(self, app: ASGIApp, stage: LocalStage) -> None:
+        self.app = app
+        self.stage = stage
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_depth(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                depth = str(self.stage.queue_depth()).encode()
+                message["headers"] = [*message.get("headers", []), (b"x-queue-depth", depth)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_depth)
+
+
 def create_stage_app(stage: LocalStage, settings: Settings, *, title: str) -> FastAPI:
     """The service of `stage`: the app factory's health routes plus its operations."""
     app = create_app(StageService(stage), settings, title=title, version=VERSION)
+    app.add_middleware(QueueDepthHeader, stage=stage)
     auth = Depends(require_internal_token(settings))
     for op in stage.contract.operations:
         query_model = _query_model(op, settings)

@@ -110,6 +110,12 @@ class Settings(BaseSettings):
     decoder_url: str | None = None
     connect_timeout_s: float = Field(default=3.0, gt=0)
     read_timeout_s: float = Field(default=300.0, gt=0)
+    # Each stage URL is a comma-separated list of replicas; a name that resolves to
+    # several addresses (a headless Service) is one replica per address, looked up again
+    # this often. A call that did no work, or whose replica died, is tried on another
+    # replica, up to this many attempts in all.
+    resolve_interval_s: float = Field(default=10.0, gt=0)
+    stage_attempts: int = Field(default=3, ge=1, le=10)
 
     # Trace every graph a request can hit before /readyz says ready, so no request pays
     # for tracing. Off: ready sooner, and the first request of each shape traces its

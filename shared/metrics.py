@@ -13,7 +13,7 @@ from functools import partial
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.metrics_core import GaugeMetricFamily
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -45,6 +45,47 @@ class _QueueDepth(Collector):
         for source in self.sources():
             family.add_metric([source.stage], source.depth())
         yield family
+
+
+class StageReplicas(Collector):
+    """The gateway's view of its remote stages: retries by reason, and per replica the
+    calls in flight and the queue depth it last reported."""
+
+    def __init__(
+        self,
+        retries: Callable[[], Mapping[str, Mapping[str, int]]],
+        replicas: Callable[[], Mapping[str, Iterable[Mapping[str, Any]]]],
+    ) -> None:
+        self.retries = retries
+        self.replicas = replicas
+
+    def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
+        retried = CounterMetricFamily(
+            "sdserve_stage_retries",
+            "Stage calls tried again on another replica, by reason (connect: refused; "
+            "full, draining, loading: a 503; died: the replica went away mid-call).",
+            labels=["stage", "reason"],
+        )
+        for stage, reasons in self.retries().items():
+            for reason, count in reasons.items():
+                retried.add_metric([stage, reason], count)
+        yield retried
+        in_flight = GaugeMetricFamily(
+            "sdserve_stage_replica_in_flight",
+            "Calls this gateway has in flight on each stage replica.",
+            labels=["stage", "replica"],
+        )
+        depth = GaugeMetricFamily(
+            "sdserve_stage_replica_queue_depth",
+            "The queue depth each stage replica last reported (X-Queue-Depth).",
+            labels=["stage", "replica"],
+        )
+        for stage, replicas in self.replicas().items():
+            for replica in replicas:
+                in_flight.add_metric([stage, str(replica["url"])], replica["in_flight"])
+                depth.add_metric([stage, str(replica["url"])], replica["queue_depth"])
+        yield in_flight
+        yield depth
 
 
 class ServiceMetrics:

@@ -12,6 +12,8 @@ import re
 from shared.families import FAMILY_NAMES
 
 MODELS = FAMILY_NAMES
+STAGE_NAMES = ("text-encoder", "diffusion", "decoder")
+MAX_REPLICAS = 8
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 _SIZE_RE = re.compile(r"^\s*(\d{1,5})\s*[xX]\s*(\d{1,5})\s*$")
@@ -61,3 +63,19 @@ def seconds(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} must not be negative")
     return value
+
+
+def replicas(text: str) -> dict[str, int]:
+    """``diffusion=2,decoder=2`` -> {"diffusion": 2, "decoder": 2}."""
+    counts: dict[str, int] = {}
+    for item in (part.strip() for part in text.split(",")):
+        name, sep, count = item.partition("=")
+        if not sep or name.strip() not in STAGE_NAMES or not count.strip().isdigit():
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is not STAGE=COUNT with STAGE one of {', '.join(STAGE_NAMES)}"
+            )
+        number = int(count)
+        if not 1 <= number <= MAX_REPLICAS:
+            raise argparse.ArgumentTypeError(f"{name}: between 1 and {MAX_REPLICAS} replicas")
+        counts[name.strip()] = number
+    return counts

@@ -14,7 +14,7 @@ import shlex
 import socket
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,8 @@ DEFAULT_PORT = 8000
 DEFAULT_BASE_PORT = 8001
 # Stage services always listen on loopback: only central talks to them, on this machine.
 STAGE_HOST = "127.0.0.1"
+# Replica k (from 0) of a stage listens on its port + k * REPLICA_PORT_STEP.
+REPLICA_PORT_STEP = 10
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,11 @@ class UpConfig:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     base_port: int = DEFAULT_BASE_PORT
+    # Processes per remote stage (absent: one).
+    replicas: Mapping[str, int] = field(default_factory=dict)
+
+    def replicas_of(self, stage: str) -> int:
+        return self.replicas.get(stage, 1)
 
 
 def connect_host(host: str) -> str:
@@ -135,7 +142,17 @@ def add_parser(commands: Any) -> None:
         "--base-port",
         type=arguments.port,
         default=DEFAULT_BASE_PORT,
-        help="text encoder port; diffusion uses base+1, decoder base+2 (default: 8001)",
+        help="text encoder port; diffusion uses base+1, decoder base+2; further replicas "
+        f"add {REPLICA_PORT_STEP} each (default: 8001)",
+    )
+    up.add_argument(
+        "--replicas",
+        type=arguments.replicas,
+        default={},
+        metavar="STAGE=N,...",
+        help="run N processes of a stage service, e.g. diffusion=2,decoder=2; the gateway "
+        "routes each call to the least-loaded one and retries elsewhere when one fails "
+        "(default: one each)",
     )
     up.add_argument(
         "--ready-timeout",
@@ -173,6 +190,7 @@ def resolve_up_config(args: argparse.Namespace, env: Mapping[str, str]) -> UpCon
         host=args.host,
         port=args.port,
         base_port=args.base_port,
+        replicas=dict(args.replicas),
     )
 
 
@@ -208,17 +226,20 @@ def build_processes(
     for stage in STAGES:
         if stage.name not in remote:
             continue
-        port = config.base_port + stage.port_offset
-        url = http_url(STAGE_HOST, port)
-        specs.append(
-            ChildSpec(
-                name=stage.name,
-                argv=[python, "-m", stage.module, "--host", STAGE_HOST, "--port", str(port)],
-                env=dict(common),
-                ready_url=f"{url}/readyz",
+        urls = []
+        for k in range(config.replicas_of(stage.name)):
+            port = config.base_port + stage.port_offset + k * REPLICA_PORT_STEP
+            url = http_url(STAGE_HOST, port)
+            specs.append(
+                ChildSpec(
+                    name=stage.name if k == 0 else f"{stage.name}-{k + 1}",
+                    argv=[python, "-m", stage.module, "--host", STAGE_HOST, "--port", str(port)],
+                    env=dict(common),
+                    ready_url=f"{url}/readyz",
+                )
             )
-        )
-        central_env[stage.url_env] = url
+            urls.append(url)
+        central_env[stage.url_env] = ",".join(urls)
     specs.append(
         ChildSpec(
             name="central",
@@ -321,6 +342,14 @@ def run(args: argparse.Namespace) -> int:
     from shared.config import ConfigError, load_settings
 
     config = resolve_up_config(args, os.environ)
+    local = [s for s in config.replicas if s not in REMOTE_STAGES[config.topology]]
+    if local:
+        print(
+            f"sdserve up: --replicas: {', '.join(local)} runs inside the gateway in the "
+            f"{config.topology} topology (replicas need three-endpoints or hybrid)",
+            file=sys.stderr,
+        )
+        return 2
     overrides: dict[str, object] = {"model": config.model, "weights": config.weights}
     if config.sizes:
         overrides["sizes"] = config.sizes

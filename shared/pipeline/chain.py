@@ -44,7 +44,7 @@ from shared.pipeline.types import (
     StageTiming,
     check_denoise_params,
 )
-from shared.sampler import mask_to_latent_grid
+from shared.sampler import draw_seed, mask_to_latent_grid
 from shared.tracing import span
 
 log = logging.getLogger(__name__)
@@ -157,8 +157,12 @@ class Chain:
         return result
 
     def check(self, params: GenerationParams) -> DenoiseParams:
-        """Refuse bad parameters (InvalidInput, UnsupportedSize) before any compute."""
+        """Refuse bad parameters (InvalidInput, UnsupportedSize) before any compute, and
+        draw the seed of a request that has none: a diffusion call run again on another
+        replica then gives the same images."""
         check_denoise_params(self.settings, params.denoise)
+        if params.denoise.seed is None:
+            return params.denoise.model_copy(update={"seed": draw_seed()})
         return params.denoise
 
     async def generate(
@@ -217,6 +221,22 @@ class Chain:
             prompt_truncated=encoded.truncated[0],
             prompt_tokens=encoded.token_counts[0],
         )
+
+    def retries(self) -> dict[str, dict[str, int]]:
+        """Calls tried again on another replica, by stage and reason."""
+        return {
+            name: dict(stage.pool.retries)
+            for name, stage in self.stages.items()
+            if isinstance(stage, RemoteStage)
+        }
+
+    def replicas(self) -> dict[str, list[dict[str, object]]]:
+        """Each remote stage's replicas as the gateway sees them."""
+        return {
+            name: stage.pool.describe()
+            for name, stage in self.stages.items()
+            if isinstance(stage, RemoteStage)
+        }
 
     async def aclose(self) -> None:
         for stage in self.stages.values():

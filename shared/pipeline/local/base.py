@@ -94,6 +94,10 @@ class LocalStage:
     def batching_sources(self) -> list[BatchingSource]:
         return []
 
+    def queue_depth(self) -> int:
+        """Requests waiting or running in front of this stage's models."""
+        return sum(source.depth() for source in self.batching_sources())
+
     async def describe(self) -> dict[str, Any]:
         return self.summary()
 

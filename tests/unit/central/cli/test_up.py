@@ -114,6 +114,38 @@ def test_hybrid_runs_only_diffusion_remote() -> None:
     assert "SDSERVE_DECODER_URL" not in central_env
 
 
+def test_replicas_each_get_a_port_and_central_gets_them_all() -> None:
+    config = up_config("--replicas", "diffusion=3,decoder=2")
+    specs = build_processes(config, {}, python=PY)
+    names = [s.name for s in specs]
+    assert names == [
+        "text-encoder",
+        "diffusion",
+        "diffusion-2",
+        "diffusion-3",
+        "decoder",
+        "decoder-2",
+        "central",
+    ]
+    ports = [list(s.argv)[-1] for s in specs[:-1]]
+    assert ports == ["8001", "8002", "8012", "8022", "8003", "8013"]
+    central_env = specs[-1].env
+    assert central_env is not None
+    assert central_env["SDSERVE_DIFFUSION_URL"] == (
+        "http://127.0.0.1:8002,http://127.0.0.1:8012,http://127.0.0.1:8022"
+    )
+    assert central_env["SDSERVE_DECODER_URL"] == "http://127.0.0.1:8003,http://127.0.0.1:8013"
+    assert central_env["SDSERVE_TEXT_ENCODER_URL"] == "http://127.0.0.1:8001"
+    assert not any("would both use" in problem for problem in check_ports(specs))
+
+
+def test_up_refuses_replicas_of_a_stage_that_runs_inside_the_gateway(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["up", "--topology", "hybrid", "--replicas", "decoder=2"]) == 2
+    assert "decoder runs inside the gateway in the hybrid topology" in capsys.readouterr().err
+
+
 def test_stages_stay_on_loopback_when_the_gateway_listens_everywhere() -> None:
     specs = build_processes(up_config("--host", "0.0.0.0"), {}, python=PY)
     central = specs[-1]

@@ -21,6 +21,7 @@ from shared.entrypoint import run_part
 from shared.families import get_family
 from shared.http import create_app
 from shared.metrics import BatchingSource, StageReplicas
+from shared.pipeline.catalog import Catalog
 from shared.pipeline.chain import Chain
 from shared.pipeline.local.base import LocalStage
 
@@ -40,25 +41,26 @@ Stable Diffusion behind an OpenAI-compatible Images API.
 
 
 class GatewayService:
-    """Adapts the chain to the app factory's service interface."""
+    """Adapts the catalog of models to the app factory's service interface."""
 
     name = "central"
 
-    def __init__(self, chain: Chain) -> None:
-        self.chain = chain
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
 
     def load(self) -> None:
-        self.chain.load()
+        self.catalog.load()
 
     def describe(self) -> Mapping[str, Any]:
-        settings = self.chain.settings
+        settings = self.catalog.default.settings  # the default model's
         return {
             "family": settings.model,
             "weights": settings.weights_label,
-            "random_weights": self.chain.random_weights(),
+            "models": list(self.catalog.chains),
+            "random_weights": self.catalog.random_weights(),
             "example_prompt": get_family(settings.model).spec.example_prompt,
             "api_key_required": bool(settings.api_keys),
-            "topology": self.chain.topology,
+            "topology": self.catalog.topology,
             "sizes": [format_size(s) for s in settings.sizes],
             "limits": {
                 "max_images_per_request": settings.max_images_per_request,
@@ -72,7 +74,7 @@ class GatewayService:
         """The stages running in this process (remote ones export their own)."""
         return [
             source
-            for stage in self.chain.stages.values()
+            for stage in self.catalog.stages.values()
             if isinstance(stage, LocalStage)
             for source in stage.batching_sources()
         ]
@@ -82,25 +84,26 @@ class GatewayService:
 
 
 def create_central_app(settings: Settings, chain: Chain | None = None) -> FastAPI:
-    chain = chain or Chain(settings)
+    """The gateway of `settings`' models (or of `chain` alone, already built)."""
+    catalog = Catalog(settings, {chain.name: chain} if chain else None)
     app = create_app(
-        GatewayService(chain),
+        GatewayService(catalog),
         settings,
         title="sdserve",
         version=VERSION,
-        readiness=chain.readiness,
+        readiness=catalog.readiness,
         description=DESCRIPTION,
         public_api=True,
         info_model=GatewayInfo,
     )
-    app.router.on_shutdown.append(chain.aclose)
-    app.state.metrics.registry.register(StageReplicas(chain.retries, chain.replicas))
-    jobs = JobStore(chain, settings)
+    app.router.on_shutdown.append(catalog.aclose)
+    app.state.metrics.registry.register(StageReplicas(catalog.retries, catalog.replicas))
+    jobs = JobStore(catalog, settings)
     app.state.jobs = jobs
     # Before anything else shuts down (the chain's clients): jobs end as cancelled.
     app.router.on_shutdown.insert(0, jobs.aclose)
-    app.include_router(stages_router(chain))
-    app.include_router(images_router(chain, settings))
+    app.include_router(stages_router(catalog))
+    app.include_router(images_router(catalog, settings))
     app.include_router(jobs_router(jobs, settings))
     register_web_page(app)
     return app

@@ -43,7 +43,7 @@ from central.schemas import (
 from central.serving import encode_png, encode_pngs, images_response
 from shared.config import Settings
 from shared.errors import JobNotFound, QueueFull, SdserveError
-from shared.pipeline.chain import Chain
+from shared.pipeline.catalog import Catalog
 from shared.pipeline.stage import Progress
 from shared.pipeline.types import EditInputs, GenerationParams
 from shared.sampler import img2img_steps
@@ -169,8 +169,8 @@ def _error_detail(error_type: str, message: str, param: str | None = None) -> Er
 class JobStore:
     """The jobs of one central process, in memory, bounded in number."""
 
-    def __init__(self, chain: Chain, settings: Settings) -> None:
-        self.chain = chain
+    def __init__(self, catalog: Catalog, settings: Settings) -> None:
+        self.catalog = catalog
         self.settings = settings
         self.max_jobs = settings.max_jobs
         self.ttl_s = settings.job_ttl_s
@@ -186,7 +186,7 @@ class JobStore:
         response_format: str,
     ) -> Job:
         """Start a job (validated first: bad parameters are a 422, not a failed job)."""
-        self.chain.check(params)
+        self.catalog.check(params)
         self._make_room()
         total = params.denoise.steps
         if edit is not None:
@@ -268,7 +268,7 @@ class JobStore:
 
         every = max(1, math.ceil(job.total / PREVIEWS_PER_JOB))
         try:
-            result = await self.chain.generate(
+            result = await self.catalog.generate(
                 params, edit, progress=Progress(on_step, on_preview, every)
             )
             pngs = await encode_pngs(result.images)

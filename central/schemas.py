@@ -78,6 +78,9 @@ class StableDiffusionFields(BaseModel):
         default=None, ge=0, le=MAX_GUIDANCE_SCALE, description=GUIDANCE_DESCRIPTION
     )
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Image i uses seed+i.")
+    model: str | None = Field(
+        default=None, description="Which model draws it (GET /v1/models); default: the first."
+    )
 
     def generation_params(self, settings: Settings, width: int, height: int) -> GenerationParams:
         """The chain's parameters: every field this request shares with DenoiseParams (by
@@ -92,6 +95,7 @@ class StableDiffusionFields(BaseModel):
             prompt=self.prompt,
             negative_prompt=self.negative_prompt,
             denoise=denoise_params(fields),
+            model=self.model,
         )
 
 
@@ -257,14 +261,31 @@ class GatewayLimits(BaseModel):
     default_guidance_scale: float
 
 
+class ModelCard(BaseModel):
+    """One model, in OpenAI's `GET /v1/models` shape (plus its family and weights)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "sdserve"
+    family: str
+    weights: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
 class GatewayInfo(ServiceInfo):
     """`GET /v1/info` of the gateway: what it serves and how."""
 
     # Every key the gateway describes is declared here (a new one fails the tests).
     model_config = ConfigDict(extra="forbid")
 
-    family: str
+    family: str  # the default model's
     weights: str
+    models: list[str]  # every model's name; the first is the default
     random_weights: bool
     example_prompt: str
     api_key_required: bool

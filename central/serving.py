@@ -30,7 +30,7 @@ from central.schemas import (
 from shared.config import Settings, format_size
 from shared.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType, UnsupportedSize
 from shared.http import cancel_on_disconnect
-from shared.pipeline.chain import Chain
+from shared.pipeline.catalog import Catalog
 from shared.pipeline.types import EditInputs, GenerationParams, GenerationResult
 
 # Uploaded images are decoded only if their header says they are at most this big.
@@ -205,14 +205,14 @@ async def encode_pngs(images: np.ndarray) -> list[bytes]:
 
 
 async def generate_pngs(
-    request: Request, chain: Chain, params: GenerationParams, edit: EditInputs | None = None
+    request: Request, catalog: Catalog, params: GenerationParams, edit: EditInputs | None = None
 ) -> tuple[GenerationResult, list[bytes]]:
     """Run the chain for a request and encode its images.
 
     A client that hangs up cancels the chain, which closes the stage connections, which
     frees the request's diffusion rows and skips its decode.
     """
-    result = await cancel_on_disconnect(request, chain.generate(params, edit))
+    result = await cancel_on_disconnect(request, catalog.generate(params, edit))
     return result, await encode_pngs(result.images)
 
 
@@ -235,6 +235,6 @@ def images_response(
         },
         prompt_tokens=result.prompt_tokens,
         prompt_truncated=result.prompt_truncated,
-        model=settings.model,
-        weights=settings.weights_label,
+        model=result.model,
+        weights=result.weights,
     )

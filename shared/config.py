@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     # this often. A call that did no work, or whose replica died, is tried on another
     # replica, up to this many attempts in all.
     resolve_interval_s: float = Field(default=10.0, gt=0)
+    # Several models on one gateway (TOML, see shared.pipeline.catalog); unset: one
+    # model, SDSERVE_MODEL with SDSERVE_WEIGHTS.
+    models_file: Path | None = None
     stage_attempts: int = Field(default=3, ge=1, le=10)
 
     # Trace every graph a request can hit before /readyz says ready, so no request pays

@@ -142,6 +142,13 @@ class JobNotFound(SdserveError):
     error_type = "not_found"
 
 
+class ModelNotFound(SdserveError):
+    """404: the request names a model this gateway does not serve (see /v1/models)."""
+
+    status_code = 404
+    error_type = "model_not_found"
+
+
 class WeightsError(SdserveError):
     """Start-up only: weights are missing, corrupt or of the wrong shape."""
 

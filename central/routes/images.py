@@ -15,10 +15,10 @@ from central.schemas import (
 )
 from central.serving import generate_pngs, images_response, read_edit
 from shared.config import Settings
-from shared.pipeline.chain import Chain
+from shared.pipeline.catalog import Catalog
 
 
-def images_router(chain: Chain, settings: Settings) -> APIRouter:
+def images_router(catalog: Catalog, settings: Settings) -> APIRouter:
     router = APIRouter(tags=["images"])
 
     @router.post(
@@ -29,7 +29,7 @@ def images_router(chain: Chain, settings: Settings) -> APIRouter:
     )
     async def generations(body: ImageGenerationRequest, request: Request) -> ImagesResponse:
         """Text to image, in the OpenAI Images API shape (plus per-image seeds and timings)."""
-        result, pngs = await generate_pngs(request, chain, body.to_params(settings))
+        result, pngs = await generate_pngs(request, catalog, body.to_params(settings))
         return images_response(result, pngs, body.response_format, settings)
 
     @router.post(
@@ -42,7 +42,7 @@ def images_router(chain: Chain, settings: Settings) -> APIRouter:
     async def edits(request: Request) -> ImagesResponse:
         """Inpainting (with a mask) or image to image (without), OpenAI `images.edit` shape."""
         fields, params, edit = await read_edit(request, settings)
-        result, pngs = await generate_pngs(request, chain, params, edit)
+        result, pngs = await generate_pngs(request, catalog, params, edit)
         return images_response(result, pngs, fields.response_format, settings)
 
     @router.post(
@@ -55,7 +55,7 @@ def images_router(chain: Chain, settings: Settings) -> APIRouter:
     )
     async def hugging_face_text_to_image(body: HfTextToImageRequest, request: Request) -> Response:
         """What `huggingface_hub.InferenceClient(model=URL).text_to_image()` sends."""
-        result, pngs = await generate_pngs(request, chain, body.to_params(settings))
+        result, pngs = await generate_pngs(request, catalog, body.to_params(settings))
         return Response(pngs[0], media_type="image/png", headers={"X-Seed": str(result.seeds[0])})
 
     return router

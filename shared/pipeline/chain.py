@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
+STAGE_NAMES = ("text_encoder", "diffusion", "decoder")
 
 
 def overlay_unmasked(images: np.ndarray, original: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -71,8 +72,17 @@ def overlay_unmasked(images: np.ndarray, original: np.ndarray, mask: np.ndarray)
 class Chain:
     """Builds the configured stages and runs requests through them."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        name: str | None = None,
+        stages: tuple[Stage, Stage, Stage] | None = None,
+    ) -> None:
+        """`stages` (text encoder, diffusion, decoder) when they are shared with other
+        chains (shared.pipeline.catalog); else they are built from `settings`."""
         self.settings = settings
+        self.name = name or settings.model
         self.family = get_family(settings.model)
         spec = self.family.spec
 
@@ -82,16 +92,14 @@ class Chain:
             stage: Stage = make_local(settings)
             return stage
 
-        self.text_encoder = remote_or_local(
-            settings.text_encoder_url, TEXT_ENCODER, make_text_encoder
-        )
-        self.diffusion = remote_or_local(settings.diffusion_url, DIFFUSION, make_diffusion)
-        self.decoder = remote_or_local(settings.decoder_url, DECODER, make_decoder)
-        self.stages: dict[str, Stage] = {
-            "text_encoder": self.text_encoder,
-            "diffusion": self.diffusion,
-            "decoder": self.decoder,
-        }
+        if stages is None:
+            stages = (
+                remote_or_local(settings.text_encoder_url, TEXT_ENCODER, make_text_encoder),
+                remote_or_local(settings.diffusion_url, DIFFUSION, make_diffusion),
+                remote_or_local(settings.decoder_url, DECODER, make_decoder),
+            )
+        self.text_encoder, self.diffusion, self.decoder = stages
+        self.stages: dict[str, Stage] = dict(zip(STAGE_NAMES, stages, strict=True))
 
     def located(self, location: str) -> dict[str, Stage]:
         return {name: s for name, s in self.stages.items() if s.location == location}
@@ -220,23 +228,9 @@ class Chain:
             timings=timings,
             prompt_truncated=encoded.truncated[0],
             prompt_tokens=encoded.token_counts[0],
+            model=self.name,
+            weights=self.settings.weights_label,
         )
-
-    def retries(self) -> dict[str, dict[str, int]]:
-        """Calls tried again on another replica, by stage and reason."""
-        return {
-            name: dict(stage.pool.retries)
-            for name, stage in self.stages.items()
-            if isinstance(stage, RemoteStage)
-        }
-
-    def replicas(self) -> dict[str, list[dict[str, object]]]:
-        """Each remote stage's replicas as the gateway sees them."""
-        return {
-            name: stage.pool.describe()
-            for name, stage in self.stages.items()
-            if isinstance(stage, RemoteStage)
-        }
 
     async def aclose(self) -> None:
         for stage in self.stages.values():

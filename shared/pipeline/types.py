@@ -138,6 +138,8 @@ class GenerationParams:
     prompt: str
     negative_prompt: str | None
     denoise: DenoiseParams
+    # Which of the gateway's models (None: its default).
+    model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,8 @@ class GenerationResult:
     timings: dict[str, StageTiming] = field(default_factory=dict)
     prompt_truncated: bool = False
     prompt_tokens: int = 0
+    model: str = ""  # the model that drew it, and its weights
+    weights: str = ""
 
 
 def check_size(settings: Settings, width: int, height: int, *, param: str = "size") -> Size:

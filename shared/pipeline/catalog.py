@@ -1,0 +1,255 @@
+"""The models one gateway serves: one chain each, sharing stages where they can.
+
+Without a models file the gateway serves one model (SDSERVE_MODEL with SDSERVE_WEIGHTS,
+named after its family). `SDSERVE_MODELS_FILE` names several, in TOML:
+
+    [[model]]
+    name = "tiny"                    # what a request's `model` field says; the first is
+    family = "tiny"                  # the default
+    weights = "embedded"             # embedded | pretrained | random | a directory
+    diffusion_url = "http://diffusion:8002"      # its diffusion replicas (else local)
+
+    [[model]]
+    name = "tiny-alt"
+    family = "tiny"
+    weights = "/weights/tiny-alt"
+    diffusion_url = "http://diffusion-alt:8002"
+
+`text_encoder_url` and `decoder_url` may be given per model too; by default they are the
+gateway's (SDSERVE_TEXT_ENCODER_URL / SDSERVE_DECODER_URL). Models of one family share
+the text encoder and decoder (local ones are built once, with the weights of the first
+model of that family), so a new diffusion model deploys beside the others while the
+text encoder and decoder stay as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.config import ConfigError, Settings
+from shared.errors import ModelNotFound
+from shared.families import FAMILY_NAMES, get_family
+from shared.pipeline.chain import Chain
+from shared.pipeline.contract import StageContract
+from shared.pipeline.local.decoder import make_decoder
+from shared.pipeline.local.diffusion import make_diffusion
+from shared.pipeline.local.text_encoder import make_text_encoder
+from shared.pipeline.remote import RemoteStage
+from shared.pipeline.stage import Progress, Stage
+from shared.pipeline.stage_contracts import DECODER, DIFFUSION, TEXT_ENCODER
+from shared.pipeline.types import (
+    DenoiseParams,
+    EditInputs,
+    GenerationParams,
+    GenerationResult,
+)
+
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+
+
+class ModelEntry(BaseModel):
+    """One `[[model]]` of the models file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=MODEL_NAME_PATTERN)
+    family: str
+    weights: str = ""
+    diffusion_url: str | None = None
+    text_encoder_url: str | None = None
+    decoder_url: str | None = None
+
+
+def read_models_file(path: Path) -> list[ModelEntry]:
+    """The file's models, checked (ConfigError naming what is wrong)."""
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"SDSERVE_MODELS_FILE: cannot read {path}: {exc}") from None
+    raw = document.get("model")
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"SDSERVE_MODELS_FILE: {path} has no [[model]] entries")
+    entries = []
+    for i, item in enumerate(raw):
+        try:
+            entry = ModelEntry.model_validate(item)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            message = f"SDSERVE_MODELS_FILE: model {i + 1}: {where}: {first['msg']}"
+            raise ConfigError(message) from None
+        if entry.family not in FAMILY_NAMES:
+            raise ConfigError(
+                f"SDSERVE_MODELS_FILE: model {entry.name}: family must be one of "
+                f"{', '.join(FAMILY_NAMES)}"
+            )
+        entries.append(entry)
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"SDSERVE_MODELS_FILE: model names repeat: {', '.join(names)}")
+    return entries
+
+
+def model_settings(base: Settings, entry: ModelEntry) -> Settings:
+    """The gateway's settings with the entry's family, weights and stage URLs."""
+    values: dict[str, Any] = dict(base)
+    values.update(
+        model=entry.family,
+        weights=entry.weights,
+        diffusion_url=entry.diffusion_url,
+        text_encoder_url=entry.text_encoder_url or base.text_encoder_url,
+        decoder_url=entry.decoder_url or base.decoder_url,
+        models_file=None,
+    )
+    if entry.family != base.model:
+        values["sizes"] = []  # the family's own defaults
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"SDSERVE_MODELS_FILE: model {entry.name}: {first['msg']}") from None
+
+
+class Catalog:
+    """The gateway's models by name; each request runs on the chain of its `model`."""
+
+    def __init__(self, settings: Settings, chains: dict[str, Chain] | None = None) -> None:
+        """The models of `settings` (its models file, or its one model); or `chains`,
+        already built."""
+        self.settings = settings
+        self.chains: dict[str, Chain]
+        if chains:
+            self.chains = dict(chains)
+        elif settings.models_file is None:
+            self.chains = {settings.model: Chain(settings)}
+        else:
+            self.chains = self._build(settings, read_models_file(settings.models_file))
+        self.default = next(iter(self.chains.values()))
+
+    @staticmethod
+    def _build(settings: Settings, entries: list[ModelEntry]) -> dict[str, Chain]:
+        built: dict[tuple[str | None, ...], Stage] = {}
+
+        def stage(
+            contract: StageContract, url: str | None, s: Settings, make: Callable[[Settings], Stage]
+        ) -> Stage:
+            """One stage per URL, or per family and weights when local."""
+            key = (contract.name, url) if url else (contract.name, s.model, s.weights)
+            if key not in built:
+                family = get_family(s.model).spec
+                built[key] = RemoteStage(contract, url, s, family) if url else make(s)
+            return built[key]
+
+        chains = {}
+        for entry in entries:
+            s = model_settings(settings, entry)
+            # The family's text encoder and decoder: those of its first model.
+            first = next(e for e in entries if e.family == entry.family)
+            family_settings = model_settings(settings, first) if first is not entry else s
+            stages = (
+                stage(TEXT_ENCODER, s.text_encoder_url, family_settings, make_text_encoder),
+                stage(DIFFUSION, s.diffusion_url, s, make_diffusion),
+                stage(DECODER, s.decoder_url, family_settings, make_decoder),
+            )
+            chains[entry.name] = Chain(s, name=entry.name, stages=stages)
+        return chains
+
+    # --------------------------------------------------------- one chain per request
+
+    def chain_for(self, name: str | None) -> Chain:
+        if name is None:
+            return self.default
+        chain = self.chains.get(name)
+        if chain is None:
+            raise ModelNotFound(
+                f"model {name!r} is not served here; models: {', '.join(self.chains)}",
+                param="model",
+            )
+        return chain
+
+    def check(self, params: GenerationParams) -> DenoiseParams:
+        return self.chain_for(params.model).check(params)
+
+    async def generate(
+        self,
+        params: GenerationParams,
+        edit: EditInputs | None = None,
+        *,
+        progress: Progress | None = None,
+    ) -> GenerationResult:
+        return await self.chain_for(params.model).generate(params, edit, progress=progress)
+
+    # --------------------------------------------------------- every stage, once
+
+    def unique_stages(self) -> dict[str, Stage]:
+        """Each stage once, named as in the default chain, then `name@model`."""
+        seen: dict[int, str] = {}
+        named: dict[str, Stage] = {}
+        for model, chain in self.chains.items():
+            for stage_name, stage in chain.stages.items():
+                if id(stage) in seen:
+                    continue
+                label = stage_name if chain is self.default else f"{stage_name}@{model}"
+                seen[id(stage)] = label
+                named[label] = stage
+        return named
+
+    @property
+    def stages(self) -> dict[str, Stage]:
+        return self.unique_stages()
+
+    @property
+    def topology(self) -> str:
+        return self.default.topology
+
+    def random_weights(self) -> bool:
+        return any(c.random_weights() for c in self.chains.values())
+
+    def load(self) -> None:
+        """Load every stage once, then warm them all (see Chain.load)."""
+        stages = list(self.unique_stages().values())
+        for stage in stages:
+            stage.load()
+        for stage in stages:
+            stage.warm()
+
+    async def readiness(self) -> tuple[bool, dict[str, str]]:
+        named = self.unique_stages()
+        results = await asyncio.gather(*(s.ready() for s in named.values()))
+        status = {
+            name: f"{text} ({stage.location})"
+            for (name, stage), (_ok, text) in zip(named.items(), results, strict=True)
+        }
+        return all(ok for ok, _ in results), status
+
+    async def describe_stages(self) -> dict[str, Any]:
+        named = self.unique_stages()
+        described = await asyncio.gather(*(s.describe() for s in named.values()))
+        return {
+            name: {"location": stage.location, **info}
+            for (name, stage), info in zip(named.items(), described, strict=True)
+        }
+
+    def retries(self) -> dict[str, dict[str, int]]:
+        return {
+            name: dict(stage.pool.retries)
+            for name, stage in self.unique_stages().items()
+            if isinstance(stage, RemoteStage)
+        }
+
+    def replicas(self) -> dict[str, list[dict[str, object]]]:
+        return {
+            name: stage.pool.describe()
+            for name, stage in self.unique_stages().items()
+            if isinstance(stage, RemoteStage)
+        }
+
+    async def aclose(self) -> None:
+        for stage in self.unique_stages().values():
+            await stage.close()

@@ -21,10 +21,12 @@ import shutil
 import subprocess
 import sys
 import threading
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -67,6 +69,12 @@ STAGE_URL_ENV = {stage.url_env: stage.name for stage in STAGES}
 DOCKERFILE = "deploy/docker/Dockerfile"
 COMPOSE_FILES = ("compose.yaml", "compose.cpu.yaml")
 OVERLAYS = ("deploy/k8s/overlays/gpu", "deploy/k8s/overlays/cpu-demo")
+# The gpu overlay with the second diffusion model enabled as docs/deploy.md shows (the
+# component added to the overlay's kustomization), rendered from a copy of deploy/k8s.
+SECOND_MODEL = "deploy/k8s/components/second-diffusion-model"
+GPU_TWO_MODELS = "deploy/k8s/overlays/gpu+second-diffusion-model"
+GPU_RENDERINGS = ("deploy/k8s/overlays/gpu", GPU_TWO_MODELS)
+RENDERINGS = (*OVERLAYS, GPU_TWO_MODELS)
 K8S_VERSIONS = ("1.31.0", "1.37.0")
 RUNTIME_UID = 10001
 
@@ -84,6 +92,15 @@ INSTALL_HINTS = {
     "docker-compose": "apt-get install docker-compose (make install does it as root)",
     "kubectl": "install kubectl (it provides `kubectl kustomize`)",
 }
+
+# Stopping (docs/deploy.md, "Stopping"): Kubernetes' preStop sleep lasts until no client
+# picks the pod (central re-resolves a stage's DNS every resolve interval, plus the DNS
+# answer's TTL, CoreDNS' 5 s), then SIGTERM; the part serves what it has in flight for its
+# SDSERVE_SHUTDOWN_GRACE_S; then EXIT_MARGIN_S to exit. The grace periods are the sums.
+DNS_TTL_S = 5
+DEFAULT_RESOLVE_INTERVAL_S = 10
+EXIT_MARGIN_S = 5
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 
 # Settings that the deployment files set themselves rather than pass through.
 NOT_PASSED_THROUGH = {
@@ -585,7 +602,8 @@ def test_compose_renders_with_defaults_only(path: str, tmp_path: Path) -> None:
     config = _compose_config(path, str(empty))
     for name, service in config["services"].items():
         passed = {k: v for k, v in service["environment"].items() if k.startswith("SDSERVE_")}
-        assert all(v is None for k, v in passed.items() if k not in STAGE_URL_ENV), name
+        set_by_the_file = {*STAGE_URL_ENV, "SDSERVE_SHUTDOWN_GRACE_S"}
+        assert all(v is None for k, v in passed.items() if k not in set_by_the_file), name
 
 
 @pytest.mark.parametrize("path", COMPOSE_FILES)
@@ -667,6 +685,29 @@ def test_compose_files_agree_except_for_the_gpu(compose: dict[str, dict[str, Any
     assert normalised(compose["compose.yaml"]) == normalised(compose["compose.cpu.yaml"])
 
 
+def _duration_s(duration: str) -> int:
+    """Seconds of a compose duration as docker-compose writes it (120s, 1m45s, 2m)."""
+    match = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", duration)
+    assert match and duration, f"unexpected duration {duration!r}"
+    return int(match.group(1) or 0) * 60 + int(match.group(2) or 0)
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES)
+def test_compose_stop_grace_is_the_shutdown_grace_plus_the_exit_margin(
+    path: str,
+    compose: dict[str, dict[str, Any]],
+    manifests: dict[str, list[dict[str, Any]]],
+) -> None:
+    """Docker sends SIGTERM at once (no preStop): stop_grace_period = grace + exit margin."""
+    deployments = kinds(manifests["deploy/k8s/overlays/gpu"], "Deployment")
+    for part in PARTS:
+        service = compose[path]["services"][part.name]
+        grace = int(service["environment"]["SDSERVE_SHUTDOWN_GRACE_S"])
+        assert _duration_s(service["stop_grace_period"]) == grace + EXIT_MARGIN_S, part.name
+        k8s_grace = _shutdown_grace(deployments[f"sdserve-{part.name}"])
+        assert grace == k8s_grace, f"{part.name}: compose and Kubernetes drain alike"
+
+
 def test_env_example_documents_every_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     text = (ROOT / ".env.example").read_text(encoding="utf-8")
     documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", text, re.MULTILINE))
@@ -689,10 +730,23 @@ def test_env_example_documents_every_setting(monkeypatch: pytest.MonkeyPatch) ->
 # ---------------------------------------------------------------- Kubernetes
 
 
+def _with_component(overlay: Path, component: str) -> None:
+    """What `kustomize edit add component` does to the overlay's kustomization.yaml."""
+    kustomization = overlay / "kustomization.yaml"
+    config = yaml.safe_load(kustomization.read_text(encoding="utf-8"))
+    config.setdefault("components", []).append(component)
+    kustomization.write_text(yaml.safe_dump(config), encoding="utf-8")
+
+
 @pytest.fixture(scope="module")
-def rendered() -> dict[str, str]:
-    """`kubectl kustomize` of each overlay (and the base)."""
-    return {path: run(argv).stdout for path, argv in KUSTOMIZE.items()}
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """`kubectl kustomize` of each overlay (and the base), and of gpu + the component."""
+    texts = {path: run(argv).stdout for path, argv in KUSTOMIZE.items()}
+    copy = tmp_path_factory.mktemp("k8s") / "k8s"
+    shutil.copytree(ROOT / "deploy/k8s", copy)
+    _with_component(copy / "overlays/gpu", "../../components/second-diffusion-model")
+    texts[GPU_TWO_MODELS] = run(["kubectl", "kustomize", str(copy / "overlays/gpu")]).stdout
+    return texts
 
 
 @pytest.fixture(scope="module")
@@ -701,7 +755,7 @@ def manifests(rendered: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
-@pytest.mark.parametrize("path", [*OVERLAYS, "deploy/k8s/base"])
+@pytest.mark.parametrize("path", [*RENDERINGS, "deploy/k8s/base"])
 def test_rendered_manifests_validate(path: str, version: str, rendered: dict[str, str]) -> None:
     argv = [*VALIDATE[:-2], version, "-"]
     result = run(argv, stdin=rendered[path])
@@ -731,6 +785,14 @@ def container(deployment: dict[str, Any]) -> dict[str, Any]:
     return only
 
 
+def settings_configmap(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The generated ConfigMap sdserve-config-<hash> every part reads its settings from."""
+    (configmap,) = [
+        c for name, c in kinds(docs, "ConfigMap").items() if name.startswith("sdserve-config-")
+    ]
+    return configmap
+
+
 @pytest.mark.parametrize("path", OVERLAYS)
 def test_every_part_has_a_deployment_with_probes(
     path: str, manifests: dict[str, list[dict[str, Any]]]
@@ -754,13 +816,43 @@ def test_every_part_has_a_deployment_with_probes(
         }, part.name
 
 
-@pytest.mark.parametrize("path", OVERLAYS)
-def test_pods_drain_before_sigterm(path: str, manifests: dict[str, list[dict[str, Any]]]) -> None:
+def _env(deployment: dict[str, Any], configmap: dict[str, Any]) -> dict[str, str]:
+    """The container's plain environment: the ConfigMap's, then its own `env` values."""
+    env = dict(configmap["data"])
+    env.update((e["name"], e["value"]) for e in container(deployment)["env"] if "value" in e)
+    return env
+
+
+def _shutdown_grace(deployment: dict[str, Any]) -> int:
+    (grace,) = [
+        e["value"] for e in container(deployment)["env"] if e["name"] == "SDSERVE_SHUTDOWN_GRACE_S"
+    ]
+    return int(grace)
+
+
+@pytest.mark.parametrize("path", RENDERINGS)
+def test_grace_period_is_the_drain_plus_the_shutdown_grace(
+    path: str, manifests: dict[str, list[dict[str, Any]]]
+) -> None:
+    configmap = settings_configmap(manifests[path])
+    assert "SDSERVE_SHUTDOWN_GRACE_S" not in configmap["data"], "set per part, with its grace"
+    from shared.config import Settings
+
+    field = Settings.model_fields.get("resolve_interval_s")
+    resolve_interval = int(
+        configmap["data"].get(
+            "SDSERVE_RESOLVE_INTERVAL_S", field.default if field else DEFAULT_RESOLVE_INTERVAL_S
+        )
+    )
     for name, deployment in kinds(manifests[path], "Deployment").items():
         spec = deployment["spec"]["template"]["spec"]
         pre_stop = container(deployment)["lifecycle"]["preStop"]["exec"]["command"]
         assert pre_stop[0] == "sleep", name
-        assert spec["terminationGracePeriodSeconds"] >= int(pre_stop[1]) + 20, name
+        drain = int(pre_stop[1])
+        assert drain >= resolve_interval + DNS_TTL_S, f"{name}: clients still pick it at SIGTERM"
+        grace = _shutdown_grace(deployment)
+        assert grace > 0, name
+        assert spec["terminationGracePeriodSeconds"] == drain + grace + EXIT_MARGIN_S, name
 
 
 @pytest.mark.parametrize("path", OVERLAYS)
@@ -813,6 +905,115 @@ def test_services_select_their_deployments(
         assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
             (part.port, "http")
         ]
+
+
+def _port_number(deployment: dict[str, Any], port: int | str) -> int:
+    if isinstance(port, int):
+        return port
+    (number,) = [p["containerPort"] for p in container(deployment)["ports"] if p["name"] == port]
+    return int(number)
+
+
+def _selected(service: dict[str, Any], deployments: dict[str, dict[str, Any]]) -> list[str]:
+    """The Deployments whose pods the Service selects."""
+    selector = service["spec"]["selector"].items()
+    return [
+        name
+        for name, d in deployments.items()
+        if selector <= d["spec"]["template"]["metadata"]["labels"].items()
+    ]
+
+
+@pytest.mark.parametrize("path", RENDERINGS)
+def test_stage_services_are_headless_and_central_is_not(
+    path: str, manifests: dict[str, list[dict[str, Any]]]
+) -> None:
+    """Central balances over every stage pod itself: DNS must answer the pods' addresses."""
+    services = kinds(manifests[path], "Service")
+    deployments = kinds(manifests[path], "Deployment")
+    for name, service in services.items():
+        spec = service["spec"]
+        (deployment,) = [deployments[d] for d in _selected(service, deployments)]
+        if name == "sdserve-central":
+            assert spec["type"] == "ClusterIP" and "clusterIP" not in spec, "clients' address"
+            assert spec.get("sessionAffinity", "None") == "None"
+        else:
+            assert spec["type"] == "ClusterIP" and spec["clusterIP"] == "None", name
+            # No kube-proxy port mapping on a headless Service: the port is the pod's.
+            for port in spec["ports"]:
+                assert port["port"] == _port_number(deployment, port["targetPort"]), name
+    central_env = {
+        e["name"]: e.get("value") for e in container(deployments["sdserve-central"])["env"]
+    }
+    for env_name in STAGE_URL_ENV:
+        for url in central_env[env_name].split(","):
+            host, port = urlsplit(url).hostname, urlsplit(url).port
+            assert services[str(host)]["spec"]["clusterIP"] == "None", env_name
+            assert port in [p["port"] for p in services[str(host)]["spec"]["ports"]], env_name
+
+
+def _gpu_products(deployment: dict[str, Any]) -> list[str] | None:
+    """The GPU products a pod may be placed on (required node affinity), or None."""
+    affinity = deployment["spec"]["template"]["spec"].get("affinity", {})
+    required = affinity.get("nodeAffinity", {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    )
+    if required is None:
+        return None
+    (term,) = required["nodeSelectorTerms"]
+    (expression,) = [e for e in term["matchExpressions"] if e["key"] == GPU_PRODUCT_LABEL]
+    assert expression["operator"] == "In"
+    return list(expression["values"])
+
+
+def _placement_values(name: str) -> list[str]:
+    patch = yaml.safe_load((ROOT / f"deploy/k8s/overlays/gpu/{name}").read_text(encoding="utf-8"))
+    terms = patch["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]["nodeSelectorTerms"]
+    return list(terms[0]["matchExpressions"][0]["values"])
+
+
+@pytest.mark.parametrize("path", GPU_RENDERINGS)
+def test_gpu_stages_land_on_their_gpu_products(
+    path: str, manifests: dict[str, list[dict[str, Any]]]
+) -> None:
+    """Diffusion on the big GPU, the decoder on the small one: the overlay's patches decide."""
+    diffusion = _placement_values("placement-diffusion.yaml")
+    decoder = _placement_values("placement-decoder.yaml")
+    assert diffusion and decoder and not set(diffusion) & set(decoder)
+    deployments = kinds(manifests[path], "Deployment")
+    for name, deployment in deployments.items():
+        products = _gpu_products(deployment)
+        if name.startswith("sdserve-diffusion"):
+            assert products == diffusion, name
+        elif name == "sdserve-decoder":
+            assert products == decoder, name
+        else:
+            assert products is None, f"{name} runs on CPU nodes"
+    for other in ("deploy/k8s/base", "deploy/k8s/overlays/cpu-demo"):
+        for name, deployment in kinds(manifests[other], "Deployment").items():
+            assert _gpu_products(deployment) is None, f"{other}: {name}"
+
+
+@pytest.mark.parametrize("path", GPU_RENDERINGS)
+def test_gpu_rollouts_need_no_spare_gpu(
+    path: str, manifests: dict[str, list[dict[str, Any]]]
+) -> None:
+    """A GPU stage's old pod goes before its new one comes; drains take one pod at a time."""
+    pdbs = kinds(manifests[path], "PodDisruptionBudget")
+    for name, deployment in kinds(manifests[path], "Deployment").items():
+        strategy = deployment["spec"]["strategy"]
+        assert strategy["type"] == "RollingUpdate", name
+        if _gpus(deployment):
+            assert strategy["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}, name
+            # minAvailable would block a drain at one replica; more than the rollout's one
+            # unavailable pod would let a drain take a stage down further than a rollout does.
+            assert pdbs[name]["spec"]["maxUnavailable"] == 1, name
+            assert "minAvailable" not in pdbs[name]["spec"], name
+        else:
+            assert strategy["rollingUpdate"]["maxUnavailable"] == 0, name
+            assert strategy["rollingUpdate"]["maxSurge"] >= 1, name
 
 
 def _gpus(deployment: dict[str, Any]) -> list[Any]:
@@ -935,6 +1136,65 @@ def test_cpu_demo_is_one_small_replica_of_the_tiny_model(
         assert deployment["spec"]["replicas"] == 1, name
         volume = _weights_volume(deployment)
         assert volume in (None, {"name": "weights", "emptyDir": {}}), name
+
+
+def test_second_diffusion_model_is_a_pool_of_its_own(
+    manifests: dict[str, list[dict[str, Any]]],
+) -> None:
+    """The component adds sdserve-diffusion-alt and a models file central reads."""
+    one_model = manifests["deploy/k8s/overlays/gpu"]
+    docs = manifests[GPU_TWO_MODELS]
+    deployments = kinds(docs, "Deployment")
+    services = kinds(docs, "Service")
+    assert set(deployments) == set(kinds(one_model, "Deployment")) | {"sdserve-diffusion-alt"}
+    alt, first = deployments["sdserve-diffusion-alt"], deployments["sdserve-diffusion"]
+    assert container(alt)["image"] == container(first)["image"]
+    # Each Service, PDB and HPA has its own model's pods, never the other's.
+    for name in ("sdserve-diffusion", "sdserve-diffusion-alt"):
+        assert _selected(services[name], deployments) == [name]
+        pdb = kinds(docs, "PodDisruptionBudget")[name]
+        assert _selected(
+            {"spec": {"selector": pdb["spec"]["selector"]["matchLabels"]}}, deployments
+        ) == [name]
+        assert (
+            kinds(docs, "HorizontalPodAutoscaler")[name]["spec"]["scaleTargetRef"]["name"] == name
+        )
+
+    configmap = settings_configmap(docs)
+    (models_map,) = [
+        c for n, c in kinds(docs, "ConfigMap").items() if n.startswith("sdserve-models-")
+    ]
+    (key,) = models_map["data"]
+    models = tomllib.loads(models_map["data"][key])["model"]
+    assert len({m["name"] for m in models}) == len(models) == 2
+    assert models[0]["family"] == configmap["data"]["SDSERVE_MODEL"], "the default model"
+    served = set()
+    for model in models:
+        url = urlsplit(model["diffusion_url"])
+        service = services[str(url.hostname)]
+        assert service["spec"]["clusterIP"] == "None"
+        assert url.port in [p["port"] for p in service["spec"]["ports"]]
+        (deployment_name,) = _selected(service, deployments)
+        deployment = deployments[deployment_name]
+        assert container(deployment)["image"].startswith("sdserve/diffusion:"), model["name"]
+        assert _env(deployment, configmap)["SDSERVE_WEIGHTS"] == model["weights"], model["name"]
+        assert model["family"] == _env(deployment, configmap)["SDSERVE_MODEL"], model["name"]
+        served.add(deployment_name)
+    assert served == {"sdserve-diffusion", "sdserve-diffusion-alt"}
+
+    central = deployments["sdserve-central"]
+    env = {e["name"]: e.get("value") for e in container(central)["env"]}
+    mounts = {m["name"]: m for m in container(central)["volumeMounts"]}
+    volumes = {v["name"]: v for v in central["spec"]["template"]["spec"]["volumes"]}
+    (volume_name,) = [
+        n
+        for n, v in volumes.items()
+        if v.get("configMap", {}).get("name") == models_map["metadata"]["name"]
+    ]
+    assert mounts[volume_name]["readOnly"] is True
+    assert env["SDSERVE_MODELS_FILE"] == f"{mounts[volume_name]['mountPath']}/{key}"
+    one_central = kinds(one_model, "Deployment")["sdserve-central"]
+    assert "SDSERVE_MODELS_FILE" not in {e["name"] for e in container(one_central)["env"]}
 
 
 # ---------------------------------------------------------------- docs

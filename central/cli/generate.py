@@ -73,6 +73,12 @@ def add_parser(commands: Any) -> None:
         "--negative-prompt", default=None, metavar="TEXT", help="what to steer away from"
     )
     gen.add_argument(
+        "--model",
+        default=None,
+        metavar="NAME",
+        help="which of the gateway's models (GET /v1/models; default: its first)",
+    )
+    gen.add_argument(
         "--timeout",
         type=arguments.seconds,
         default=600.0,
@@ -145,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
         "guidance_scale": args.guidance,
         "seed": args.seed,
         "negative_prompt": args.negative_prompt,
+        "model": args.model,
     }
     payload.update({k: v for k, v in optional.items() if v is not None})
 

@@ -23,6 +23,7 @@ from central.cli.arguments import DEFAULT_URL
 
 if TYPE_CHECKING:
     from central.supervisor.specs import ChildSpec
+    from shared.pipeline.models_file import ModelEntry
 
 TOPOLOGIES = ("three-endpoints", "all-in-one", "hybrid")
 DEFAULT_PORT = 8000
@@ -67,9 +68,41 @@ class UpConfig:
     base_port: int = DEFAULT_BASE_PORT
     # Processes per remote stage (absent: one).
     replicas: Mapping[str, int] = field(default_factory=dict)
+    # --models-file: its models (the first is model/weights above), and where the file
+    # handed to the gateway (with the diffusion services' URLs) is written.
+    models: tuple[ModelEntry, ...] = ()
+    models_file_out: str = ""
 
     def replicas_of(self, stage: str) -> int:
         return self.replicas.get(stage, 1)
+
+
+# The diffusion service of model m (from 0) listens on its stage port + m * MODEL_PORT_STEP.
+MODEL_PORT_STEP = 100
+
+
+def stage_ports(config: UpConfig, stage: Stage, model_index: int = 0) -> list[int]:
+    """The ports of a stage's replicas (of one model's diffusion service)."""
+    first = config.base_port + stage.port_offset + model_index * MODEL_PORT_STEP
+    return [first + k * REPLICA_PORT_STEP for k in range(config.replicas_of(stage.name))]
+
+
+def gateway_models(config: UpConfig) -> list[ModelEntry]:
+    """The models file the gateway gets: each model with its diffusion replicas' URLs
+    when diffusion runs as services (else the gateway runs every model itself)."""
+    if "diffusion" not in REMOTE_STAGES[config.topology]:
+        return list(config.models)
+    diffusion = next(s for s in STAGES if s.name == "diffusion")
+    return [
+        entry.model_copy(
+            update={
+                "diffusion_url": ",".join(
+                    http_url(STAGE_HOST, p) for p in stage_ports(config, diffusion, m)
+                )
+            }
+        )
+        for m, entry in enumerate(config.models)
+    ]
 
 
 def connect_host(host: str) -> str:
@@ -155,6 +188,15 @@ def add_parser(commands: Any) -> None:
         "(default: one each)",
     )
     up.add_argument(
+        "--models-file",
+        type=Path,
+        default=None,
+        metavar="TOML",
+        help="serve several models of one family: a diffusion service each (with its "
+        "weights), one text encoder and decoder for all; requests pick one with `model` "
+        "(see shared/pipeline/catalog.py for the format; default: SDSERVE_MODELS_FILE)",
+    )
+    up.add_argument(
         "--ready-timeout",
         type=arguments.seconds,
         default=600.0,
@@ -172,15 +214,36 @@ def add_parser(commands: Any) -> None:
     up.add_argument("--no-color", action="store_true", help="no colours in the log prefixes")
 
 
-def resolve_up_config(args: argparse.Namespace, env: Mapping[str, str]) -> UpConfig:
-    """Merge flags (first), SDSERVE_* environment variables, then defaults."""
-    from shared.families import FAMILY_NAMES, get_family
+def _absolute(weights: str) -> str:
+    if weights in ("embedded", "random", "pretrained", ""):
+        return weights
+    return str(Path(weights).expanduser().resolve())
 
-    model = args.model or env.get("SDSERVE_MODEL") or "tiny"
+
+def resolve_up_config(args: argparse.Namespace, env: Mapping[str, str]) -> UpConfig:
+    """Merge flags (first), SDSERVE_* environment variables, then defaults.
+
+    Raises ConfigError for a models file that cannot be served here.
+    """
+    from shared.config import ConfigError
+    from shared.families import FAMILY_NAMES, get_family
+    from shared.pipeline.models_file import read_models_file
+
+    models: tuple[ModelEntry, ...] = ()
+    models_file = args.models_file or env.get("SDSERVE_MODELS_FILE")
+    if models_file:
+        entries = read_models_file(Path(models_file))
+        families = sorted({e.family for e in entries})
+        if len(families) > 1:
+            raise ConfigError(
+                f"--models-file: sdserve up runs one family's text encoder and decoder; "
+                f"the file has {', '.join(families)}"
+            )
+        models = tuple(e.model_copy(update={"weights": _absolute(e.weights)}) for e in entries)
+    model = models[0].family if models else args.model or env.get("SDSERVE_MODEL") or "tiny"
     family_weights = get_family(model).spec.default_weights if model in FAMILY_NAMES else ""
-    weights = args.weights or env.get("SDSERVE_WEIGHTS") or family_weights
-    if weights not in ("embedded", "random", "pretrained", ""):
-        weights = str(Path(weights).expanduser().resolve())
+    weights = models[0].weights if models else ""
+    weights = _absolute(weights or args.weights or env.get("SDSERVE_WEIGHTS") or family_weights)
     sizes = args.sizes or env.get("SDSERVE_SIZES") or None
     return UpConfig(
         topology=args.topology,
@@ -191,6 +254,7 @@ def resolve_up_config(args: argparse.Namespace, env: Mapping[str, str]) -> UpCon
         port=args.port,
         base_port=args.base_port,
         replicas=dict(args.replicas),
+        models=models,
     )
 
 
@@ -226,20 +290,37 @@ def build_processes(
     for stage in STAGES:
         if stage.name not in remote:
             continue
-        urls = []
-        for k in range(config.replicas_of(stage.name)):
-            port = config.base_port + stage.port_offset + k * REPLICA_PORT_STEP
-            url = http_url(STAGE_HOST, port)
-            specs.append(
-                ChildSpec(
-                    name=stage.name if k == 0 else f"{stage.name}-{k + 1}",
-                    argv=[python, "-m", stage.module, "--host", STAGE_HOST, "--port", str(port)],
-                    env=dict(common),
-                    ready_url=f"{url}/readyz",
+        # The models file's other models: a diffusion service each, with their weights.
+        models = config.models if stage.name == "diffusion" and config.models else ()
+        variants = [(stage.name, common)] + [
+            (f"{stage.name}-{entry.name}", {**common, "SDSERVE_WEIGHTS": entry.weights})
+            for entry in models[1:]
+        ]
+        for m, (name, env) in enumerate(variants):
+            urls = []
+            for k, port in enumerate(stage_ports(config, stage, m)):
+                url = http_url(STAGE_HOST, port)
+                specs.append(
+                    ChildSpec(
+                        name=name if k == 0 else f"{name}-{k + 1}",
+                        argv=[
+                            python,
+                            "-m",
+                            stage.module,
+                            "--host",
+                            STAGE_HOST,
+                            "--port",
+                            str(port),
+                        ],
+                        env=dict(env),
+                        ready_url=f"{url}/readyz",
+                    )
                 )
-            )
-            urls.append(url)
-        central_env[stage.url_env] = ",".join(urls)
+                urls.append(url)
+            if m == 0:
+                central_env[stage.url_env] = ",".join(urls)
+    if config.models:
+        central_env["SDSERVE_MODELS_FILE"] = config.models_file_out
     specs.append(
         ChildSpec(
             name="central",
@@ -337,11 +418,23 @@ def ready_banner(config: UpConfig) -> str:
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
+    import dataclasses
+    import tempfile
 
     from central.supervisor.runner import Supervisor
     from shared.config import ConfigError, load_settings
 
-    config = resolve_up_config(args, os.environ)
+    try:
+        config = resolve_up_config(args, os.environ)
+    except ConfigError as exc:
+        print(f"sdserve up: {exc}", file=sys.stderr)
+        return 2
+    if config.models:  # the gateway's copy, with the diffusion services' URLs
+        from shared.pipeline.models_file import render_models_file
+
+        out = Path(tempfile.mkdtemp(prefix="sdserve-up-")) / "models.toml"
+        out.write_text(render_models_file(gateway_models(config)), encoding="utf-8")
+        config = dataclasses.replace(config, models_file_out=str(out))
     local = [s for s in config.replicas if s not in REMOTE_STAGES[config.topology]]
     if local:
         print(

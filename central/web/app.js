@@ -46,6 +46,10 @@ async function loadInfo() {
     $("#weights-warning").hidden = !info.random_weights;
     if (info.api_key_required) $("#api-key-panel").hidden = false;
     if (info.example_prompt) $("#prompt").placeholder = info.example_prompt;
+    const models = info.models || [];
+    $("#model").replaceChildren(...models.map((name) => new Option(name, name)));
+    // One model: nothing to pick, so nothing shown.
+    $("#model-field").hidden = models.length < 2;
     resizeEditor();
   } catch (error) {
     $("#model-badge").textContent = "gateway unreachable";
@@ -225,6 +229,7 @@ function requestBody() {
   if (negative) body.negative_prompt = negative;
   const seed = $("#seed").value.trim();
   if (seed !== "") body.seed = Number(seed);
+  if (!$("#model-field").hidden && $("#model").value) body.model = $("#model").value;
   if (state.mode === "inpaint") {
     body.kind = "edit";
     body.image = $("#image-canvas").toDataURL("image/png");

@@ -25,21 +25,20 @@ text encoder and decoder stay as they are.
 from __future__ import annotations
 
 import asyncio
-import tomllib
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from shared.config import ConfigError, Settings
 from shared.errors import ModelNotFound
-from shared.families import FAMILY_NAMES, get_family
+from shared.families import get_family
 from shared.pipeline.chain import Chain
 from shared.pipeline.contract import StageContract
 from shared.pipeline.local.decoder import make_decoder
 from shared.pipeline.local.diffusion import make_diffusion
 from shared.pipeline.local.text_encoder import make_text_encoder
+from shared.pipeline.models_file import ModelEntry, read_models_file
 from shared.pipeline.remote import RemoteStage
 from shared.pipeline.stage import Progress, Stage
 from shared.pipeline.stage_contracts import DECODER, DIFFUSION, TEXT_ENCODER
@@ -49,51 +48,6 @@ from shared.pipeline.types import (
     GenerationParams,
     GenerationResult,
 )
-
-MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
-
-
-class ModelEntry(BaseModel):
-    """One `[[model]]` of the models file."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(pattern=MODEL_NAME_PATTERN)
-    family: str
-    weights: str = ""
-    diffusion_url: str | None = None
-    text_encoder_url: str | None = None
-    decoder_url: str | None = None
-
-
-def read_models_file(path: Path) -> list[ModelEntry]:
-    """The file's models, checked (ConfigError naming what is wrong)."""
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"SDSERVE_MODELS_FILE: cannot read {path}: {exc}") from None
-    raw = document.get("model")
-    if not isinstance(raw, list) or not raw:
-        raise ConfigError(f"SDSERVE_MODELS_FILE: {path} has no [[model]] entries")
-    entries = []
-    for i, item in enumerate(raw):
-        try:
-            entry = ModelEntry.model_validate(item)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            message = f"SDSERVE_MODELS_FILE: model {i + 1}: {where}: {first['msg']}"
-            raise ConfigError(message) from None
-        if entry.family not in FAMILY_NAMES:
-            raise ConfigError(
-                f"SDSERVE_MODELS_FILE: model {entry.name}: family must be one of "
-                f"{', '.join(FAMILY_NAMES)}"
-            )
-        entries.append(entry)
-    names = [e.name for e in entries]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"SDSERVE_MODELS_FILE: model names repeat: {', '.join(names)}")
-    return entries
 
 
 def model_settings(base: Settings, entry: ModelEntry) -> Settings:

@@ -4,6 +4,7 @@ checks first, and the banner it prints once ready.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 from pathlib import Path
@@ -12,7 +13,15 @@ import pytest
 
 from central.cli import main
 from central.cli.parser import build_parser
-from central.cli.up import UpConfig, build_processes, check_ports, ready_banner, resolve_up_config
+from central.cli.up import (
+    UpConfig,
+    build_processes,
+    check_ports,
+    gateway_models,
+    ready_banner,
+    resolve_up_config,
+)
+from shared.pipeline.models_file import ModelEntry, read_models_file, render_models_file
 
 PY = "/usr/bin/python-test"
 URL_VARS = ("SDSERVE_TEXT_ENCODER_URL", "SDSERVE_DIFFUSION_URL", "SDSERVE_DECODER_URL")
@@ -137,6 +146,48 @@ def test_replicas_each_get_a_port_and_central_gets_them_all() -> None:
     assert central_env["SDSERVE_DECODER_URL"] == "http://127.0.0.1:8003,http://127.0.0.1:8013"
     assert central_env["SDSERVE_TEXT_ENCODER_URL"] == "http://127.0.0.1:8001"
     assert not any("would both use" in problem for problem in check_ports(specs))
+
+
+def test_a_models_file_gives_each_model_a_diffusion_service_and_the_gateway_their_urls(
+    tmp_path: Path,
+) -> None:
+    models = tmp_path / "models.toml"
+    models.write_text(
+        '[[model]]\nname = "tiny"\nfamily = "tiny"\nweights = "embedded"\n\n'
+        '[[model]]\nname = "alt"\nfamily = "tiny"\nweights = "random"\n'
+    )
+    config = up_config("--models-file", str(models), "--replicas", "diffusion=2")
+    assert (config.model, config.weights) == ("tiny", "embedded")
+    config = dataclasses.replace(config, models_file_out="/tmp/gateway-models.toml")
+    specs = build_processes(config, {}, python=PY)
+    names = [s.name for s in specs]
+    assert names == [
+        "text-encoder",
+        "diffusion",
+        "diffusion-2",
+        "diffusion-alt",
+        "diffusion-alt-2",
+        "decoder",
+        "central",
+    ]
+    by_name = {s.name: s for s in specs}
+    assert by_name["diffusion-alt"].env is not None
+    assert by_name["diffusion-alt"].env["SDSERVE_WEIGHTS"] == "random"
+    assert list(by_name["diffusion-alt-2"].argv)[-1] == "8112"
+    central_env = by_name["central"].env
+    assert central_env is not None
+    assert central_env["SDSERVE_MODELS_FILE"] == "/tmp/gateway-models.toml"
+    handed = read_models_file_text(render_models_file(gateway_models(config)), tmp_path)
+    assert [(m.name, m.diffusion_url) for m in handed] == [
+        ("tiny", "http://127.0.0.1:8002,http://127.0.0.1:8012"),
+        ("alt", "http://127.0.0.1:8102,http://127.0.0.1:8112"),
+    ]
+
+
+def read_models_file_text(text: str, directory: Path) -> list[ModelEntry]:
+    path = directory / "handed.toml"
+    path.write_text(text)
+    return read_models_file(path)
 
 
 def test_up_refuses_replicas_of_a_stage_that_runs_inside_the_gateway(

@@ -283,7 +283,7 @@ class JobStore:
                 job, "failed", error=_error_detail("internal_error", "internal error; see the log")
             )
         else:
-            response = images_response(result, pngs, response_format, self.settings)
+            response = images_response(result, pngs, response_format)
             self._finish(job, "succeeded", result=response)
 
     def _settle(self, job: Job, task: asyncio.Task[None]) -> None:

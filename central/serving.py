@@ -217,7 +217,7 @@ async def generate_pngs(
 
 
 def images_response(
-    result: GenerationResult, pngs: list[bytes], response_format: str, settings: Settings
+    result: GenerationResult, pngs: list[bytes], response_format: str
 ) -> ImagesResponse:
     """The images response; render it with `exclude_unset` (an image has one of its forms)."""
     data = []

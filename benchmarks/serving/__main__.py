@@ -1,4 +1,5 @@
-"""Serving benchmarks: topologies, keras-cv, concurrency, overload, bytes on the wire.
+"""Serving benchmarks: topologies, keras-cv, concurrency, overload, bytes on the wire,
+replicas.
 
 Runs the sections named on the command line and writes serving.md, serving.json and
 serving.png into --out-dir; see benchmarks/README.md.
@@ -30,6 +31,7 @@ from benchmarks.serving.locust_run import section_locust
 from benchmarks.serving.machine import machine_description
 from benchmarks.serving.overload import section_overload
 from benchmarks.serving.plans import PLANS, TARGETS
+from benchmarks.serving.replicas import section_replicas
 from benchmarks.serving.report import render_markdown
 from benchmarks.serving.report_tables import verdict
 from benchmarks.serving.targets import evaluate_targets
@@ -43,6 +45,7 @@ SECTION_RUNNERS: dict[str, Callable[[Record, argparse.Namespace, Path], Record]]
     "overload": section_overload,
     "wire": section_wire,
     "locust": section_locust,
+    "replicas": section_replicas,
 }
 
 

@@ -15,7 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 Record = dict[str, Any]
 
-SECTIONS = ("topologies", "keras_cv", "concurrency", "overload", "wire", "locust")
+SECTIONS = ("topologies", "keras_cv", "concurrency", "overload", "wire", "locust", "replicas")
 TOPOLOGIES = ("all-in-one", "three-endpoints", "hybrid")
 # Which stages each topology runs as its own service (the others run inside central).
 REMOTE_STAGES: dict[str, tuple[str, ...]] = {

@@ -44,6 +44,7 @@ PLANS: dict[str, Record] = {
         },
         "wire": {"shapes": {"tiny": (64, 64), "sd-v1": (512, 512)}, "n": [1, 4]},
         "locust": {"users": 8, "spawn_rate": 4, "seconds": 20, "size": (64, 64), "steps": 25},
+        "replicas": {"size": (64, 64), "steps": 10, "clients": 4, "requests": 60},
     },
     "quick": {
         "topologies": {
@@ -82,6 +83,7 @@ PLANS: dict[str, Record] = {
         },
         "wire": {"shapes": {"tiny": (64, 64), "sd-v1": (512, 512)}, "n": [1, 4]},
         "locust": {"users": 8, "spawn_rate": 4, "seconds": 10, "size": (64, 64), "steps": 25},
+        "replicas": {"size": (64, 64), "steps": 10, "clients": 4, "requests": 24},
     },
 }
 

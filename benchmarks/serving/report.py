@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from benchmarks.serving.common import SECTIONS, Record
 from benchmarks.serving.findings import findings
+from benchmarks.serving.replicas import render_replicas
 from benchmarks.serving.report_tables import (
     fmt,
     render_concurrency,
@@ -76,6 +77,7 @@ def render_markdown(report: Record) -> str:
             "overload": "4. Overload: bounded queues",
             "wire": "5. Bytes on the wire",
             "locust": "6. Locust",
+            "replicas": "7. Replicas: balance, and a replica killed mid-run",
         }[name]
         lines += [f"## {header}", ""]
         lines.append(
@@ -93,6 +95,7 @@ def render_markdown(report: Record) -> str:
             "overload": render_overload,
             "wire": render_wire,
             "locust": render_locust,
+            "replicas": render_replicas,
         }[name]
         lines += renderer(section)
         lines.append("")

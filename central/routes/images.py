@@ -30,7 +30,7 @@ def images_router(catalog: Catalog, settings: Settings) -> APIRouter:
     async def generations(body: ImageGenerationRequest, request: Request) -> ImagesResponse:
         """Text to image, in the OpenAI Images API shape (plus per-image seeds and timings)."""
         result, pngs = await generate_pngs(request, catalog, body.to_params(settings))
-        return images_response(result, pngs, body.response_format, settings)
+        return images_response(result, pngs, body.response_format)
 
     @router.post(
         "/v1/images/edits",
@@ -43,7 +43,7 @@ def images_router(catalog: Catalog, settings: Settings) -> APIRouter:
         """Inpainting (with a mask) or image to image (without), OpenAI `images.edit` shape."""
         fields, params, edit = await read_edit(request, settings)
         result, pngs = await generate_pngs(request, catalog, params, edit)
-        return images_response(result, pngs, fields.response_format, settings)
+        return images_response(result, pngs, fields.response_format)
 
     @router.post(
         "/",

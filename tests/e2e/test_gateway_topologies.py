@@ -83,8 +83,11 @@ def test_openai_client_gets_pngs(gateways):
     assert len(result.data) == 2
     for item in result.data:
         assert Image.open(io.BytesIO(base64.b64decode(item.b64_json))).size == (64, 64)
-    # The openai client sends model and omits SD fields: defaults apply, extras ignored.
-    client.images.generate(model="dall-e-2", prompt="x", size="64x64", n=1)
+    # The openai client omits SD fields (defaults apply); its model picks one of ours, and
+    # one this gateway does not serve is refused by name.
+    client.images.generate(model="tiny", prompt="x", size="64x64", n=1)
+    with pytest.raises(openai.NotFoundError, match="dall-e-2"):
+        client.images.generate(model="dall-e-2", prompt="x", size="64x64", n=1)
 
 
 @pytest.mark.parametrize(

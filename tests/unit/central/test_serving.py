@@ -101,12 +101,14 @@ def test_the_images_response_carries_one_form_per_image() -> None:
         seeds=[7, 8],
         timings={"diffusion": StageTiming(1.234, 5.678, 0.0)},
         prompt_tokens=3,
+        model="tiny",
+        weights="embedded",
     )
     pngs = [b"a", b"b"]
-    b64 = images_response(result, pngs, "b64_json", SETTINGS).model_dump(exclude_unset=True)
-    url = images_response(result, pngs, "url", SETTINGS).model_dump(exclude_unset=True)
+    b64 = images_response(result, pngs, "b64_json").model_dump(exclude_unset=True)
+    url = images_response(result, pngs, "url").model_dump(exclude_unset=True)
     assert b64["data"] == [{"seed": 7, "b64_json": "YQ=="}, {"seed": 8, "b64_json": "Yg=="}]
     assert url["data"][0] == {"seed": 7, "url": "data:image/png;base64,YQ=="}
     assert b64["timings"] == {"diffusion": {"queue_ms": 1.23, "compute_ms": 5.68, "transfer_ms": 0}}
-    assert b64["model"] == "tiny" and b64["prompt_tokens"] == 3
+    assert b64["model"] == "tiny" and b64["weights"] == "embedded" and b64["prompt_tokens"] == 3
     assert b64["prompt_truncated"] is False

@@ -24,7 +24,6 @@ text encoder and decoder stay as they are.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -40,7 +39,7 @@ from shared.pipeline.local.diffusion import make_diffusion
 from shared.pipeline.local.text_encoder import make_text_encoder
 from shared.pipeline.models_file import ModelEntry, read_models_file
 from shared.pipeline.remote import RemoteStage
-from shared.pipeline.stage import Progress, Stage
+from shared.pipeline.stage import Progress, Stage, describe_all, load_all, readiness_of
 from shared.pipeline.stage_contracts import DECODER, DIFFUSION, TEXT_ENCODER
 from shared.pipeline.types import (
     DenoiseParams,
@@ -166,29 +165,14 @@ class Catalog:
         return any(c.random_weights() for c in self.chains.values())
 
     def load(self) -> None:
-        """Load every stage once, then warm them all (see Chain.load)."""
-        stages = list(self.unique_stages().values())
-        for stage in stages:
-            stage.load()
-        for stage in stages:
-            stage.warm()
+        """Load every stage once, then warm them all."""
+        load_all(self.unique_stages().values())
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
-        named = self.unique_stages()
-        results = await asyncio.gather(*(s.ready() for s in named.values()))
-        status = {
-            name: f"{text} ({stage.location})"
-            for (name, stage), (_ok, text) in zip(named.items(), results, strict=True)
-        }
-        return all(ok for ok, _ in results), status
+        return await readiness_of(self.unique_stages())
 
     async def describe_stages(self) -> dict[str, Any]:
-        named = self.unique_stages()
-        described = await asyncio.gather(*(s.describe() for s in named.values()))
-        return {
-            name: {"location": stage.location, **info}
-            for (name, stage), info in zip(named.items(), described, strict=True)
-        }
+        return await describe_all(self.unique_stages())
 
     def retries(self) -> dict[str, dict[str, int]]:
         return {

@@ -22,7 +22,7 @@ from shared.pipeline.local.decoder import make_decoder
 from shared.pipeline.local.diffusion import make_diffusion
 from shared.pipeline.local.text_encoder import make_text_encoder
 from shared.pipeline.remote import RemoteStage
-from shared.pipeline.stage import Progress, Stage
+from shared.pipeline.stage import Progress, Stage, describe_all, load_all, readiness_of
 from shared.pipeline.stage_contracts import (
     DECODE,
     DECODER,
@@ -116,30 +116,14 @@ class Chain:
         return "custom"
 
     def load(self) -> None:
-        """Load every stage, then warm them all (blocking).
-
-        Warm-ups come last because building a stage re-seeds TensorFlow, which would
-        throw away the traced functions of stages warmed before it (a slow first request).
-        """
-        for stage in self.stages.values():
-            stage.load()
-        for stage in self.stages.values():
-            stage.warm()
+        """Load every stage, then warm them all (blocking)."""
+        load_all(self.stages.values())
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
-        results = await asyncio.gather(*(s.ready() for s in self.stages.values()))
-        status = {
-            name: f"{text} ({stage.location})"
-            for (name, stage), (_ok, text) in zip(self.stages.items(), results, strict=True)
-        }
-        return all(ok for ok, _ in results), status
+        return await readiness_of(self.stages)
 
     async def describe_stages(self) -> dict[str, Any]:
-        described = await asyncio.gather(*(s.describe() for s in self.stages.values()))
-        return {
-            name: {"location": stage.location, **info}
-            for (name, stage), info in zip(self.stages.items(), described, strict=True)
-        }
+        return await describe_all(self.stages)
 
     def random_weights(self) -> bool:
         return self.settings.weights == "random"

@@ -266,10 +266,7 @@ class RemoteStage:
             error = UpstreamUnavailable(f"{self.label} stage at {replica.url} is unreachable")
             raise _Retry("connect", error) from None
         except httpx.TimeoutException:
-            raise UpstreamTimeout(
-                f"{self.label} stage at {replica.url} did not answer within "
-                f"{self.settings.read_timeout_s:g}s"
-            ) from None
+            raise self._timed_out(replica) from None
         except httpx.TransportError as exc:
             raise self._died(replica, exc) from None
         replica.answered(response.headers)
@@ -278,6 +275,13 @@ class RemoteStage:
             await response.aclose()
             raise self._http_error(replica, response)
         return response
+
+    def _timed_out(self, replica: Replica) -> UpstreamTimeout:
+        """Nothing for the read timeout: not retried (the work may still be running)."""
+        return UpstreamTimeout(
+            f"{self.label} stage at {replica.url} sent nothing for "
+            f"{self.settings.read_timeout_s:g}s"
+        )
 
     def _died(self, replica: Replica, exc: Exception) -> _Retry:
         """The replica went away mid-call (reset, closed): another one runs it again."""
@@ -365,10 +369,7 @@ class RemoteStage:
         except StreamError as exc:
             raise _BadPayload(f"bad stream: {exc}") from None
         except httpx.TimeoutException:
-            raise UpstreamTimeout(
-                f"{self.label} stage at {replica.url} sent nothing for "
-                f"{self.settings.read_timeout_s:g}s"
-            ) from None
+            raise self._timed_out(replica) from None
         except httpx.TransportError as exc:
             raise self._died(replica, exc) from None
         # Cut before its last frame: the replica went away mid-way.

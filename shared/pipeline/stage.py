@@ -7,6 +7,8 @@ any work (`admit`), runs operations of their contract, and closes them.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -56,3 +58,33 @@ class Stage(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def load_all(stages: Iterable[Stage]) -> None:
+    """Load every stage, then warm them all (blocking). Warm-ups come last because
+    building a stage re-seeds TensorFlow, which would throw away the traced functions of
+    stages warmed before it (a slow first request)."""
+    stages = list(stages)
+    for stage in stages:
+        stage.load()
+    for stage in stages:
+        stage.warm()
+
+
+async def readiness_of(stages: Mapping[str, Stage]) -> tuple[bool, dict[str, str]]:
+    """Ready when every stage is; each stage's word on it."""
+    results = await asyncio.gather(*(s.ready() for s in stages.values()))
+    status = {
+        name: f"{text} ({stage.location})"
+        for (name, stage), (_ok, text) in zip(stages.items(), results, strict=True)
+    }
+    return all(ok for ok, _ in results), status
+
+
+async def describe_all(stages: Mapping[str, Stage]) -> dict[str, Any]:
+    """What /v1/stages shows: each stage's location and description."""
+    described = await asyncio.gather(*(s.describe() for s in stages.values()))
+    return {
+        name: {"location": stage.location, **info}
+        for (name, stage), info in zip(stages.items(), described, strict=True)
+    }

@@ -88,6 +88,11 @@ class Replica:
         self.skip("down", self.down_backoff_s)
         self.down_backoff_s = min(DOWN_BACKOFF_MAX_S, self.down_backoff_s * 2)
 
+    def ready_again(self) -> None:
+        """Its /readyz said ready: a down or loading skip ends now (a full one runs out)."""
+        if self.skip_reason in ("down", "loading"):
+            self.skip_until = 0.0
+
     def answered(self, headers: httpx.Headers) -> None:
         self.down_backoff_s = DOWN_BACKOFF_S
         try:

@@ -138,6 +138,7 @@ class RemoteStage:
             return False, f"unreachable at {replica.url} ({exc.__class__.__name__})"
         replica.answered(response.headers)
         if response.status_code == 200:
+            replica.ready_again()
             return True, "ready"
         replica.skip("loading", self.settings.connect_timeout_s)
         return False, f"not ready (HTTP {response.status_code})"

@@ -127,6 +127,7 @@ def test_generate_inpaint_and_cancel_in_the_browser(page, gateway):
     assert "tiny" in page.inner_text("#model-badge")
     assert not page.is_visible("#weights-warning")  # trained weights
     assert not page.is_visible("#api-key-panel")  # this gateway has no keys
+    assert not page.is_visible("#model-field")  # one model: nothing to pick
     assert page.get_attribute("#prompt", "placeholder") == "a red square on a white background"
     assert page.input_value("#guidance") == "5"  # the family's default, from /v1/info
     page.evaluate(WATCH_PAGE)
@@ -235,3 +236,32 @@ def test_a_gateway_with_api_keys_asks_for_one_and_streams_events_with_it(browser
         page.wait_for_selector("#status.done", timeout=60_000)
         assert max(page.evaluate("window.progressValues")) == 20
         assert page.locator("#results img").count() == 1
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """A gateway serving the embedded tiny model and tiny with random weights."""
+    directory = tmp_path_factory.mktemp("two-models")
+    models = directory / "models.toml"
+    models.write_text(
+        '[[model]]\nname = "tiny"\nfamily = "tiny"\nweights = "embedded"\n\n'
+        '[[model]]\nname = "tiny-random"\nfamily = "tiny"\nweights = "random"\n'
+    )
+    env = {**TINY_STACK_ENV, "SDSERVE_MODELS_FILE": str(models)}
+    with ServiceProcess("central", env, log_path=directory / "central.log") as gateway:
+        yield gateway
+
+
+def test_the_page_lets_the_user_pick_a_model(browser, two_models):
+    with open_page(browser, two_models.url) as page:
+        assert page.is_visible("#model-field")
+        options = page.locator("#model option").all_inner_texts()
+        assert options == ["tiny", "tiny-random"]
+        page.select_option("#model", "tiny-random")
+        page.fill("#prompt", "a red square on a white background")
+        page.fill("#steps", "4")
+        with page.expect_request("**/v1/jobs") as submitted:
+            page.click("#generate")
+        assert json.loads(submitted.value.post_data)["model"] == "tiny-random"
+        page.wait_for_selector("#status.done", timeout=60_000)
+        assert job_of(page, two_models)["result"]["model"] == "tiny-random"

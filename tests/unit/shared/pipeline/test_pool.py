@@ -87,6 +87,9 @@ def test_calls_go_to_the_least_loaded_and_full_ones_are_skipped() -> None:
         two.went_down()
         with pytest.raises(UpstreamUnavailable):
             pool.pick(set())
+        # A readiness probe that finds one ready again ends its skip at once.
+        one.ready_again()
+        assert pool.pick(set()) is one
         await pool.close()
 
     asyncio.run(main())

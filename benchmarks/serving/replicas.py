@@ -38,7 +38,9 @@ def section_replicas(plan: Record, args: argparse.Namespace, log_dir: Path) -> R
     env = {
         "SDSERVE_MODEL": "tiny",
         "SDSERVE_SIZES": wxh(plan["size"]),
-        "SDSERVE_WARM_UP": "false",
+        # Warm, as in production: a replica that traces its graphs on its first calls is
+        # slow for seconds, and the balancer rightly sends the others' way meanwhile.
+        "SDSERVE_WARM_UP": "true",
         "SDSERVE_LOG_FORMAT": "json",
     }
     runs = []

@@ -33,7 +33,7 @@ QUEUE_DEPTH_HEADER = "X-Queue-Depth"
 DOWN_BACKOFF_S = 0.5
 DOWN_BACKOFF_MAX_S = 5.0
 # A replica's reported queue depth says little once this old (it only changes on answers).
-REPORT_FRESH_S = 2.0
+REPORT_FRESH_S = 0.5
 
 SkipReason = Literal["full", "draining", "loading", "down"]
 # (host, port) -> the addresses the name has now.

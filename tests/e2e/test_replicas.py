@@ -23,7 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shared.service_process import ServiceProcess, free_port, run_services
 
-TINY = {"SDSERVE_MODEL": "tiny", "SDSERVE_SIZES": "64x64", "SDSERVE_WARM_UP": "false"}
+# Warm replicas: one that traces its graphs on its first calls is slow for seconds, and
+# the balancer rightly sends the others' way meanwhile.
+TINY = {"SDSERVE_MODEL": "tiny", "SDSERVE_SIZES": "64x64", "SDSERVE_WARM_UP": "true"}
 # Replica A holds at most two requests, so a burst fills it; B has room.
 SMALL_QUEUE = {**TINY, "SDSERVE_QUEUE_SIZE": "2"}
 

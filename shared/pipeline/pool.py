@@ -222,12 +222,15 @@ class ReplicaPool:
                     self._add(url, host)
 
     def pick(self, exclude: set[str]) -> Replica:
-        """The least-loaded replica not skipped nor tried (ties: at random)."""
+        """The least-loaded replica not skipped nor tried (ties: at random). When the only
+        untried ones are down, the one due back soonest is tried anyway: a connection
+        attempt is cheap, and a lone replica that restarted is then found at once."""
         now = time.monotonic()
-        candidates = [
-            r for r in self.replicas.values() if r.url not in exclude and not r.skipped(now)
-        ]
+        untried = [r for r in self.replicas.values() if r.url not in exclude]
+        candidates = [r for r in untried if not r.skipped(now)]
         if not candidates:
+            if untried and all(r.skip_reason == "down" for r in untried):
+                return min(untried, key=lambda r: r.skip_until)
             raise self.unavailable(exclude)
         least = min(r.load() for r in candidates)
         return random.choice([r for r in candidates if r.load() == least])  # noqa: S311

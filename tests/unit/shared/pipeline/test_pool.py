@@ -5,6 +5,7 @@ skipped for its Retry-After and a stage is refused only when every replica is fu
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -85,11 +86,15 @@ def test_calls_go_to_the_least_loaded_and_full_ones_are_skipped() -> None:
         one.skip_until = two.skip_until = 0
         one.went_down()
         two.went_down()
-        with pytest.raises(UpstreamUnavailable):
-            pool.pick(set())
-        # A readiness probe that finds one ready again ends its skip at once.
-        one.ready_again()
+        two.went_down()  # down twice: a longer backoff
+        # Every untried replica down: the one due back soonest is tried anyway.
         assert pool.pick(set()) is one
+        assert pool.pick({one.url}) is two
+        with pytest.raises(UpstreamUnavailable):
+            pool.pick({one.url, two.url})
+        # A readiness probe that finds one ready again ends its skip at once.
+        two.ready_again()
+        assert not two.skipped(time.monotonic())
         await pool.close()
 
     asyncio.run(main())

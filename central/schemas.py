@@ -17,7 +17,7 @@ from shared.config import MAX_GUIDANCE_SCALE, Settings, parse_size
 from shared.errors import InvalidInput, UnsupportedSize
 from shared.families import FAMILY_NAMES, get_family
 from shared.http import ServiceInfo
-from shared.pipeline.contract import parse_params
+from shared.pipeline.contract import validated
 from shared.pipeline.types import (
     MAX_RESAMPLES,
     DenoiseParams,
@@ -44,7 +44,7 @@ def denoise_params(fields: dict[str, Any]) -> DenoiseParams:
     """The diffusion parameters of a request; out of range is a 4xx naming the field
     (width and height come from `size`)."""
     try:
-        return parse_params(DenoiseParams, fields)
+        return validated(DenoiseParams, fields)
     except InvalidInput as exc:
         if exc.param in ("width", "height"):
             raise UnsupportedSize(f"size: {exc.message}", param="size") from None

@@ -11,12 +11,11 @@ import asyncio
 import base64
 import io
 import time
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import numpy as np
 from fastapi import Request
 from PIL import Image
-from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
 from central.schemas import (
@@ -31,6 +30,7 @@ from shared.config import Settings, format_size
 from shared.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType, UnsupportedSize
 from shared.http import cancel_on_disconnect
 from shared.pipeline.catalog import Catalog
+from shared.pipeline.contract import validated
 from shared.pipeline.types import EditInputs, GenerationParams, GenerationResult
 
 # Uploaded images are decoded only if their header says they are at most this big.
@@ -38,17 +38,6 @@ MAX_UPLOAD_PIXELS = 4096 * 4096
 UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP")
 
 MaskPolarity = Literal["openai-alpha", "white-repaints"]
-Model = TypeVar("Model", bound=BaseModel)
-
-
-def validated(model: type[Model], data: Any) -> Model:
-    """pydantic validation outside FastAPI's own, with the same 422 naming the field."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or "body"
-        raise InvalidInput(f"{param}: {first['msg']}", param=param) from None
 
 
 def media_type(request: Request) -> str:

@@ -18,9 +18,10 @@ from central.schemas import (
     JobResource,
     error_responses,
 )
-from central.serving import edit_from_json, media_type, read_json, validated
+from central.serving import edit_from_json, media_type, read_json
 from shared.config import Settings
 from shared.errors import InvalidInput, UnsupportedMediaType
+from shared.pipeline.contract import validated
 from shared.pipeline.types import EditInputs
 
 SSE_PING_S = 15

@@ -98,13 +98,14 @@ def from_arrays(cls: type[T], arrays: Mapping[str, np.ndarray], **others: Any) -
     return cls(**values)
 
 
-def parse_params(model: type[P], data: Mapping[str, Any], *, prefix: str = "") -> P:
-    """Validate scalar parameters, refusing bad ones as InvalidInput naming the field."""
+def validated(model: type[P], data: Any, *, prefix: str = "") -> P:
+    """pydantic validation outside FastAPI's own (parameters, JSON bodies), refusing bad
+    input as InvalidInput (422) naming the field, `prefix` first."""
     try:
-        return model.model_validate(dict(data))
+        return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        param = prefix + (".".join(str(p) for p in first["loc"]) or "parameters")
+        param = prefix + (".".join(str(p) for p in first["loc"]) or "body")
         raise InvalidInput(f"{param}: {first['msg']}", param=param) from None
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from shared.config import Settings, load_settings
 from shared.errors import InvalidInput, SdserveError
 from shared.families import COMPONENTS, get_family
-from shared.pipeline.contract import Operation, from_arrays, parse_params, tensor_fields
+from shared.pipeline.contract import Operation, from_arrays, tensor_fields, validated
 from shared.pipeline.local.base import LocalStage
 from shared.wire import TensorSpec, decode_npz, encode_npz
 
@@ -223,7 +223,7 @@ class StageHandler:
             deployment = op.params_defaults(self.settings) if op.params_defaults else {}
             values = {**deployment, **(defaults or {}), **given}
             try:
-                extra["params"] = parse_params(op.params, values, prefix="parameters.")
+                extra["params"] = validated(op.params, values, prefix="parameters.")
             except InvalidInput as exc:
                 raise ValueError(exc.message) from None
         return from_arrays(op.request, arrays, **extra)

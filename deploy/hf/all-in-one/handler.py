@@ -35,7 +35,7 @@ from PIL import Image
 from shared.config import format_size
 from shared.errors import SdserveError
 from shared.pipeline.chain import Chain
-from shared.pipeline.contract import parse_params
+from shared.pipeline.contract import validated
 
 # Shared by every sdserve handler: shared/pipeline/hf.py.
 from shared.pipeline.hf import (
@@ -132,7 +132,7 @@ class EndpointHandler:
             "seed": None if seed is None else int(seed),
         }
         try:
-            denoise = parse_params(DenoiseParams, fields)
+            denoise = validated(DenoiseParams, fields)
         except SdserveError as exc:
             raise _request_error(exc, FIELDS) from None
         return GenerationParams(prompt=prompt, negative_prompt=negative or None, denoise=denoise)

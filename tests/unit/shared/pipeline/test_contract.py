@@ -8,7 +8,7 @@ import pytest
 
 from shared.errors import InvalidInput
 from shared.families import FAMILY_NAMES, get_family
-from shared.pipeline.contract import from_arrays, parse_params, tensor_fields, to_arrays
+from shared.pipeline.contract import from_arrays, tensor_fields, to_arrays, validated
 from shared.pipeline.stage_contracts import CONTRACTS, DENOISE
 from shared.pipeline.types import DenoiseParams, DenoiseRequest, EncodedPrompts
 from shared.wire import decode_npz, encode_npz
@@ -84,8 +84,8 @@ def test_every_declared_tensor_has_a_spec_for_every_family(family: str) -> None:
 
 def test_parameters_out_of_range_name_the_field() -> None:
     with pytest.raises(InvalidInput) as refused:
-        parse_params(DenoiseParams, {"width": 64, "height": 64, "steps": 0, "guidance_scale": 1})
+        validated(DenoiseParams, {"width": 64, "height": 64, "steps": 0, "guidance_scale": 1})
     assert refused.value.param == "steps"
     with pytest.raises(InvalidInput) as refused:
-        parse_params(DenoiseParams, {"width": 64, "height": 64, "steps": 1}, prefix="parameters.")
+        validated(DenoiseParams, {"width": 64, "height": 64, "steps": 1}, prefix="parameters.")
     assert refused.value.param == "parameters.guidance_scale"

@@ -31,8 +31,7 @@ from pydantic import ValidationError
 
 from shared.config import ConfigError, Settings
 from shared.errors import ModelNotFound
-from shared.families import get_family
-from shared.pipeline.chain import Chain
+from shared.pipeline.chain import Chain, build_stage
 from shared.pipeline.contract import StageContract
 from shared.pipeline.local.decoder import make_decoder
 from shared.pipeline.local.diffusion import make_diffusion
@@ -84,6 +83,7 @@ class Catalog:
         else:
             self.chains = self._build(settings, read_models_file(settings.models_file))
         self.default = next(iter(self.chains.values()))
+        self.stages = self._unique_stages()
 
     @staticmethod
     def _build(settings: Settings, entries: list[ModelEntry]) -> dict[str, Chain]:
@@ -95,16 +95,17 @@ class Catalog:
             """One stage per URL, or per family and weights when local."""
             key = (contract.name, url) if url else (contract.name, s.model, s.weights)
             if key not in built:
-                family = get_family(s.model).spec
-                built[key] = RemoteStage(contract, url, s, family) if url else make(s)
+                built[key] = build_stage(contract, url, s, make)
             return built[key]
 
+        of_model = {entry.name: model_settings(settings, entry) for entry in entries}
+        # A family's text encoder and decoder: those of its first model.
+        of_family: dict[str, Settings] = {}
+        for entry in entries:
+            of_family.setdefault(entry.family, of_model[entry.name])
         chains = {}
         for entry in entries:
-            s = model_settings(settings, entry)
-            # The family's text encoder and decoder: those of its first model.
-            first = next(e for e in entries if e.family == entry.family)
-            family_settings = model_settings(settings, first) if first is not entry else s
+            s, family_settings = of_model[entry.name], of_family[entry.family]
             stages = (
                 stage(TEXT_ENCODER, s.text_encoder_url, family_settings, make_text_encoder),
                 stage(DIFFUSION, s.diffusion_url, s, make_diffusion),
@@ -140,22 +141,17 @@ class Catalog:
 
     # --------------------------------------------------------- every stage, once
 
-    def unique_stages(self) -> dict[str, Stage]:
+    def _unique_stages(self) -> dict[str, Stage]:
         """Each stage once, named as in the default chain, then `name@model`."""
-        seen: dict[int, str] = {}
+        seen: set[int] = set()
         named: dict[str, Stage] = {}
         for model, chain in self.chains.items():
             for stage_name, stage in chain.stages.items():
-                if id(stage) in seen:
-                    continue
-                label = stage_name if chain is self.default else f"{stage_name}@{model}"
-                seen[id(stage)] = label
-                named[label] = stage
+                if id(stage) not in seen:
+                    seen.add(id(stage))
+                    label = stage_name if chain is self.default else f"{stage_name}@{model}"
+                    named[label] = stage
         return named
-
-    @property
-    def stages(self) -> dict[str, Stage]:
-        return self.unique_stages()
 
     @property
     def topology(self) -> str:
@@ -166,28 +162,28 @@ class Catalog:
 
     def load(self) -> None:
         """Load every stage once, then warm them all."""
-        load_all(self.unique_stages().values())
+        load_all(self.stages.values())
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
-        return await readiness_of(self.unique_stages())
+        return await readiness_of(self.stages)
 
     async def describe_stages(self) -> dict[str, Any]:
-        return await describe_all(self.unique_stages())
+        return await describe_all(self.stages)
 
     def retries(self) -> dict[str, dict[str, int]]:
         return {
             name: dict(stage.pool.retries)
-            for name, stage in self.unique_stages().items()
+            for name, stage in self.stages.items()
             if isinstance(stage, RemoteStage)
         }
 
     def replicas(self) -> dict[str, list[dict[str, object]]]:
         return {
             name: stage.pool.describe()
-            for name, stage in self.unique_stages().items()
+            for name, stage in self.stages.items()
             if isinstance(stage, RemoteStage)
         }
 
     async def aclose(self) -> None:
-        for stage in self.unique_stages().values():
+        for stage in self.stages.values():
             await stage.close()

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
 
 from shared.config import Settings
 from shared.families import get_family
-from shared.pipeline.contract import Operation
+from shared.pipeline.contract import Operation, StageContract
 from shared.pipeline.local.decoder import make_decoder
 from shared.pipeline.local.diffusion import make_diffusion
 from shared.pipeline.local.text_encoder import make_text_encoder
@@ -69,6 +70,18 @@ def overlay_unmasked(images: np.ndarray, original: np.ndarray, mask: np.ndarray)
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
+def build_stage(
+    contract: StageContract,
+    url: str | None,
+    settings: Settings,
+    make_local: Callable[[Settings], Stage],
+) -> Stage:
+    """The stage of `contract`: the replicas at `url` when given, else in this process."""
+    if url:
+        return RemoteStage(contract, url, settings, get_family(settings.model).spec)
+    return make_local(settings)
+
+
 class Chain:
     """Builds the configured stages and runs requests through them."""
 
@@ -84,19 +97,11 @@ class Chain:
         self.settings = settings
         self.name = name or settings.model
         self.family = get_family(settings.model)
-        spec = self.family.spec
-
-        def remote_or_local(url: str | None, contract: Any, make_local: Any) -> Stage:
-            if url:
-                return RemoteStage(contract, url, settings, spec)
-            stage: Stage = make_local(settings)
-            return stage
-
         if stages is None:
             stages = (
-                remote_or_local(settings.text_encoder_url, TEXT_ENCODER, make_text_encoder),
-                remote_or_local(settings.diffusion_url, DIFFUSION, make_diffusion),
-                remote_or_local(settings.decoder_url, DECODER, make_decoder),
+                build_stage(TEXT_ENCODER, settings.text_encoder_url, settings, make_text_encoder),
+                build_stage(DIFFUSION, settings.diffusion_url, settings, make_diffusion),
+                build_stage(DECODER, settings.decoder_url, settings, make_decoder),
             )
         self.text_encoder, self.diffusion, self.decoder = stages
         self.stages: dict[str, Stage] = dict(zip(STAGE_NAMES, stages, strict=True))

@@ -232,8 +232,9 @@ class ReplicaPool:
             if untried and all(r.skip_reason == "down" for r in untried):
                 return min(untried, key=lambda r: r.skip_until)
             raise self.unavailable(exclude)
-        least = min(r.load() for r in candidates)
-        return random.choice([r for r in candidates if r.load() == least])  # noqa: S311
+        loads = [(r.load(), r) for r in candidates]
+        least = min(load for load, _ in loads)
+        return random.choice([r for load, r in loads if load == least])  # noqa: S311
 
     def unavailable(self, exclude: set[str]) -> QueueFull | UpstreamUnavailable:
         """The error when no replica can take a call: full (503 + Retry-After) when the

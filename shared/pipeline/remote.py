@@ -318,18 +318,17 @@ class RemoteStage:
         self, op: Operation[Req, Res], request: Req, body: bytes, timing: Timing | None,
         extra: dict[str, TensorSpec] | None = None,
     ) -> Res:  # fmt: skip
-        specs = {**op.result_specs(self.family), **(extra or {})}
-        try:
-            arrays = decode_npz(body, specs, max_bytes=self.settings.max_body_bytes)
+        declared = op.result_specs(self.family)
+        try:  # refuses missing and unexpected members too
+            arrays = decode_npz(
+                body, {**declared, **(extra or {})}, max_bytes=self.settings.max_body_bytes
+            )
         except SdserveError as exc:
             raise _BadPayload(str(exc)) from None
-        missing = [name for name in op.result_specs(self.family) if name not in arrays]
-        if missing:
-            raise _BadPayload(f"missing {', '.join(missing)}")
         rows = op.rows(request)
-        for name, array in arrays.items():
-            if name in specs and name not in (extra or {}) and len(array) != rows:
-                raise _BadPayload(f"{name} has {len(array)} rows of {rows}")
+        for name in declared:
+            if len(arrays[name]) != rows:
+                raise _BadPayload(f"{name} has {len(arrays[name])} rows of {rows}")
         if timing is None and extra and TIMING_MEMBER in arrays:
             queue_ms, compute_ms = (float(v) for v in arrays[TIMING_MEMBER])
             timing = Timing(queue_ms, compute_ms)

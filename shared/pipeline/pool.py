@@ -220,6 +220,11 @@ class ReplicaPool:
             for url, host in found.items():
                 if url not in self.replicas:
                     self._add(url, host)
+            # A replica gone from the name's addresses keeps its connections only until
+            # its calls in flight end (pods come and go for as long as a gateway runs).
+            for replica in [r for r in self._retired if r.in_flight == 0]:
+                self._retired.remove(replica)
+                await replica.client.aclose()
 
     def pick(self, exclude: set[str]) -> Replica:
         """The least-loaded replica not skipped nor tried (ties: at random). When the only

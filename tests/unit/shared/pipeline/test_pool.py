@@ -45,12 +45,14 @@ def test_a_name_with_several_addresses_is_followed_as_they_change() -> None:
         kept = pool.replicas["http://192.0.2.2:8002"]
         assert kept.client.headers["host"] == "diffusion.sdserve.svc:8002"
         kept.in_flight = 3
+        gone = pool.replicas["http://192.0.2.1:8002"]
         answer["now"] = ADDRESSES["then"]
         await pool.refresh()  # not yet: within resolve_interval_s
         assert "http://192.0.2.1:8002" in pool.replicas
         await pool.refresh(force=True)
         assert sorted(pool.replicas) == ["http://192.0.2.2:8002", "http://192.0.2.3:8002"]
         assert pool.replicas["http://192.0.2.2:8002"] is kept  # its count and pool survive
+        assert gone.client.is_closed  # nothing was in flight on the one that went
         await pool.close()
 
     asyncio.run(main())

@@ -46,6 +46,16 @@ def format_size(size: Size) -> str:
     return f"{size[0]}x{size[1]}"
 
 
+def redacted_url(url: str) -> str:
+    """`url` without its password (redis://user:secret@host -> redis://user:***@host)."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at:
+        return url
+    user = credentials.partition(":")[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
 class Settings(BaseSettings):
     """Every setting of every part. Each part reads the ones it needs."""
 
@@ -99,10 +109,19 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(default=5.0, ge=0, le=10_000)
     queue_size: int = Field(default=64, ge=1, le=100_000)
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
-    # Central's jobs API (/v1/jobs): jobs held in memory at once, and how long a finished
-    # job's result is kept (or until room is needed for a new job).
+    # Central's jobs API (/v1/jobs): jobs held at once (in all, across gateway replicas),
+    # and how long a finished job's result is kept (or until room is needed for a new job).
     max_jobs: int = Field(default=64, ge=1, le=100_000)
     job_ttl_s: float = Field(default=600.0, gt=0)
+    # Where jobs live: "memory" (this gateway process; a restart forgets them) or a
+    # redis:// / rediss:// / unix:// URL of a Redis or Valkey server (standalone, not
+    # Cluster) that every gateway replica shares, so any replica serves any job.
+    job_store: str = "memory"
+    # The gateway running a job renews its lease this often x3; a job whose lease has
+    # lapsed (its gateway died) is taken over by another replica and run again, seeded,
+    # up to job_attempts runs in all.
+    job_lease_s: float = Field(default=10.0, ge=0.5, le=3600)
+    job_attempts: int = Field(default=3, ge=1, le=20)
 
     # --- topology (central) ---
     text_encoder_url: str | None = None
@@ -137,8 +156,11 @@ class Settings(BaseSettings):
     # Central: comma-separated API keys clients send as `Authorization: Bearer <key>`;
     # unset means the public API is open. Health, metrics and the docs stay open.
     api_keys: SecretStr | None = None
-    # Central: requests one API key may have in flight at once (429 beyond it).
+    # Central: requests and unfinished jobs one API key may have at once, and event
+    # streams it may hold open (429 beyond either); counted in the job store, so across
+    # gateway replicas when that is Redis.
     max_concurrent_per_key: int = Field(default=4, ge=1, le=10_000)
+    max_streams_per_key: int = Field(default=16, ge=1, le=10_000)
     # Stage services require `Authorization: Bearer <token>` on model routes when set.
     internal_token: SecretStr | None = None
 
@@ -161,6 +183,14 @@ class Settings(BaseSettings):
                 f"{value!r} is neither 'embedded', 'pretrained', 'random' nor a directory"
             )
         return str(path)
+
+    @field_validator("job_store")
+    @classmethod
+    def _check_job_store(cls, value: str) -> str:
+        value = value.strip()
+        if value == "memory" or value.startswith(("redis://", "rediss://", "unix://")):
+            return value
+        raise ValueError(f"{redacted_url(value)!r} is neither 'memory' nor a redis:// URL")
 
     @field_validator(
         "text_encoder_weights", "diffusion_weights", "decoder_weights", "image_encoder_weights"
@@ -216,6 +246,11 @@ class Settings(BaseSettings):
         if self.weights == "random":
             return f"random (seed {self.weights_seed}, not trained)"
         return self.weights
+
+    @property
+    def job_store_label(self) -> str:
+        """The job store as logs and /v1/info show it: no password."""
+        return redacted_url(self.job_store)
 
     def component_weights_file(self, component: str) -> Path | None:
         return {

@@ -142,6 +142,16 @@ class JobNotFound(SdserveError):
     error_type = "not_found"
 
 
+class JobStoreUnavailable(SdserveError):
+    """503 with Retry-After: the job store (Redis) cannot be reached; jobs wait in it."""
+
+    status_code = 503
+    error_type = "job_store_unavailable"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "2"}
+
+
 class ModelNotFound(SdserveError):
     """404: the request names a model this gateway does not serve (see /v1/models)."""
 

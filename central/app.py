@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from central.job_store import JobStore
+from central.jobs import JobRunner, open_store
 from central.routes.images import images_router
 from central.routes.jobs import jobs_router
 from central.routes.stages import stages_router
@@ -61,6 +61,7 @@ class GatewayService:
             "example_prompt": get_family(settings.model).spec.example_prompt,
             "api_key_required": bool(settings.api_keys),
             "topology": self.catalog.topology,
+            "job_store": "memory" if settings.job_store == "memory" else "redis",
             "sizes": [format_size(s) for s in settings.sizes],
             "limits": {
                 "max_images_per_request": settings.max_images_per_request,
@@ -86,6 +87,7 @@ class GatewayService:
 def create_central_app(settings: Settings, chain: Chain | None = None) -> FastAPI:
     """The gateway of `settings`' models (or of `chain` alone, already built)."""
     catalog = Catalog(settings, {chain.name: chain} if chain else None)
+    store = open_store(settings)
     app = create_app(
         GatewayService(catalog),
         settings,
@@ -95,16 +97,20 @@ def create_central_app(settings: Settings, chain: Chain | None = None) -> FastAP
         description=DESCRIPTION,
         public_api=True,
         info_model=GatewayInfo,
+        key_slots=store,
     )
     app.router.on_shutdown.append(catalog.aclose)
     app.state.metrics.registry.register(StageReplicas(catalog.retries, catalog.replicas))
-    jobs = JobStore(catalog, settings)
+    jobs = JobRunner(catalog, settings, store)
     app.state.jobs = jobs
-    # Before anything else shuts down (the chain's clients): jobs end as cancelled.
+    app.router.on_startup.append(jobs.start)
+    # On SIGTERM a shared store's jobs go to other replicas at once; at shutdown, before
+    # anything else stops (the chain's clients), a memory store's jobs end cancelled.
+    app.state.drain_hooks.append(jobs.drain_soon)
     app.router.on_shutdown.insert(0, jobs.aclose)
     app.include_router(stages_router(catalog))
     app.include_router(images_router(catalog, settings))
-    app.include_router(jobs_router(jobs, settings))
+    app.include_router(jobs_router(jobs))
     register_web_page(app)
     return app
 

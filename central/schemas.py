@@ -247,6 +247,10 @@ class JobResource(BaseModel):
     created: float
     started: float | None
     finished: float | None
+    attempt: int = Field(
+        description="Which run this is: 2 and up after the gateway replica running it "
+        "stopped and another ran it again from the start (same seed, same image)."
+    )
     progress: JobProgress
     url: str
     events_url: str
@@ -290,6 +294,7 @@ class GatewayInfo(ServiceInfo):
     example_prompt: str
     api_key_required: bool
     topology: str
+    job_store: Literal["memory", "redis"]  # where /v1/jobs keeps jobs (SDSERVE_JOB_STORE)
     sizes: list[str]
     limits: GatewayLimits
 

@@ -8,6 +8,7 @@ and stops the process with a non-zero exit, so a supervisor (or Kubernetes) rest
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -29,15 +30,16 @@ from shared.config import Settings
 from shared.errors import (
     Forbidden,
     InvalidInput,
+    JobStoreUnavailable,
     PayloadTooLarge,
     SdserveError,
     ShuttingDown,
-    TooManyRequests,
     Unauthorized,
     UnsupportedMediaType,
     error_body,
     http_status_for,
 )
+from shared.key_slots import KeySlots, LocalKeySlots, Pool
 from shared.logs import RequestIdMiddleware, configure_logging
 from shared.metrics import BatchingSource, MetricsMiddleware, ServiceMetrics
 from shared.tracing import FreshTraceContext, setup_tracing
@@ -119,17 +121,30 @@ _OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.j
 
 
 class ApiKeyGuard:
-    """`Authorization: Bearer <key>` on the public API, and a per-key concurrency cap.
+    """`Authorization: Bearer <key>` on the public API, and what each key may hold at once.
 
     Keys are compared in constant time against every configured key; only a digest of
-    the key names its concurrency slot, so keys never sit in memory as dict keys.
+    the key names its slots, so keys never sit in memory as dict keys. A request that
+    runs a model holds a `run` slot while it runs, an open job event stream a `stream`
+    slot; `POST /v1/jobs` takes none here but hands the digest to the route, and the job
+    then holds a `run` slot until it ends. Slots are counted in `slots` (the job store:
+    across gateway replicas when that is Redis); if it cannot be reached, requests are
+    counted in this process rather than refused.
     """
 
-    def __init__(self, app: ASGIApp, keys: list[str], max_concurrent: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: list[str],
+        max_concurrent: int,
+        max_streams: int,
+        slots: KeySlots | None = None,
+    ) -> None:
         self.app = app
         self.keys = [k.encode() for k in keys]
-        self.max_concurrent = max_concurrent
-        self.in_flight: dict[str, int] = {}
+        self.limits: dict[Pool, int] = {"run": max_concurrent, "stream": max_streams}
+        self.local = LocalKeySlots()
+        self.slots: KeySlots = slots or self.local
 
     def _protected(self, scope: Scope) -> bool:
         path = str(scope.get("path", ""))
@@ -138,6 +153,17 @@ class ApiKeyGuard:
         # GETs of the page and of /v1/info are harmless; everything that runs a model
         # (POST) or reads someone's job does need a key.
         return scope.get("method") != "GET" or path.startswith("/v1/jobs")
+
+    @staticmethod
+    def _pool(scope: Scope) -> Pool | None:
+        """The pool a request takes a slot of while it runs, if any."""
+        method, path = scope.get("method"), str(scope.get("path", ""))
+        if method == "GET":
+            return "stream" if path.endswith("/events") else None
+        # Cancelling must work at the limit; a job takes its slot in the route.
+        if method == "DELETE" or path == "/v1/jobs":
+            return None
+        return "run"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self._protected(scope):
@@ -154,27 +180,31 @@ class ApiKeyGuard:
         if not any(matches):
             await _send_error(send, Forbidden("unknown API key"))
             return
-        if scope.get("method") == "GET":
-            # Reading a job (its event stream may stay open for minutes) runs no model:
-            # it needs a key but takes no concurrency slot.
+        slot = hashlib.sha256(given).hexdigest()
+        scope.setdefault("state", {})["api_key_slot"] = slot
+        pool = self._pool(scope)
+        if pool is None:
             await self.app(scope, receive, send)
             return
-        slot = hashlib.sha256(given).hexdigest()
-        if self.in_flight.get(slot, 0) >= self.max_concurrent:
-            await _send_error(
-                send,
-                TooManyRequests(
-                    f"this API key already has {self.max_concurrent} requests in flight"
-                ),
-            )
+        try:
+            slots, held = await self._acquire(pool, slot)
+        except SdserveError as exc:
+            await _send_error(send, exc)
             return
-        self.in_flight[slot] = self.in_flight.get(slot, 0) + 1
         try:
             await self.app(scope, receive, send)
         finally:
-            self.in_flight[slot] -= 1
-            if not self.in_flight[slot]:
-                del self.in_flight[slot]
+            with contextlib.suppress(JobStoreUnavailable):
+                await slots.release_slot(pool, slot, held)
+
+    async def _acquire(self, pool: Pool, slot: str) -> tuple[KeySlots, str]:
+        try:
+            return self.slots, await self.slots.acquire_slot(pool, slot, self.limits[pool])
+        except JobStoreUnavailable:
+            if pool == "stream":
+                raise  # a job's events live in the store: nothing to stream without it
+            log.warning("job store unreachable: counting this key's requests here only")
+            return self.local, await self.local.acquire_slot(pool, slot, self.limits[pool])
 
 
 class BodySizeLimit:
@@ -340,6 +370,7 @@ def create_app(
     description: str = "",
     public_api: bool = False,
     info_model: type[ServiceInfo] = ServiceInfo,
+    key_slots: KeySlots | None = None,
 ) -> FastAPI:
     state: dict[str, Any] = {"ready": False, "error": None, "draining": False}
 
@@ -378,12 +409,20 @@ def create_app(
     app.state.service = service
     app.state.settings = settings
     app.state.load_state = state
+    # Called on SIGTERM/SIGINT, on the event loop, as draining begins.
+    app.state.drain_hooks = []
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(DrainGuard, state=state)
     if public_api and settings.api_keys is not None:
         keys = [k.strip() for k in settings.api_keys.get_secret_value().split(",") if k.strip()]
-        app.add_middleware(ApiKeyGuard, keys=keys, max_concurrent=settings.max_concurrent_per_key)
+        app.add_middleware(
+            ApiKeyGuard,
+            keys=keys,
+            max_concurrent=settings.max_concurrent_per_key,
+            max_streams=settings.max_streams_per_key,
+            slots=key_slots,
+        )
     metrics = ServiceMetrics(service.name, service.batching_sources)
     metrics.hook_batching()
     app.state.metrics = metrics
@@ -464,6 +503,8 @@ class _DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         self.sdserve_app.state.load_state["draining"] = True
+        for hook in self.sdserve_app.state.drain_hooks:
+            hook()
         super().handle_exit(sig, frame)
 
 

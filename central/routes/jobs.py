@@ -1,37 +1,35 @@
-"""The /v1/jobs routes (the store and its events are central/job_store.py)."""
+"""The /v1/jobs routes (jobs run in central/jobs/runner.py, live in central/jobs/store.py)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from central.job_store import JobStore
+from central.jobs.records import check_event_id
+from central.jobs.runner import JobRunner
 from central.schemas import (
     COMMON_ERRORS,
     JOB_BODY_DOC,
     JOB_EVENTS_DOC,
-    ImageGenerationRequest,
     JobResource,
     error_responses,
 )
-from central.serving import edit_from_json, media_type, read_json
-from shared.config import Settings
-from shared.errors import InvalidInput, UnsupportedMediaType
-from shared.pipeline.contract import validated
-from shared.pipeline.types import EditInputs
+from central.serving import media_type, read_json
+from shared.errors import UnsupportedMediaType
 
 SSE_PING_S = 15
-# Reading a job runs no model: no 413, 415, 429 or upstream errors (422 stands in for
-# FastAPI's own validation body, which our handler never sends).
+# Reading a job runs no model: no 413 or 415 (422 stands in for FastAPI's own validation
+# body, which our handler never sends; 429 is for event streams beyond the key's limit,
+# 503 for a job store that cannot be reached).
 READ_ERRORS = (401, 403, 404, 422, 500, 503)
 
 
-def jobs_router(store: JobStore, settings: Settings) -> APIRouter:
+def jobs_router(runner: JobRunner) -> APIRouter:
     router = APIRouter(tags=["jobs"])
+    store = runner.store
 
     @router.post(
         "/v1/jobs",
@@ -45,25 +43,10 @@ def jobs_router(store: JobStore, settings: Settings) -> APIRouter:
         """Start a generation or an edit; follow it at `events_url` or poll `url`."""
         if media_type(request) != "application/json":
             raise UnsupportedMediaType("send application/json", param="body")
-        payload = await read_json(request)
-        if not isinstance(payload, dict):
-            raise InvalidInput("body must be a JSON object", param="body")
-        kind = payload.get("kind", "generation")
-        edit: EditInputs | None = None
-        if kind == "generation":
-            generation = validated(ImageGenerationRequest, payload)
-            params, response_format = generation.to_params(settings), generation.response_format
-        elif kind == "edit":
-            body, params, edit = await edit_from_json(payload, settings)
-            response_format = body.response_format
-        else:
-            raise InvalidInput('kind must be "generation" or "edit"', param="kind")
-        job = store.submit(kind, params, edit, response_format)
-        return JSONResponse(
-            job.snapshot(),
-            status_code=202,
-            headers={"Location": job.url},
-        )
+        # The API key's slot (ApiKeyGuard): the job counts against it until it ends.
+        key = getattr(request.state, "api_key_slot", None)
+        record = await runner.submit(await read_json(request), key)
+        return JSONResponse(record.snapshot(), status_code=202, headers={"Location": record.url})
 
     @router.get(
         "/v1/jobs/{job_id}",
@@ -73,20 +56,24 @@ def jobs_router(store: JobStore, settings: Settings) -> APIRouter:
     )
     async def get_job(job_id: str) -> JobResource:
         """Status, progress, and the result (generations shape) or error when finished."""
-        return store.get(job_id).resource()
+        return (await store.get(job_id)).resource()
 
     @router.get(
         "/v1/jobs/{job_id}/events",
         response_class=EventSourceResponse,
-        responses={**JOB_EVENTS_DOC, **error_responses(*READ_ERRORS)},
+        responses={**JOB_EVENTS_DOC, **error_responses(*READ_ERRORS, 429)},
     )
-    async def job_events(job_id: str) -> EventSourceResponse:
-        """The job's events as they happen (current state first)."""
-        job = store.get(job_id)
+    async def job_events(
+        job_id: str, last_event_id: str | None = Header(default=None)
+    ) -> EventSourceResponse:
+        """The job's events from the start, or after `Last-Event-ID` (a reconnect), on
+        any gateway replica."""
+        after = None if last_event_id is None else check_event_id(last_event_id)
+        await store.get(job_id)  # 404 (or 503) now, not inside the stream
 
         async def stream() -> AsyncIterator[ServerSentEvent]:
-            async for event in store.events(job):
-                yield ServerSentEvent(data=json.dumps(event.data), event=event.name)
+            async for event_id, event in store.events(job_id, after):
+                yield ServerSentEvent(data=event.encoded(), event=event.name, id=event_id)
 
         return EventSourceResponse(stream(), ping=SSE_PING_S)
 
@@ -97,7 +84,7 @@ def jobs_router(store: JobStore, settings: Settings) -> APIRouter:
         responses=error_responses(*READ_ERRORS),
     )
     async def cancel_job(job_id: str) -> JobResource:
-        """Cancel the job (no-op once finished); answers its state afterwards."""
-        return (await store.cancel(job_id)).resource()
+        """Cancel the job wherever it runs (no-op once finished); answers its state after."""
+        return (await runner.cancel(job_id)).resource()
 
     return router

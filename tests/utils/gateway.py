@@ -9,7 +9,8 @@ from typing import Any
 
 import httpx
 
-from central.job_store import Job, JobEvent, JobStore
+from central.jobs.records import JobEvent, JobRecord
+from central.jobs.store import JobStore
 from shared.config import Settings
 from shared.pipeline.types import DenoiseParams, GenerationParams
 
@@ -33,16 +34,29 @@ def params(steps: int = 6, seed: int | None = 11, n: int = 1) -> GenerationParam
     )
 
 
-async def collect(store: JobStore, job: Job) -> list[JobEvent]:
-    return [event async for event in store.events(job)]
+async def collect(store: JobStore, job_id: str, after: str | None = None) -> list[JobEvent]:
+    return [event async for _, event in store.events(job_id, after)]
 
 
-async def wait_for_step(job: Job, step: int, timeout: float = 30.0) -> None:
+async def wait_for_step(
+    store: JobStore, job_id: str, step: int, timeout: float = 30.0
+) -> JobRecord:
     deadline = time.monotonic() + timeout
-    while job.step < step:
-        assert not job.done, job.snapshot()
-        assert time.monotonic() < deadline, f"job stuck at step {job.step}"
+    while True:
+        record = await store.get(job_id)
+        if record.step >= step:
+            return record
+        assert not record.done, record.snapshot()
+        assert time.monotonic() < deadline, f"job stuck at step {record.step}"
         await asyncio.sleep(0.01)
+
+
+async def wait_until_done(store: JobStore, job_id: str, timeout: float = 60.0) -> JobRecord:
+    deadline = time.monotonic() + timeout
+    while not (record := await store.get(job_id)).done:
+        assert time.monotonic() < deadline, f"job not done: {record.snapshot()}"
+        await asyncio.sleep(0.02)
+    return record
 
 
 def client_for(app: Any) -> httpx.AsyncClient:
@@ -58,3 +72,12 @@ def sse(text: str) -> list[tuple[str, dict[str, Any]]]:
         fields = dict(line.split(": ", 1) for line in lines)
         events.append((fields["event"], json.loads(fields["data"])))
     return events
+
+
+def sse_ids(text: str) -> list[str]:
+    """The `id:` of each event of a Server-Sent Events body, in order."""
+    return [
+        line.split(": ", 1)[1]
+        for line in text.replace("\r\n", "\n").split("\n")
+        if line.startswith("id: ")
+    ]

@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from central.app import create_central_app
-from central.job_store import JobStore
+from central.jobs import JobRunner
 from shared.errors import QueueFull
 from shared.pipeline.chain import Chain
-from tests.utils.gateway import SETTINGS, client_for, params, sse, wait_for_step
+from tests.utils.gateway import SETTINGS, client_for, sse, sse_ids, wait_for_step
 
 
 def test_job_result_is_the_generations_response_with_the_same_pixels(chain: Chain) -> None:
@@ -83,10 +83,10 @@ def test_edit_jobs_inpaint_with_a_white_repaints_mask(chain: Chain) -> None:
 def test_cancel_over_http_and_cancelling_a_finished_job_changes_nothing(chain: Chain) -> None:
     async def main() -> tuple[httpx.Response, httpx.Response, list[tuple[str, Any]], int]:
         app = create_central_app(SETTINGS, chain)
-        store: JobStore = app.state.jobs
+        runner: JobRunner = app.state.jobs
         async with client_for(app) as client:
             body = (await client.post("/v1/jobs", json={"prompt": "x", "steps": 1000})).json()
-            await wait_for_step(store.get(body["id"]), 2)
+            await wait_for_step(runner.store, body["id"], 2)
             deleted = await client.delete(body["url"])
             again = await client.delete(body["url"])
             late = sse((await client.get(body["events_url"])).text)
@@ -96,7 +96,8 @@ def test_cancel_over_http_and_cancelling_a_finished_job_changes_nothing(chain: C
     deleted, again, late, missing = asyncio.run(main())
     assert deleted.status_code == 200 and deleted.json()["status"] == "cancelled"
     assert again.status_code == 200 and again.json() == deleted.json()
-    assert [name for name, _ in late] == ["cancelled"]  # a late subscriber: the state
+    names = [name for name, _ in late]  # a late subscriber: every event, from the start
+    assert names[0] == "queued" and names[-1] == "cancelled" and "progress" in names
     assert missing == 404
 
 
@@ -105,7 +106,7 @@ def test_a_full_store_refuses_with_503_and_retry_after(chain: Chain) -> None:
 
     async def main() -> None:
         app = create_central_app(settings, chain)
-        store: JobStore = app.state.jobs
+        runner: JobRunner = app.state.jobs
         async with client_for(app) as client:
             first = (await client.post("/v1/jobs", json={"prompt": "a", "steps": 1000})).json()
             second = (await client.post("/v1/jobs", json={"prompt": "b", "steps": 1000})).json()
@@ -115,7 +116,7 @@ def test_a_full_store_refuses_with_503_and_retry_after(chain: Chain) -> None:
             assert full.json()["error"]["type"] == "queue_full"
             assert "2 jobs" in full.json()["error"]["message"]
             with pytest.raises(QueueFull):
-                store.submit("generation", params(), None, "b64_json")
+                await runner.submit({"prompt": "d", "steps": 2})
 
             # A finished job makes room: the oldest finished one is forgotten first.
             await client.delete(first["url"])
@@ -124,7 +125,7 @@ def test_a_full_store_refuses_with_503_and_retry_after(chain: Chain) -> None:
             assert (await client.get(first["url"])).status_code == 404
             assert (await client.get(second["url"])).json()["status"] in ("queued", "running")
             await client.delete(second["url"])
-            await store.aclose()
+            await runner.aclose()
 
     asyncio.run(main())
 
@@ -147,7 +148,7 @@ def test_bad_job_requests_are_refused_before_a_job_exists(
     async def main() -> tuple[httpx.Response, int]:
         app = create_central_app(SETTINGS, chain)
         async with client_for(app) as client:
-            return await client.post("/v1/jobs", json=body), len(app.state.jobs.jobs)
+            return await client.post("/v1/jobs", json=body), len(app.state.jobs.store.jobs)
 
     response, jobs = asyncio.run(main())
     assert response.status_code == status, response.text
@@ -170,3 +171,20 @@ def test_unknown_jobs_are_404_everywhere(chain: Chain) -> None:
         assert response.status_code == 404
         assert response.json()["error"]["type"] == "not_found"
     assert wrong_type.status_code == 415
+
+
+def test_events_carry_ids_and_a_reconnect_resumes_after_last_event_id(chain: Chain) -> None:
+    async def main() -> tuple[list[str], list[tuple[str, Any]], list[str], httpx.Response]:
+        async with client_for(create_central_app(SETTINGS, chain)) as client:
+            body = (await client.post("/v1/jobs", json={"prompt": "x", "steps": 3})).json()
+            whole = (await client.get(body["events_url"])).text
+            ids = sse_ids(whole)
+            resumed = await client.get(body["events_url"], headers={"Last-Event-ID": ids[1]})
+            bad = await client.get(body["events_url"], headers={"Last-Event-ID": "../x"})
+            return ids, sse(resumed.text), sse_ids(resumed.text), bad
+
+    ids, resumed, resumed_ids, bad = asyncio.run(main())
+    assert len(ids) == len(set(ids)) >= 5  # queued, 3 x progress, previews, done
+    assert resumed_ids == ids[2:]
+    assert resumed[-1][0] == "done"
+    assert bad.status_code == 422 and bad.json()["error"]["param"] == "Last-Event-ID"

@@ -1,0 +1,449 @@
+"""The job store on a Redis (or Valkey) server that every gateway replica shares.
+
+Keys (prefix `sdserve:`), all of one job under `job:{id}`:
+
+    job:{id}            hash: the record (central/jobs/records.py) and `request`
+    job:{id}:events     stream: the job's events; stream ids are the SSE event ids
+    job:{id}:lease      string: the replica running it; expires unless renewed
+    jobs                sorted set: every job; score = when it finished, +inf until then
+    key:{pool}:{slot}   sorted set: what an API key holds; score = when the token lapses
+                        (+inf for a job's token, freed when the job finishes)
+    notices             pub/sub channel: "cancel:{id}", "orphaned"
+
+Every step that must not race another replica (admitting a job within max_jobs and the
+key's limit, a fenced write, a claim) is one Lua script, which Redis runs atomically.
+Scripts name some keys themselves (a job's keys from its id), so this needs a standalone
+server or a primary, not Redis Cluster. Times come from the server (`TIME`), so replicas'
+clocks need not agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Literal, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from central.jobs.records import JobEvent, JobRecord
+from central.jobs.store import JobStore, Notice, jobs_full, not_found
+from shared.errors import JobStoreUnavailable
+from shared.key_slots import Pool, key_full
+
+log = logging.getLogger(__name__)
+
+PREFIX = "sdserve:"
+NOTICES = PREFIX + "notices"
+# A blocked XREAD wakes this often to see whether its job still exists.
+READ_BLOCK_MS = 2000
+# While Redis is unreachable, a subscriber's stream waits this long between tries.
+RECONNECT_S = 0.5
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+
+T = TypeVar("T")
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# A write about a running job by ARGV[1]: allowed unless the job is over or another
+# replica holds a live lease; it (re)takes the lease. KEYS[1] lease, KEYS[2] hash.
+_FENCE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return false end
+if redis.call('EXISTS', KEYS[2]) == 0 then return false end
+local status = redis.call('HGET', KEYS[2], 'status')
+if status == 'succeeded' or status == 'failed' or status == 'cancelled' then return false end
+"""
+
+# KEYS: index, hash, stream, lease. ARGV: prefix, id, owner, lease_ms, ttl_ms, max_jobs,
+# key zset ('' for none), key limit, queued event data, then the record's fields.
+_CREATE = (
+    _NOW
+    + """
+local function forget(id)
+  local job = ARGV[1] .. 'job:' .. id
+  redis.call('DEL', job, job .. ':events', job .. ':lease')
+  redis.call('ZREM', KEYS[1], id)
+end
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[5]))) do
+  forget(id)
+end
+if ARGV[7] ~= '' then
+  redis.call('ZREMRANGEBYSCORE', ARGV[7], '-inf', now)
+  if redis.call('ZCARD', ARGV[7]) >= tonumber(ARGV[8]) then return 'key_full' end
+end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[6]) then
+  local oldest = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(+inf', 'LIMIT', 0, 1)
+  if #oldest == 0 then return 'full' end
+  forget(oldest[1])
+end
+redis.call('HSET', KEYS[2], unpack(ARGV, 10))
+redis.call('ZADD', KEYS[1], '+inf', ARGV[2])
+redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[4])
+if ARGV[7] ~= '' then redis.call('ZADD', ARGV[7], '+inf', 'job:' .. ARGV[2]) end
+redis.call('XADD', KEYS[3], '*', 'name', 'queued', 'data', ARGV[9])
+return 'ok'
+"""
+)
+
+# KEYS: lease, hash, stream. ARGV: owner, lease_ms, event name, event data, fields...
+_UPDATE = (
+    _FENCE
+    + """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('HSET', KEYS[2], unpack(ARGV, 5))
+return redis.call('XADD', KEYS[3], '*', 'name', ARGV[3], 'data', ARGV[4])
+"""
+)
+
+# KEYS: lease, hash, stream, index. ARGV: owner, ttl_ms, event name, event data, prefix,
+# id, fields...
+_FINISH = (
+    _FENCE
+    + _NOW
+    + """
+redis.call('HSET', KEYS[2], unpack(ARGV, 7))
+local event_id = redis.call('XADD', KEYS[3], '*', 'name', ARGV[3], 'data', ARGV[4])
+redis.call('DEL', KEYS[1])
+redis.call('ZADD', KEYS[4], now, ARGV[6])
+-- Gone after the TTL (the index drops its id when a new job comes).
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('PEXPIRE', KEYS[3], ARGV[2])
+local key = redis.call('HGET', KEYS[2], 'key')
+if key and key ~= '' then
+  redis.call('ZREM', ARGV[5] .. 'key:run:' .. key, 'job:' .. ARGV[6])
+end
+return event_id
+"""
+)
+
+# ARGV: prefix, owner, lease_ms, job ids... -> {lost ids, ids asked to cancel}
+_RENEW = """
+local lost, cancel = {}, {}
+for i = 4, #ARGV do
+  local job = ARGV[1] .. 'job:' .. ARGV[i]
+  local holder = redis.call('GET', job .. ':lease')
+  local status = redis.call('HGET', job, 'status')
+  local over = (not status) or status == 'succeeded' or status == 'failed'
+    or status == 'cancelled'
+  if not over then
+    if holder and holder ~= ARGV[2] then
+      table.insert(lost, ARGV[i])
+    else
+      redis.call('SET', job .. ':lease', ARGV[2], 'PX', ARGV[3])
+      if redis.call('HGET', job, 'cancel') == '1' then table.insert(cancel, ARGV[i]) end
+    end
+  end
+end
+return {lost, cancel}
+"""
+
+# KEYS: index. ARGV: prefix -> unfinished jobs without a lease
+_ORPHANS = """
+local orphans = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '+inf', '+inf')) do
+  if redis.call('EXISTS', ARGV[1] .. 'job:' .. id .. ':lease') == 0 then
+    table.insert(orphans, id)
+  end
+end
+return orphans
+"""
+
+# KEYS: lease, hash. ARGV: owner, lease_ms -> the record's fields, or false
+_CLAIM = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return false end
+local status = redis.call('HGET', KEYS[2], 'status')
+if status == 'succeeded' or status == 'failed' or status == 'cancelled' then return false end
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+return redis.call('HGETALL', KEYS[2])
+"""
+
+# KEYS: lease, hash. ARGV: owner
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+# KEYS: hash. ARGV: channel, id -> the record's fields before, or false
+_CANCEL = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local before = redis.call('HGETALL', KEYS[1])
+local status = redis.call('HGET', KEYS[1], 'status')
+if not (status == 'succeeded' or status == 'failed' or status == 'cancelled') then
+  redis.call('HSET', KEYS[1], 'cancel', '1')
+  redis.call('PUBLISH', ARGV[1], 'cancel:' .. ARGV[2])
+end
+return before
+"""
+
+# KEYS: the key's zset. ARGV: token, limit, lease_ms -> 1, or 0 when at the limit
+_ACQUIRE = (
+    _NOW
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+return 1
+"""
+)
+
+# ARGV: lease_ms, then (zset, token) pairs
+_RENEW_SLOTS = (
+    _NOW
+    + """
+for i = 2, #ARGV, 2 do
+  redis.call('ZADD', ARGV[i], 'XX', now + tonumber(ARGV[1]), ARGV[i + 1])
+end
+return 1
+"""
+)
+
+
+def unavailable() -> JobStoreUnavailable:
+    return JobStoreUnavailable(
+        "the job store (Redis) is unreachable; jobs wait in it and carry on when it is "
+        "back: retry shortly"
+    )
+
+
+class RedisJobStore(JobStore):
+    kind: Literal["memory", "redis"] = "redis"
+
+    def __init__(
+        self, url: str, label: str, *, max_jobs: int, ttl_s: float, lease_s: float
+    ) -> None:
+        super().__init__(max_jobs=max_jobs, ttl_s=ttl_s, lease_s=lease_s)
+        self.label = label
+        # No retries inside the client: a call fails fast and we answer 503 (or retry
+        # on our own schedule), rather than stalling a request for seconds.
+        self.redis = aioredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=2.0,
+            socket_timeout=READ_BLOCK_MS / 1000 + 3.0,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=30,
+        )
+        self._scripts = {
+            name: self.redis.register_script(source)
+            for name, source in {
+                "create": _CREATE,
+                "update": _UPDATE,
+                "finish": _FINISH,
+                "renew": _RENEW,
+                "orphans": _ORPHANS,
+                "claim": _CLAIM,
+                "release": _RELEASE,
+                "cancel": _CANCEL,
+                "acquire": _ACQUIRE,
+                "renew_slots": _RENEW_SLOTS,
+            }.items()
+        }
+        # Tokens this process holds, renewed by renew_slots: {(zset, token)}.
+        self._held: set[tuple[str, str]] = set()
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+    async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await make()
+        except UNREACHABLE as exc:
+            raise unavailable() from exc
+
+    async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        return await self._call(lambda: self._scripts[name](keys=keys, args=args))
+
+    @property
+    def _lease_ms(self) -> int:
+        return int(self.lease_s * 1000)
+
+    # --- jobs -----------------------------------------------------------------------
+
+    async def create(self, record: JobRecord, request: str, *, owner: str, key_limit: int) -> None:
+        job = _job_key(record.id)
+        fields = {**record.fields(), "request": request}
+        outcome = await self._script(
+            "create",
+            [PREFIX + "jobs", job, job + ":events", job + ":lease"],
+            [
+                PREFIX,
+                record.id,
+                owner,
+                self._lease_ms,
+                int(self.ttl_s * 1000),
+                self.max_jobs,
+                _slot_key("run", record.key) if record.key else "",
+                key_limit,
+                record.queued_event().encoded(),
+                *_pairs(fields),
+            ],
+        )
+        if outcome == "full":
+            raise jobs_full(self.max_jobs)
+        if outcome == "key_full":
+            raise key_full("run", key_limit)
+
+    async def get(self, job_id: str) -> JobRecord:
+        fields: dict[str, str] = await self._call(
+            lambda: self.redis.hgetall(_job_key(job_id))  # type: ignore[arg-type,return-value]
+        )
+        if not fields:
+            raise not_found()
+        return JobRecord.from_fields(fields)
+
+    async def request(self, job_id: str) -> str:
+        request = await self._call(lambda: self.redis.hget(_job_key(job_id), "request"))
+        if request is None:
+            raise not_found()
+        return str(request)
+
+    async def update(self, job_id: str, owner: str, event: JobEvent, record: JobRecord) -> bool:
+        job = _job_key(job_id)
+        event_id = await self._script(
+            "update",
+            [job + ":lease", job, job + ":events"],
+            [owner, self._lease_ms, event.name, event.encoded(), *_pairs(_state(record))],
+        )
+        return bool(event_id)
+
+    async def finish(self, job_id: str, owner: str, event: JobEvent, record: JobRecord) -> bool:
+        job = _job_key(job_id)
+        event_id = await self._script(
+            "finish",
+            [job + ":lease", job, job + ":events", PREFIX + "jobs"],
+            [
+                owner,
+                int(self.ttl_s * 1000),
+                event.name,
+                event.encoded(),
+                PREFIX,
+                job_id,
+                *_pairs(_state(record)),
+            ],
+        )
+        return bool(event_id)
+
+    async def events(
+        self, job_id: str, after: str | None = None
+    ) -> AsyncIterator[tuple[str, JobEvent]]:
+        job = _job_key(job_id)
+        last = after or "0-0"
+        while True:
+            try:
+                batches: Any = await self.redis.xread({job + ":events": last}, block=READ_BLOCK_MS)
+                exists = bool(batches) or await self.redis.exists(job)
+            except UNREACHABLE:
+                # Keep the subscriber's stream open: the job carries on when Redis is back.
+                await asyncio.sleep(RECONNECT_S)
+                continue
+            if not exists:
+                return  # expired (or removed) while we waited
+            for _, entries in batches:
+                for event_id, fields in entries:
+                    last = event_id
+                    event = JobEvent.decoded(fields["name"], fields["data"])
+                    yield event_id, event
+                    if event.terminal:
+                        return
+
+    # --- leases ---------------------------------------------------------------------
+
+    async def renew(self, owner: str, job_ids: list[str]) -> tuple[set[str], set[str]]:
+        if not job_ids:
+            return set(), set()
+        lost, cancel = await self._script("renew", [], [PREFIX, owner, self._lease_ms, *job_ids])
+        return set(lost), set(cancel)
+
+    async def release(self, owner: str, job_id: str) -> None:
+        job = _job_key(job_id)
+        await self._script("release", [job + ":lease", job], [owner])
+
+    async def orphans(self) -> list[str]:
+        return list(await self._script("orphans", [PREFIX + "jobs"], [PREFIX]))
+
+    async def claim(self, job_id: str, owner: str) -> JobRecord | None:
+        job = _job_key(job_id)
+        flat = await self._script("claim", [job + ":lease", job], [owner, self._lease_ms])
+        return JobRecord.from_fields(_dict(flat)) if flat else None
+
+    # --- cancel and notices ---------------------------------------------------------
+
+    async def request_cancel(self, job_id: str) -> JobRecord:
+        flat = await self._script("cancel", [_job_key(job_id)], [NOTICES, job_id])
+        if not flat:
+            raise not_found()
+        return JobRecord.from_fields(_dict(flat))
+
+    async def notices(self) -> AsyncIterator[Notice]:
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(NOTICES)
+                while True:
+                    message = await pubsub.get_message(timeout=READ_BLOCK_MS / 1000)
+                    if message is None:
+                        continue
+                    kind, _, job_id = str(message["data"]).partition(":")
+                    if kind in ("cancel", "orphaned"):
+                        yield Notice(kind, job_id)  # type: ignore[arg-type]
+            except UNREACHABLE:
+                await asyncio.sleep(RECONNECT_S)
+            finally:
+                await pubsub.aclose()
+
+    async def announce_orphans(self) -> None:
+        await self._call(lambda: self.redis.publish(NOTICES, "orphaned"))
+
+    # --- what API keys hold ---------------------------------------------------------
+
+    async def acquire_slot(self, pool: Pool, slot: str, limit: int) -> str:
+        token = secrets.token_hex(8)
+        zset = _slot_key(pool, slot)
+        if not await self._script("acquire", [zset], [token, limit, self._lease_ms]):
+            raise key_full(pool, limit)
+        self._held.add((zset, token))
+        return token
+
+    async def release_slot(self, pool: Pool, slot: str, token: str) -> None:
+        zset = _slot_key(pool, slot)
+        self._held.discard((zset, token))  # not renewed any more: it lapses if this fails
+        await self._call(lambda: self.redis.zrem(zset, token))
+
+    async def renew_slots(self) -> None:
+        held = list(self._held)
+        if held:
+            pairs = [part for zset, token in held for part in (zset, token)]
+            await self._script("renew_slots", [], [self._lease_ms, *pairs])
+
+
+def _job_key(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}"
+
+
+def _slot_key(pool: Pool, slot: str) -> str:
+    return f"{PREFIX}key:{pool}:{slot}"
+
+
+def _state(record: JobRecord) -> dict[str, str]:
+    """What a running job's writes may change (never the cancel flag or its key)."""
+    fields = record.fields()
+    del fields["cancel"], fields["key"], fields["id"], fields["kind"], fields["created"]
+    return fields
+
+
+def _pairs(fields: dict[str, str]) -> list[str]:
+    return [part for item in fields.items() for part in item]
+
+
+def _dict(flat: list[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))

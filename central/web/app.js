@@ -503,10 +503,19 @@ async function cancel() {
   if (!state.job) return;
   $("#cancel").disabled = true;
   setStatus("Cancelling…");
+  let response;
   try {
-    await fetch(state.job.url, { method: "DELETE", headers: authHeaders() });
+    response = await fetch(state.job.url, { method: "DELETE", headers: authHeaders() });
   } catch (error) {
     setStatus(`Cancel failed: ${error}`, "error");
+    $("#cancel").disabled = !state.job;
+    return;
+  }
+  // A gateway whose job store is unreachable answers 503: the job runs on; say so.
+  if (!response.ok && response.status !== 404 && state.job) {
+    const body = await response.json().catch(() => ({}));
+    setStatus(`Cancel failed: ${errorText(body.error, response.status)}`, "error");
+    $("#cancel").disabled = false;
   }
 }
 

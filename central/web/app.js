@@ -9,6 +9,7 @@ const state = {
   job: null, // {id, url, events_url}
   events: null, // AbortController of the running job's event stream
   startedAt: 0,
+  attempt: 1, // the running job's run: a gateway that stops has another run it again
   source: null, // the image being inpainted (HTMLImageElement)
   painting: false,
   last: null, // last brush point
@@ -67,10 +68,11 @@ function setMode(mode) {
   $("#generate").textContent = mode === "inpaint" ? "Inpaint" : "Generate";
 }
 
-function setStatus(text, kind = "") {
+function setStatus(text, kind = "", detail = "") {
   const status = $("#status");
   status.textContent = text;
   status.className = kind;
+  status.title = detail;
 }
 
 function setRunning(running) {
@@ -281,6 +283,7 @@ async function submit(event) {
   }
   state.job = job;
   state.startedAt = performance.now();
+  state.attempt = 1;
   $("#job-id").textContent = `job ${job.id}`;
   follow(job);
 }
@@ -294,44 +297,92 @@ function errorText(error, status) {
 // ------------------------------------------------------------------ events
 
 // Events come over fetch() rather than EventSource, which cannot send an Authorization
-// header (the gateway may require an API key). A dropped stream is opened again: the
-// gateway starts every stream with the job's current state.
-const RECONNECTS = 5;
+// header (the gateway may require an API key). Every event has an id. A stream opened
+// without a Last-Event-ID header replays the job's events from the start; one opened with
+// it continues right after that event, on whichever gateway replica answers. So a dropped
+// stream is opened again with the id of the last event seen, and an event already seen
+// (a gateway that replays anyway) is skipped. While the gateway cannot be reached or
+// answers "retry later" (503: its job store is unreachable; 429, 502, 504), the page waits
+// (Retry-After when given) and tries again, for GIVE_UP_MS at most.
+const RECONNECTS = 5; // streams in a row that end with no new event
+const GIVE_UP_MS = 120_000;
+const RETRY_AFTER_CAP_MS = 15_000;
+const RETRY_LATER = new Set([429, 502, 503, 504]);
 
 async function follow(job) {
   const controller = new AbortController();
   state.events = controller;
-  for (let attempt = 0; attempt <= RECONNECTS && state.events === controller; attempt++) {
+  const seen = new Set(); // ids of the events handled
+  let lastId = null; // sent as Last-Event-ID
+  let drops = 0; // streams in a row that ended with no new event
+  let failures = 0; // attempts in a row that got no stream
+  let failingSince = 0; // when they began
+  let shown = null; // the status the retry messages replaced
+  while (state.events === controller) {
+    const headers = { Accept: "text/event-stream", ...authHeaders() };
+    if (lastId !== null) headers["Last-Event-ID"] = lastId;
     let response;
+    let problem = null; // why there is no stream, and how long to wait
     try {
-      response = await fetch(job.events_url, {
-        headers: { Accept: "text/event-stream", ...authHeaders() },
-        signal: controller.signal,
-      });
+      response = await fetch(job.events_url, { headers, signal: controller.signal });
     } catch (error) {
       if (controller.signal.aborted) return;
-      await sleep(500 * (attempt + 1));
-      continue;
+      problem = { text: "The gateway cannot be reached", waitMs: null };
     }
-    if (response.status === 404) {
+    if (response && response.status === 404) {
       finish();
       setStatus("Lost the job (did the gateway restart?). Submit it again.", "error");
       return;
     }
-    if (!response.ok) {
+    if (response && RETRY_LATER.has(response.status)) {
+      const body = await response.json().catch(() => ({}));
+      problem = { text: errorText(body.error, response.status), waitMs: retryAfterMs(response) };
+    } else if (response && !response.ok) {
       const body = await response.json().catch(() => ({}));
       finish();
       setStatus(`Cannot follow the job: ${errorText(body.error, response.status)}`, "error");
       return;
     }
+    if (problem) {
+      const now = performance.now();
+      if (failures++ === 0) failingSince = now;
+      const left = GIVE_UP_MS - (now - failingSince);
+      if (left <= 0) {
+        finish();
+        const minutes = GIVE_UP_MS / 60_000;
+        const why = sentence(problem.text);
+        setStatus(`Gave up following the job after ${minutes} minutes. ${why} Submit it again later.`, "error");
+        return;
+      }
+      const waitMs = Math.min(problem.waitMs ?? Math.min(1000 * failures, 5000), left);
+      const status = $("#status");
+      shown ??= { text: status.textContent, kind: status.className, detail: status.title };
+      setStatus(`${sentence(problem.text)} Trying again in ${Math.ceil(waitMs / 1000)} s…`, "waiting");
+      await sleep(waitMs);
+      continue;
+    }
+    failures = 0;
+    if (shown !== null) {
+      setStatus(shown.text, shown.kind, shown.detail);
+      shown = null;
+    }
+    let news = false;
     try {
       for await (const event of readEvents(response.body)) {
+        if (event.id !== null) {
+          if (seen.has(event.id)) continue;
+          seen.add(event.id);
+          lastId = event.id;
+        }
+        news = true;
         if (handleEvent(event.name, event.data)) return;
       }
     } catch (error) {
       if (controller.signal.aborted) return;
     }
-    await sleep(500 * (attempt + 1));
+    drops = news ? 1 : drops + 1;
+    if (drops > RECONNECTS) break;
+    await sleep(500 * drops);
   }
   if (state.events === controller) {
     finish();
@@ -339,7 +390,21 @@ async function follow(job) {
   }
 }
 
-// Server-Sent Events from a byte stream: {name, data} per event, comments skipped.
+// "text" as a sentence: with a full stop unless it ends with one already.
+const sentence = (text) => (/[.!?…]$/.test(text) ? text : `${text}.`);
+
+// How long a Retry-After header (seconds or an HTTP date) asks to wait, capped; null without one.
+function retryAfterMs(response) {
+  const value = response.headers.get("Retry-After");
+  if (!value) return null;
+  let seconds = Number(value);
+  if (!Number.isFinite(seconds)) seconds = (Date.parse(value) - Date.now()) / 1000;
+  if (!Number.isFinite(seconds)) return null;
+  return Math.min(Math.max(seconds * 1000, 0), RETRY_AFTER_CAP_MS);
+}
+
+// Server-Sent Events from a byte stream: {name, data, id} per event (id null when the event
+// has no id line), comments skipped.
 async function* readEvents(body) {
   const reader = body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
@@ -352,12 +417,18 @@ async function* readEvents(body) {
       const block = buffer.slice(0, end);
       buffer = buffer.slice(end + 2);
       let name = "message";
+      let id = null;
       const data = [];
       for (const line of block.split("\n")) {
-        if (line.startsWith("event:")) name = line.slice(6).trim();
-        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+        const colon = line.indexOf(":");
+        if (colon === 0) continue; // a comment (the gateway's pings)
+        const field = colon < 0 ? line : line.slice(0, colon);
+        const text = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+        if (field === "event") name = text;
+        else if (field === "data") data.push(text);
+        else if (field === "id" && text && !text.includes("\0")) id = text;
       }
-      if (data.length) yield { name, data: JSON.parse(data.join("\n")) };
+      if (data.length) yield { name, data: JSON.parse(data.join("\n")), id };
     }
   }
 }
@@ -367,6 +438,14 @@ function handleEvent(name, data) {
   switch (name) {
     case "queued":
       setStatus("Queued…");
+      return false;
+    case "restarted":
+      // The job's gateway stopped; another one runs the job again from the start.
+      state.attempt = data.attempt || state.attempt + 1;
+      $("#progress").max = Math.max(data.total || 1, 1);
+      $("#progress").value = 0;
+      $("#previews").replaceChildren();
+      setStatus(`Restarted on another gateway (attempt ${state.attempt})…`, "", data.reason || "");
       return false;
     case "progress":
       showProgress(data);
@@ -405,7 +484,8 @@ function showProgress({ step, total }) {
   const progress = $("#progress");
   progress.max = Math.max(total, 1);
   progress.value = step;
-  setStatus(step >= total ? "Decoding…" : `Denoising: step ${step} of ${total}`);
+  const attempt = state.attempt > 1 ? ` (attempt ${state.attempt})` : "";
+  setStatus(step >= total ? `Decoding${attempt}…` : `Denoising: step ${step} of ${total}${attempt}`);
 }
 
 function showPreviews({ images }) {
@@ -423,10 +503,19 @@ async function cancel() {
   if (!state.job) return;
   $("#cancel").disabled = true;
   setStatus("Cancelling…");
+  let response;
   try {
-    await fetch(state.job.url, { method: "DELETE", headers: authHeaders() });
+    response = await fetch(state.job.url, { method: "DELETE", headers: authHeaders() });
   } catch (error) {
     setStatus(`Cancel failed: ${error}`, "error");
+    $("#cancel").disabled = !state.job;
+    return;
+  }
+  // A gateway whose job store is unreachable answers 503: the job runs on; say so.
+  if (!response.ok && response.status !== 404 && state.job) {
+    const body = await response.json().catch(() => ({}));
+    setStatus(`Cancel failed: ${errorText(body.error, response.status)}`, "error");
+    $("#cancel").disabled = false;
   }
 }
 

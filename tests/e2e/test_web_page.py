@@ -200,6 +200,86 @@ def test_generate_inpaint_and_cancel_in_the_browser(page, gateway):
     assert page.locator("#results img").count() == 1
 
 
+# Every change of the status text and the previews, in order, and every value the
+# progress bar leaves (its value before each change: nothing is lost to batching).
+WATCH_EVENTS = """() => {
+  window.changes = [];
+  const log = (kind, nodes, value) => nodes.forEach((n) => window.changes.push([kind, value(n)]));
+  new MutationObserver((records) => {
+    for (const r of records) {
+      if (r.target.id === 'status') log('status', r.addedNodes, (n) => n.data);
+      if (r.target.id === 'previews') log('preview+', r.addedNodes, (n) => n.src);
+      if (r.target.id === 'previews') log('preview-', r.removedNodes, (n) => n.src);
+      if (r.target.id === 'progress') window.changes.push(['progress', r.oldValue]);
+    }
+  }).observe(document.querySelector('.output'),
+             {subtree: true, childList: true, attributeFilter: ['value'], attributeOldValue: true});
+}"""
+
+
+def sse(event_id: str, name: str, job_id: str, **fields: Any) -> str:
+    """One made-up event of a 20-step job."""
+    data = {"id": job_id, "status": "running", "total": 20, **fields}
+    return f"id: {event_id}\nevent: {name}\ndata: {json.dumps(data)}\n\n"
+
+
+def test_a_dropped_event_stream_resumes_after_the_last_event_id(page):
+    """The page reopens a dropped stream with Last-Event-ID, waits out a 503, skips events
+    it has seen, and shows a restart. The first three answers are made up here (events
+    with ids, cut short; a 503); the fourth is the gateway's, asked without the made-up
+    id, so it replays the job from the start (or, before event ids, sends its state)."""
+    pixel = io.BytesIO()
+    Image.new("RGB", (1, 1), "red").save(pixel, format="PNG")
+    preview = "data:image/png;base64," + base64.b64encode(pixel.getvalue()).decode()
+    last_ids: list[str | None] = []
+
+    def events(route: Any) -> None:
+        last_ids.append(route.request.header_value("last-event-id"))
+        job = route.request.url.split("/v1/jobs/")[1].split("/")[0]
+        shown = sse("0-3", "preview", job, step=3, images=[preview])
+        restarted = sse("0-4", "restarted", job, status="queued", step=0, attempt=2, reason="x")
+        if len(last_ids) == 1:
+            body = sse("0-1", "queued", job, status="queued", step=0)
+            body += sse("0-2", "progress", job, step=3) + ": ping\n\n" + shown + restarted
+            route.fulfill(status=200, content_type="text/event-stream", body=body)
+        elif len(last_ids) == 2:
+            error = {"type": "job_store_unavailable", "message": "The job store is unreachable."}
+            route.fulfill(status=503, headers={"Retry-After": "1"}, json={"error": error})
+        elif len(last_ids) == 3:  # a replica that replays from before the id it was given
+            body = shown + restarted + sse("0-5", "progress", job, step=5)
+            route.fulfill(status=200, content_type="text/event-stream", body=body)
+        else:
+            headers = {k: v for k, v in route.request.headers.items() if k != "last-event-id"}
+            route.continue_(headers=headers)
+
+    page.route("**/v1/jobs/*/events", events)
+    page.evaluate(WATCH_EVENTS)
+    page.select_option("#size", "64x64")
+    page.fill("#prompt", "a red square on a white background")
+    page.fill("#steps", "20")
+    page.click("#generate")
+    page.wait_for_selector("#status.done", timeout=60_000)
+    assert page.locator("#results img").count() == 1
+
+    assert last_ids == [None, "0-4", "0-4", "0-5"]
+    changes = page.evaluate("window.changes")
+    statuses = [value for kind, value in changes if kind == "status"]
+    restart = "Restarted on another gateway (attempt 2)…"
+    at = statuses.index(restart)
+    assert statuses[at - 1] == "Denoising: step 3 of 20", statuses
+    # The 503 is waited out, the status before it comes back, then step 5: the replayed
+    # preview and restart are skipped.
+    assert statuses[at + 1 : at + 4] == [
+        "The job store is unreachable. Trying again in 1 s…",
+        restart,
+        "Denoising: step 5 of 20 (attempt 2)",
+    ], statuses
+    previews = [kind for kind, value in changes if kind.startswith("preview") and value == preview]
+    assert previews == ["preview+", "preview-"]  # shown once, cleared by the restart
+    progress = [value for kind, value in changes if kind == "progress"]
+    assert progress[progress.index("3") :][:3] == ["3", "0", "5"], progress
+
+
 def test_errors_are_shown_on_the_page(page):
     page.select_option("#size", "64x64")
     page.fill("#prompt", "x")

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import inspect
 import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -398,11 +399,21 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Starlette skips the router's startup and shutdown handlers when an app has a
+        # lifespan, so they run here: the parts add theirs to app.router.on_startup and
+        # on_shutdown (in order; each awaited if it is a coroutine function).
+        for hook in app.router.on_startup:
+            await _call(hook)
         task = asyncio.create_task(load_in_background())
         try:
             yield
         finally:
             task.cancel()
+            for hook in app.router.on_shutdown:
+                try:
+                    await _call(hook)
+                except Exception:
+                    log.exception("shutdown step %s failed", getattr(hook, "__qualname__", hook))
             service.close()
 
     app = FastAPI(title=title, version=version, lifespan=lifespan, description=description)
@@ -491,6 +502,12 @@ def create_app(
         )
 
     return app
+
+
+async def _call(hook: Callable[[], Any]) -> None:
+    outcome = hook()
+    if inspect.isawaitable(outcome):
+        await outcome
 
 
 class _DrainingServer(uvicorn.Server):

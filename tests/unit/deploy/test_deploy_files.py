@@ -18,9 +18,11 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import threading
+import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -91,6 +93,7 @@ INSTALL_HINTS = {
     "kubernetes-validate": "pip install kubernetes-validate (the dev extra)",
     "docker-compose": "apt-get install docker-compose (make test does it as root)",
     "kubectl": "install kubectl (it provides `kubectl kustomize`)",
+    "redis-server": "apt-get install redis-server (make test does it as root)",
 }
 
 # Stopping (docs/deploy.md, "Stopping"): Kubernetes' preStop sleep lasts until no client
@@ -101,6 +104,16 @@ DNS_TTL_S = 5
 DEFAULT_RESOLVE_INTERVAL_S = 10
 EXIT_MARGIN_S = 5
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+
+# The job store every gateway replica shares: the compose files' redis service, and the
+# base's StatefulSet and Service (its URL in the Secret central reads SDSERVE_JOB_STORE from).
+JOB_STORE_ENV = "SDSERVE_JOB_STORE"
+COMPOSE_REDIS = "redis"
+COMPOSE_JOB_STORE = "redis://redis:6379/0"
+K8S_REDIS = "sdserve-redis"
+K8S_JOB_STORE = "redis://sdserve-redis:6379/0"
+JOB_STORE_SECRET = "sdserve-job-store"
+REDIS_PORT = 6379
 
 # Settings that the deployment files set themselves rather than pass through.
 NOT_PASSED_THROUGH = {
@@ -301,11 +314,13 @@ def image_env(instructions: list[Instruction]) -> dict[str, str]:
 
 
 def compose_build_args(path: str) -> dict[str, dict[str, str]]:
-    """Each service's build args, as the compose file states them (YAML merge keys and all)."""
+    """Each built service's build args, as the compose file states them (YAML merge keys
+    and all); the job store's redis service runs a published image."""
     config = yaml.safe_load((ROOT / path).read_text(encoding="utf-8"))
     return {
         name: {key: str(value) for key, value in service["build"].get("args", {}).items()}
         for name, service in config["services"].items()
+        if "build" in service
     }
 
 
@@ -601,15 +616,18 @@ def test_compose_renders_with_defaults_only(path: str, tmp_path: Path) -> None:
     empty.write_text("")
     config = _compose_config(path, str(empty))
     for name, service in config["services"].items():
-        passed = {k: v for k, v in service["environment"].items() if k.startswith("SDSERVE_")}
-        set_by_the_file = {*STAGE_URL_ENV, "SDSERVE_SHUTDOWN_GRACE_S"}
+        environment = service.get("environment", {})
+        passed = {k: v for k, v in environment.items() if k.startswith("SDSERVE_")}
+        set_by_the_file = {*STAGE_URL_ENV, "SDSERVE_SHUTDOWN_GRACE_S", JOB_STORE_ENV}
         assert all(v is None for k, v in passed.items() if k not in set_by_the_file), name
+    central = config["services"]["central"]["environment"]
+    assert central[JOB_STORE_ENV] == COMPOSE_JOB_STORE, "the compose stack's own Redis"
 
 
 @pytest.mark.parametrize("path", COMPOSE_FILES)
 def test_compose_defines_the_four_parts(path: str, compose: dict[str, dict[str, Any]]) -> None:
     services = compose[path]["services"]
-    assert set(services) == set(PART_IDS)
+    assert set(services) == {*PART_IDS, COMPOSE_REDIS}
     settings = _settings_env()
     for part in PARTS:
         service = services[part.name]
@@ -639,12 +657,117 @@ def test_compose_central_waits_for_healthy_stages(
     path: str, compose: dict[str, dict[str, Any]]
 ) -> None:
     central = compose[path]["services"]["central"]
-    assert set(central["depends_on"]) == {stage.name for stage in STAGES}
+    assert set(central["depends_on"]) == {stage.name for stage in STAGES} | {COMPOSE_REDIS}
     for stage, condition in central["depends_on"].items():
         assert condition["condition"] == "service_healthy", stage
     ports = {p.name: p.port for p in PARTS}
     for env, stage in STAGE_URL_ENV.items():
         assert central["environment"][env] == f"http://{stage}:{ports[stage]}"
+
+
+def _pinned(image: str) -> bool:
+    """A version tag (digits), not `latest` or a bare major: `valkey/valkey:8.1.10-alpine`."""
+    return re.fullmatch(r"[\w./-]+:\d+\.\d+\.\d+[\w.-]*(@sha256:[0-9a-f]{64})?", image) is not None
+
+
+def _redis_args_keep_jobs(args: list[str]) -> None:
+    """Append-only file on: the jobs survive a restart of Redis."""
+    assert args[args.index("--appendonly") + 1] == "yes"
+    assert "--appendfsync" not in args or args[args.index("--appendfsync") + 1] != "no"
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES)
+def test_compose_runs_the_job_store_in_a_redis_service(
+    path: str, compose: dict[str, dict[str, Any]]
+) -> None:
+    config = compose[path]
+    redis = config["services"][COMPOSE_REDIS]
+    assert _pinned(redis["image"]) and redis["image"].startswith(("redis:", "valkey/valkey:"))
+    command = redis["command"]
+    assert command[0] in ("redis-server", "valkey-server")
+    _redis_args_keep_jobs(command)
+    # A named volume at /data, the server's working directory, so the file outlives the
+    # container.
+    (volume,) = redis["volumes"]
+    source, target = volume.split(":")[:2]
+    assert target == "/data" and source in config["volumes"], "a named volume"
+    assert "ports" not in redis, "reached over the compose network only"
+    assert redis["expose"] == [str(REDIS_PORT)]
+    assert redis["cap_drop"] == ["ALL"]
+    assert redis["security_opt"] == ["no-new-privileges:true"]
+    assert not redis["user"].startswith("0"), "runs as the image's unprivileged user"
+    assert redis["restart"] == "unless-stopped"
+    check = redis["healthcheck"]
+    assert check["test"][0] in ("CMD", "CMD-SHELL")
+    assert re.search(r"(redis|valkey)-cli ping", " ".join(check["test"][1:]))
+    central = config["services"]["central"]
+    assert central["environment"][JOB_STORE_ENV] == COMPOSE_JOB_STORE
+    assert urlsplit(COMPOSE_JOB_STORE).hostname == COMPOSE_REDIS
+    assert urlsplit(COMPOSE_JOB_STORE).port == REDIS_PORT
+    assert central["depends_on"][COMPOSE_REDIS] == {"condition": "service_healthy"}
+    for stage in STAGES:
+        assert config["services"][stage.name]["environment"][JOB_STORE_ENV] is None
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES)
+def test_compose_job_store_can_be_set_in_env(path: str, tmp_path: Path) -> None:
+    env_file = tmp_path / "external.env"
+    env_file.write_text("SDSERVE_JOB_STORE=rediss://managed.example.com:6380/0\n")
+    config = _compose_config(path, str(env_file))
+    central = config["services"]["central"]["environment"]
+    assert central[JOB_STORE_ENV] == "rediss://managed.example.com:6380/0"
+
+
+def _redis_cli_stand_in(tmp_path: Path, port: int) -> dict[str, str]:
+    """An environment whose valkey-cli and redis-cli are the machine's redis-cli, talking
+    to the port of a test server."""
+    redis_cli = shutil.which("redis-cli")
+    if redis_cli is None:
+        message = "redis-cli is not installed: make redis-server (make test does it as root)"
+        if _in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("valkey-cli", "redis-cli"):
+        stand_in = bin_dir / name
+        stand_in.write_text(f'#!/bin/sh\nexec {redis_cli} -p {port} "$@"\n', encoding="utf-8")
+        stand_in.chmod(0o755)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+
+
+def redis_check_exit_codes(command: list[str], tmp_path: Path) -> tuple[int, int]:
+    """The exit codes of a ping check (an exec argv) with a Redis up, then with none."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    env = _redis_cli_stand_in(tmp_path, port)
+    server = subprocess.Popen(
+        [tool("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            up = subprocess.run(command, env=env, capture_output=True, timeout=10).returncode
+            if up == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    down = subprocess.run(command, env=env, capture_output=True, timeout=10).returncode
+    return up, down
+
+
+def test_compose_redis_healthcheck_reports_health(
+    compose: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The healthcheck as Docker runs it (CMD-SHELL: /bin/sh -c, `$$` is a `$`)."""
+    kind, *words = compose["compose.yaml"]["services"][COMPOSE_REDIS]["healthcheck"]["test"]
+    command = ["/bin/sh", "-c", words[0].replace("$$", "$")] if kind == "CMD-SHELL" else words
+    assert redis_check_exit_codes(command, tmp_path) == (0, 1)
 
 
 def _gpu_devices(service: dict[str, Any]) -> list[dict[str, Any]]:
@@ -677,9 +800,9 @@ def test_compose_files_agree_except_for_the_gpu(compose: dict[str, dict[str, Any
         config = json.loads(json.dumps(config))
         for service in config["services"].values():
             service.pop("deploy", None)
-            service["build"]["args"].pop("TF_EXTRA", None)
+            service.get("build", {}).get("args", {}).pop("TF_EXTRA", None)
             service["image"] = re.sub(r"-(cpu|gpu)$", "", service["image"])
-            service["environment"].pop("TF_FORCE_GPU_ALLOW_GROWTH", None)
+            service.get("environment", {}).pop("TF_FORCE_GPU_ALLOW_GROWTH", None)
         return config
 
     assert normalised(compose["compose.yaml"]) == normalised(compose["compose.cpu.yaml"])

@@ -11,6 +11,7 @@ its tests locally and fails them under CI (CI=true): a green CI must mean they r
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import http.server
 import json
@@ -77,6 +78,11 @@ SECOND_MODEL = "deploy/k8s/components/second-diffusion-model"
 GPU_TWO_MODELS = "deploy/k8s/overlays/gpu+second-diffusion-model"
 GPU_RENDERINGS = ("deploy/k8s/overlays/gpu", GPU_TWO_MODELS)
 RENDERINGS = (*OVERLAYS, GPU_TWO_MODELS)
+# The gpu overlay with jobs in an external Redis as docs/deploy.md shows: the component
+# that drops the bundled one, and the Secret's URL replaced from an env file.
+EXTERNAL_REDIS = "deploy/k8s/components/external-redis"
+GPU_EXTERNAL_REDIS = "deploy/k8s/overlays/gpu+external-redis"
+EXTERNAL_JOB_STORE = "rediss://sdserve:not-a-password@redis.example.com:6380/0"
 K8S_VERSIONS = ("1.31.0", "1.37.0")
 RUNTIME_UID = 10001
 
@@ -869,6 +875,17 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     shutil.copytree(ROOT / "deploy/k8s", copy)
     _with_component(copy / "overlays/gpu", "../../components/second-diffusion-model")
     texts[GPU_TWO_MODELS] = run(["kubectl", "kustomize", str(copy / "overlays/gpu")]).stdout
+    external = tmp_path_factory.mktemp("k8s") / "k8s"
+    shutil.copytree(ROOT / "deploy/k8s", external)
+    overlay = external / "overlays/gpu"
+    _with_component(overlay, "../../components/external-redis")
+    config = yaml.safe_load((overlay / "kustomization.yaml").read_text(encoding="utf-8"))
+    config["secretGenerator"] = [
+        {"name": JOB_STORE_SECRET, "behavior": "replace", "envs": ["job-store.env"]}
+    ]
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    (overlay / "job-store.env").write_text(f"url={EXTERNAL_JOB_STORE}\n", encoding="utf-8")
+    texts[GPU_EXTERNAL_REDIS] = run(["kubectl", "kustomize", str(overlay)]).stdout
     return texts
 
 
@@ -878,7 +895,7 @@ def manifests(rendered: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
-@pytest.mark.parametrize("path", [*RENDERINGS, "deploy/k8s/base"])
+@pytest.mark.parametrize("path", [*RENDERINGS, GPU_EXTERNAL_REDIS, "deploy/k8s/base"])
 def test_rendered_manifests_validate(path: str, version: str, rendered: dict[str, str]) -> None:
     argv = [*VALIDATE[:-2], version, "-"]
     result = run(argv, stdin=rendered[path])
@@ -1020,7 +1037,10 @@ def test_services_select_their_deployments(
 ) -> None:
     services = kinds(manifests[path], "Service")
     deployments = kinds(manifests[path], "Deployment")
-    assert set(services) == set(deployments)
+    statefulsets = kinds(manifests[path], "StatefulSet")
+    assert set(services) == set(deployments) | set(statefulsets)
+    assert _selected(services[K8S_REDIS], statefulsets) == [K8S_REDIS]
+    assert not _selected(services[K8S_REDIS], deployments)
     for part in PARTS:
         service = services[f"sdserve-{part.name}"]
         labels = deployments[f"sdserve-{part.name}"]["spec"]["template"]["metadata"]["labels"]
@@ -1028,6 +1048,126 @@ def test_services_select_their_deployments(
         assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
             (part.port, "http")
         ]
+
+
+def _memory_bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity (512Mi, 1Gi) or a Redis one (512mb) in bytes."""
+    match = re.fullmatch(r"(\d+)(Ki|Mi|Gi|kb|mb|gb)", quantity)
+    assert match, f"unexpected memory quantity {quantity!r}"
+    unit = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "kb": 2**10, "mb": 2**20, "gb": 2**30}
+    return int(match.group(1)) * unit[match.group(2)]
+
+
+def _exec_probe_words(probe: dict[str, Any]) -> str:
+    return " ".join(probe["exec"]["command"])
+
+
+@pytest.mark.parametrize("path", RENDERINGS)
+def test_redis_statefulset_keeps_jobs_on_a_volume(
+    path: str, manifests: dict[str, list[dict[str, Any]]]
+) -> None:
+    """One Redis, its append-only file on a PersistentVolume, non-root, probed, bounded."""
+    docs = manifests[path]
+    statefulset = kinds(docs, "StatefulSet")[K8S_REDIS]
+    spec = statefulset["spec"]
+    assert spec["replicas"] == 1, "one standalone server"
+    service = kinds(docs, "Service")[spec["serviceName"]]
+    assert service["metadata"]["name"] == K8S_REDIS
+    redis = container(statefulset)
+    assert _pinned(redis["image"]) and redis["image"].startswith(("redis:", "valkey/valkey:"))
+    args = redis["args"]
+    assert args[0] in ("redis-server", "valkey-server")
+    _redis_args_keep_jobs(args)
+    # The server's directory is the claim's mount: the file lives on the volume.
+    (claim,) = spec["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert _memory_bytes(claim["spec"]["resources"]["requests"]["storage"]) >= 2**30
+    mounts = {m["name"]: m["mountPath"] for m in redis["volumeMounts"]}
+    assert mounts[claim["metadata"]["name"]] == args[args.index("--dir") + 1]
+    # Never evicts a job, and refuses writes before the pod's memory limit kills it.
+    resources = redis["resources"]
+    assert {"cpu", "memory"} <= set(resources["requests"])
+    assert {"cpu", "memory"} <= set(resources["limits"])
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    maxmemory = _memory_bytes(args[args.index("--maxmemory") + 1])
+    assert maxmemory <= _memory_bytes(resources["limits"]["memory"]) // 2, "room for a rewrite"
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["enableServiceLinks"] is False
+    security = redis["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"]["drop"] == ["ALL"]
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert re.search(r"(redis|valkey)-cli ping", _exec_probe_words(redis[kind])), kind
+    (port,) = redis["ports"]
+    assert port["containerPort"] == REDIS_PORT
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+        (REDIS_PORT, port["name"])
+    ]
+    assert not [n for n in kinds(docs, "HorizontalPodAutoscaler") if n == K8S_REDIS]
+
+
+@pytest.mark.parametrize("path", RENDERINGS)
+def test_only_central_reaches_redis(path: str, manifests: dict[str, list[dict[str, Any]]]) -> None:
+    docs = manifests[path]
+    policy = kinds(docs, "NetworkPolicy")[K8S_REDIS]["spec"]
+    redis_labels = kinds(docs, "StatefulSet")[K8S_REDIS]["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= redis_labels.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    (source,) = rule["from"]
+    deployments = kinds(docs, "Deployment")
+    allowed = _selected({"spec": {"selector": source["podSelector"]["matchLabels"]}}, deployments)
+    assert allowed == ["sdserve-central"]
+    assert [p["port"] for p in rule["ports"]] == ["redis"]
+
+
+def _secret_value(docs: list[dict[str, Any]], ref: dict[str, str]) -> str:
+    secret = kinds(docs, "Secret")[ref["name"]]
+    return base64.b64decode(secret["data"][ref["key"]]).decode()
+
+
+@pytest.mark.parametrize("path", RENDERINGS)
+def test_any_central_replica_serves_any_job(
+    path: str, manifests: dict[str, list[dict[str, Any]]]
+) -> None:
+    """Central reads the shared job store's URL from the generated Secret; no affinity."""
+    docs = manifests[path]
+    central = kinds(docs, "Deployment")["sdserve-central"]
+    env = {e["name"]: e for e in container(central)["env"]}
+    ref = env[JOB_STORE_ENV]["valueFrom"]["secretKeyRef"]
+    assert ref["name"].startswith(f"{JOB_STORE_SECRET}-"), "generated, with a content hash"
+    assert ref["key"] == "url"
+    url = urlsplit(_secret_value(docs, ref))
+    assert f"{url.scheme}://{url.netloc}{url.path}" == K8S_JOB_STORE
+    service = kinds(docs, "Service")[str(url.hostname)]
+    assert url.port in [p["port"] for p in service["spec"]["ports"]]
+    assert JOB_STORE_ENV not in settings_configmap(docs)["data"], "a URL may carry a password"
+    for name, deployment in kinds(docs, "Deployment").items():
+        if name != "sdserve-central":
+            assert JOB_STORE_ENV not in {e["name"] for e in container(deployment)["env"]}, name
+    central_service = kinds(docs, "Service")["sdserve-central"]["spec"]
+    assert central_service.get("sessionAffinity", "None") == "None"
+    # The drain: the preStop sleep, then SIGTERM hands the jobs over.
+    assert container(central)["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "15"]
+
+
+def test_an_external_redis_replaces_the_bundled_one(
+    manifests: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = manifests[GPU_EXTERNAL_REDIS]
+    assert not kinds(docs, "StatefulSet")
+    assert K8S_REDIS not in kinds(docs, "Service")
+    assert not kinds(docs, "NetworkPolicy")
+    central = kinds(docs, "Deployment")["sdserve-central"]
+    env = {e["name"]: e for e in container(central)["env"]}
+    ref = env[JOB_STORE_ENV]["valueFrom"]["secretKeyRef"]
+    assert _secret_value(docs, ref) == EXTERNAL_JOB_STORE
+    one = kinds(manifests["deploy/k8s/overlays/gpu"], "Deployment")
+    assert set(kinds(docs, "Deployment")) == set(one), "the rest is the gpu overlay"
 
 
 def _port_number(deployment: dict[str, Any], port: int | str) -> int:
@@ -1055,6 +1195,8 @@ def test_stage_services_are_headless_and_central_is_not(
     services = kinds(manifests[path], "Service")
     deployments = kinds(manifests[path], "Deployment")
     for name, service in services.items():
+        if name == K8S_REDIS:
+            continue  # the job store's: see test_redis_statefulset_keeps_jobs_on_a_volume
         spec = service["spec"]
         (deployment,) = [deployments[d] for d in _selected(service, deployments)]
         if name == "sdserve-central":
@@ -1232,7 +1374,8 @@ def test_gpu_overlay_reads_weights_from_the_read_only_pvc(
     assert kinds(docs, "PersistentVolumeClaim")["sdserve-weights"]["spec"]["accessModes"] == [
         "ReadOnlyMany"
     ]
-    assert not kinds(docs, "Secret"), "the token Secret is created in the cluster, not committed"
+    secrets = [n for n in kinds(docs, "Secret") if not n.startswith(f"{JOB_STORE_SECRET}-")]
+    assert not secrets, "the token Secret is created in the cluster, not committed"
     for part in PARTS:
         volume = _weights_volume(kinds(docs, "Deployment")[f"sdserve-{part.name}"])
         if part.name == "central":

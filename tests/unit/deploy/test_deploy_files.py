@@ -734,7 +734,7 @@ def _redis_cli_stand_in(tmp_path: Path, port: int) -> dict[str, str]:
             pytest.fail(message)
         pytest.skip(message)
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+    bin_dir.mkdir(parents=True)
     for name in ("valkey-cli", "redis-cli"):
         stand_in = bin_dir / name
         stand_in.write_text(f'#!/bin/sh\nexec {redis_cli} -p {port} "$@"\n', encoding="utf-8")
@@ -1108,6 +1108,15 @@ def test_redis_statefulset_keeps_jobs_on_a_volume(
         (REDIS_PORT, port["name"])
     ]
     assert not [n for n in kinds(docs, "HorizontalPodAutoscaler") if n == K8S_REDIS]
+
+
+def test_redis_probes_report_health(
+    manifests: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    redis = container(kinds(manifests["deploy/k8s/overlays/gpu"], "StatefulSet")[K8S_REDIS])
+    commands = {tuple(redis[k]["exec"]["command"]) for k in ("readinessProbe", "livenessProbe")}
+    for i, command in enumerate(sorted(commands)):
+        assert redis_check_exit_codes(list(command), tmp_path / str(i)) == (0, 1), command
 
 
 @pytest.mark.parametrize("path", RENDERINGS)

@@ -1,5 +1,7 @@
 # Two entry points for a fresh machine: `make up` (the whole stack) and `make test`.
-# Each creates .venv and installs what it needs on first use.
+# Each creates .venv and installs what it needs on first use: `make up` the virtual
+# environment only, `make test` also the system tools and servers the tests use
+# (deploy-tools: docker-compose, chromium, redis-server).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -20,7 +22,7 @@ LOCK_DIR := deploy/docker
 LOCK = $(BIN)/uv pip compile --quiet --generate-hashes \
 	--python-version $(IMAGE_PYTHON) --python-platform $(IMAGE_PLATFORM) $(LOCK_ARGS)
 
-.PHONY: install up test lint unit integration benchmark clean deploy-tools lock
+.PHONY: install up test lint unit integration benchmark clean deploy-tools redis-server lock
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,13 +31,20 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps "$(CLIP_VOCAB_WHEEL)"
 	touch $@
 
-install: $(BIN)/.installed deploy-tools
+# The virtual environment only: what `make up` needs. The system servers and tools the
+# tests use come with `make test` (deploy-tools), never with `make up`.
+install: $(BIN)/.installed
 
-# docker-compose (Debian's 1.29) renders the compose files in tests/unit/deploy.
-# Installed with apt when missing and we are root (CI is); without recommends, so no
-# Docker engine comes with it. hadolint and kubernetes-validate come with the dev extra;
-# kubectl (for kustomize) is on the machine image.
-deploy-tools:
+# What the tests need from the system, for `make test`, `make unit` and `make integration`;
+# each is installed with apt when missing and we are root (CI is), without recommends;
+# otherwise the apt command is printed. hadolint and kubernetes-validate come with the
+# dev extra; kubectl (for kustomize) is on the machine image.
+# - docker-compose (Debian's 1.29) renders the compose files in tests/unit/deploy; no
+#   Docker engine comes with it.
+# - chromium for the browser test, driven by the playwright package (never
+#   `playwright install`: that downloads a browser).
+# - redis-server (see the redis-server target).
+deploy-tools: redis-server
 	@command -v docker-compose >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -q && \
@@ -43,8 +52,6 @@ deploy-tools:
 	  else \
 	    echo "docker-compose is missing: sudo apt-get install --no-install-recommends docker-compose" >&2; \
 	  fi; }
-	@# Debian's chromium for the browser test, driven by the playwright package (never
-	@# `playwright install`: that downloads a browser).
 	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -q && \
@@ -53,21 +60,34 @@ deploy-tools:
 	    echo "chromium is missing: sudo apt-get install chromium (the browser test is skipped)" >&2; \
 	  fi; }
 
-up: install
+# Debian's redis-server: the job store's tests start their own on a free port, and
+# `sdserve up --jobs redis` starts one for the gateway (`make redis-server` installs it
+# for that). Installing the package may also start Debian's own redis service on
+# 127.0.0.1:6379; sdserve uses neither that service nor that port.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -q && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server; \
+	  else \
+	    echo "redis-server is missing: sudo apt-get install --no-install-recommends redis-server" >&2; \
+	  fi; }
+
+up: $(BIN)/.installed
 	$(BIN)/sdserve up $(ARGS)
 
-lint: install
+lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check shared services central training
 	$(BIN)/mypy
 
-test: lint
+test: lint deploy-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-unit: install
+unit: $(BIN)/.installed deploy-tools
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-integration: install
+integration: $(BIN)/.installed deploy-tools
 	$(BIN)/python -m pytest tests/integration tests/e2e $(PYTEST_ARGS)
 
 lock: $(BIN)/.installed
@@ -75,7 +95,7 @@ lock: $(BIN)/.installed
 	$(LOCK) pyproject.toml --extra gpu -o $(LOCK_DIR)/requirements-gpu.txt
 	echo "$(CLIP_VOCAB_WHEEL)" | $(LOCK) --no-deps - -o $(LOCK_DIR)/clip-vocab.txt
 
-benchmark: install
+benchmark: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.stages
 
 clean:

@@ -1,8 +1,9 @@
 """``sdserve up``: run the stage services and the gateway as processes on this machine.
 
 Which processes a topology needs, with their argv and environment, is decided here
-(:func:`build_processes`); :mod:`central.supervisor` runs them, restarts any that dies
-and stops them all on Ctrl-C.
+(:func:`build_processes`; where the jobs live, and the redis-server `--jobs redis` may
+start, in :mod:`central.cli.up_jobs`); :mod:`central.supervisor` runs them, restarts any
+that dies and stops them all on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -11,15 +12,15 @@ import argparse
 import json
 import os
 import shlex
-import socket
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from central.cli import arguments
+from central.cli import arguments, up_jobs
 from central.cli.arguments import DEFAULT_URL
+from central.cli.up_ports import check_ports
 
 if TYPE_CHECKING:
     from central.supervisor.specs import ChildSpec
@@ -72,6 +73,10 @@ class UpConfig:
     # handed to the gateway (with the diffusion services' URLs) is written.
     models: tuple[ModelEntry, ...] = ()
     models_file_out: str = ""
+    # SDSERVE_JOB_STORE for the gateway, and the data directory of the redis-server
+    # `sdserve up` starts for it ("": none; see central.cli.up_jobs).
+    job_store: str = "memory"
+    redis_dir: str = ""
 
     def replicas_of(self, stage: str) -> int:
         return self.replicas.get(stage, 1)
@@ -197,6 +202,17 @@ def add_parser(commands: Any) -> None:
         "(see shared/pipeline/catalog.py for the format; default: SDSERVE_MODELS_FILE)",
     )
     up.add_argument(
+        "--jobs",
+        choices=up_jobs.JOBS,
+        default=None,
+        help="where the gateway keeps jobs: memory (in the gateway; a restart loses them) or "
+        "redis (SDSERVE_JOB_STORE when it is a redis:// URL, else a redis-server started "
+        f"here on 127.0.0.1, port --base-port + {up_jobs.REDIS_PORT_OFFSET} "
+        f"({up_jobs.redis_port(DEFAULT_BASE_PORT)} by default), its append-only file under "
+        "SDSERVE_CACHE_DIR/redis/PORT, so jobs survive restarts; needs redis-server "
+        "installed) (default: SDSERVE_JOB_STORE, else memory)",
+    )
+    up.add_argument(
         "--ready-timeout",
         type=arguments.seconds,
         default=600.0,
@@ -245,6 +261,7 @@ def resolve_up_config(args: argparse.Namespace, env: Mapping[str, str]) -> UpCon
     weights = models[0].weights if models else ""
     weights = _absolute(weights or args.weights or env.get("SDSERVE_WEIGHTS") or family_weights)
     sizes = args.sizes or env.get("SDSERVE_SIZES") or None
+    job_store, redis_dir = up_jobs.resolve_job_store(args.jobs, env, args.base_port)
     return UpConfig(
         topology=args.topology,
         model=model,
@@ -255,24 +272,31 @@ def resolve_up_config(args: argparse.Namespace, env: Mapping[str, str]) -> UpCon
         base_port=args.base_port,
         replicas=dict(args.replicas),
         models=models,
+        job_store=job_store,
+        redis_dir=redis_dir,
     )
 
 
 def build_processes(
-    config: UpConfig, base_env: Mapping[str, str], python: str | None = None
+    config: UpConfig,
+    base_env: Mapping[str, str],
+    python: str | None = None,
+    redis_server: str = "redis-server",
 ) -> list[ChildSpec]:
     """The processes `sdserve up` starts for a topology, with their argv and environment.
 
     Every process gets ``base_env`` with SDSERVE_MODEL, SDSERVE_WEIGHTS and (when set)
     SDSERVE_SIZES from ``config``. The stage URL variables are removed everywhere and set
     only on central, for the stages that run remote in this topology, so a stray
-    SDSERVE_DIFFUSION_URL cannot turn an all-in-one gateway into a client.
+    SDSERVE_DIFFUSION_URL cannot turn an all-in-one gateway into a client; so is
+    SDSERVE_JOB_STORE (only central keeps jobs), set to ``config.job_store``. With
+    ``config.redis_dir``, a redis-server (``redis_server``) for the jobs comes first.
     """
     from central.supervisor.specs import ChildSpec
 
     python = python or sys.executable
-    url_vars = [stage.url_env for stage in STAGES]
-    common = {k: v for k, v in base_env.items() if k not in url_vars}
+    only_central = [stage.url_env for stage in STAGES] + [up_jobs.JOB_STORE_ENV]
+    common = {k: v for k, v in base_env.items() if k not in only_central}
     common["SDSERVE_MODEL"] = config.model
     common["SDSERVE_WEIGHTS"] = config.weights
     # A terminal reads plain lines better than JSON; an explicit setting still wins.
@@ -286,7 +310,14 @@ def build_processes(
 
     remote = REMOTE_STAGES[config.topology]
     specs: list[ChildSpec] = []
+    if config.redis_dir:
+        specs.append(
+            up_jobs.redis_process(
+                config.base_port, config.redis_dir, base_env, redis_server, outlives=["central"]
+            )
+        )
     central_env = dict(common)
+    central_env[up_jobs.JOB_STORE_ENV] = config.job_store
     for stage in STAGES:
         if stage.name not in remote:
             continue
@@ -332,34 +363,6 @@ def build_processes(
     return specs
 
 
-def _port_taken(host: str, port: int) -> bool:
-    """Whether binding host:port fails the way uvicorn's bind would."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def check_ports(specs: Sequence[ChildSpec]) -> list[str]:
-    """Problems with the ports the processes will listen on (empty: all free)."""
-    problems: list[str] = []
-    seen: dict[int, str] = {}
-    for spec in specs:
-        argv = list(spec.argv)
-        host, port = argv[argv.index("--host") + 1], int(argv[argv.index("--port") + 1])
-        if port in seen:
-            problems.append(f"{spec.name} and {seen[port]} would both use port {port}")
-            continue
-        seen[port] = spec.name
-        if _port_taken(host, port):
-            problems.append(f"port {port} on {host} (for {spec.name}) is already in use")
-    return problems
-
-
 def _example_size(config: UpConfig) -> str:
     if config.sizes:
         return config.sizes.split(",")[0]
@@ -402,6 +405,7 @@ def ready_banner(config: UpConfig) -> str:
         f"sdserve is ready: {config.topology}, model {config.model}, weights {config.weights}",
         f"  gateway: {base}{listening}",
         f"  docs:    {base}/docs",
+        f"  jobs:    {up_jobs.describe(config.job_store, config.redis_dir)}",
         "  try it:",
         f"    curl -s {base}/v1/images/generations \\",
         "      -H 'Content-Type: application/json' \\",
@@ -443,7 +447,11 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    overrides: dict[str, object] = {"model": config.model, "weights": config.weights}
+    overrides: dict[str, object] = {
+        "model": config.model,
+        "weights": config.weights,
+        "job_store": config.job_store,
+    }
     if config.sizes:
         overrides["sizes"] = config.sizes
     try:  # the same check every process makes at start-up, once, before starting any
@@ -452,7 +460,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"sdserve up: {exc}", file=sys.stderr)
         return 2
 
-    specs = build_processes(config, os.environ)
+    redis_server = ""
+    if config.redis_dir:
+        redis_server = up_jobs.find_redis_server() or ""
+        if not redis_server:
+            print(f"sdserve up: --jobs redis: {up_jobs.INSTALL_HINT}", file=sys.stderr)
+            return 2
+    specs = build_processes(config, os.environ, redis_server=redis_server)
     problems = check_ports(specs)
     if problems:
         for problem in problems:
@@ -460,13 +474,15 @@ def run(args: argparse.Namespace) -> int:
         print("sdserve up: pick others with --port / --base-port", file=sys.stderr)
         return 2
 
+    if config.redis_dir:  # redis-server does not create its directory
+        Path(config.redis_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+
     supervisor = Supervisor(specs, color=False if args.no_color else None, grace_s=args.grace)
-    parts = ", ".join(
-        f"{s.name} on {s.ready_url.rsplit('/', 1)[0] if s.ready_url else '?'}" for s in specs
-    )
+    parts = ", ".join(f"{s.name} on {s.ready_url.rsplit('/', 1)[0]}" for s in specs if s.ready_url)
     supervisor.log(
         f"starting {config.topology}: {parts}; model {config.model}, weights {config.weights}"
         + (f", sizes {config.sizes}" if config.sizes else "")
+        + f"; jobs {up_jobs.describe(config.job_store, config.redis_dir)}"
     )
     if config.weights == "random":
         supervisor.log(random_weights_warning(), error=True)

@@ -50,6 +50,9 @@ Behaviour, in the order it matters:
   the terminal reaches only the supervisor, which then stops the children itself:
   SIGTERM to each child's process group, up to ``grace_s`` (10 s) to exit, then
   SIGKILL; a second Ctrl-C/SIGTERM kills at once. After a child exits its process group
-  is sent SIGKILL as well, so no grandchild survives it (and no port stays taken).
+  is sent SIGKILL as well, so no grandchild survives it (and no port stays taken). A
+  child whose spec names others in ``stop_after`` (the job store's redis-server names
+  the gateway, which records its jobs there as it stops) keeps running until those have
+  exited, then gets its own SIGTERM and grace; a second Ctrl-C kills it at once too.
   :meth:`Supervisor.run` returns 0 after a requested stop.
 """

@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 import httpx
 
@@ -32,6 +32,24 @@ class NotReadyError(Exception):
     def __init__(self, message: str, names: Sequence[str]) -> None:
         super().__init__(message)
         self.names = list(names)
+
+
+def _check_stop_order(specs: Sequence[ChildSpec]) -> None:
+    """Every ``stop_after`` names another child, and no child waits for itself."""
+    after = {spec.name: tuple(spec.stop_after) for spec in specs}
+    for name, others in after.items():
+        unknown = [other for other in others if other not in after or other == name]
+        if unknown:
+            raise ValueError(f"{name}: stop_after names no other child: {unknown}")
+    for name in after:  # walk each chain; a name seen twice is a cycle
+        seen, todo = {name}, list(after[name])
+        while todo:
+            other = todo.pop()
+            if other == name:
+                raise ValueError(f"stop_after has a cycle through {name}")
+            if other not in seen:
+                seen.add(other)
+                todo.extend(after[other])
 
 
 def _signal_group(pid: int, signum: int) -> None:
@@ -52,6 +70,8 @@ class _Child:
     last_exit: str | None = None
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=_TAIL_LINES))
     pump: asyncio.Task[None] | None = None
+    # Set once the child is stopped for good (its supervising task is over).
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Supervisor:
@@ -77,6 +97,7 @@ class Supervisor:
             raise ValueError(f"child names must be unique: {names}")
         if not specs:
             raise ValueError("nothing to supervise")
+        _check_stop_order(specs)
         self.policy = policy or RestartPolicy()
         self.grace_s = grace_s
         self.poll_interval_s = poll_interval_s
@@ -275,6 +296,8 @@ class Supervisor:
             await self._supervise_loop(child)
         except Exception as exc:  # a bug here must still stop everything cleanly
             self._fail(f"FATAL: supervisor error while running {child.spec.name}: {exc!r}")
+        finally:
+            child.finished.set()
 
     async def _supervise_loop(self, child: _Child) -> None:
         policy = self.policy
@@ -386,7 +409,26 @@ class Supervisor:
                 child.ready_status = f"{url} answered {response.status_code} {body}".rstrip()
             await asyncio.sleep(self.poll_interval_s)
 
+    async def _wait_for_stop_after(self, child: _Child, proc: asyncio.subprocess.Process) -> None:
+        """Keep the child running until those it outlives have exited (or a kill, or it
+        exits itself); each of them is bounded by its own grace period."""
+        others = [self._children[name].finished for name in child.spec.stop_after]
+        if not others or all(event.is_set() for event in others):
+            return
+        self.log(f"{child.spec.name} stops after {', '.join(child.spec.stop_after)}")
+        waits: set[asyncio.Future[Any]] = {
+            asyncio.gather(*(event.wait() for event in others)),
+            asyncio.ensure_future(self._kill_now.wait()),
+            asyncio.ensure_future(proc.wait()),
+        }
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+
     async def _terminate(self, child: _Child, proc: asyncio.subprocess.Process) -> None:
+        await self._wait_for_stop_after(child, proc)
         if proc.returncode is None:
             if self._kill_now.is_set():
                 _signal_group(proc.pid, signal.SIGKILL)

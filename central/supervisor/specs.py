@@ -19,6 +19,8 @@ class ChildSpec:
 
     ``env`` is the child's whole environment (``None``: inherit the supervisor's).
     ``ready_url`` is polled until it answers 200 (``None``: ready once started).
+    ``stop_after`` names children that must have exited before this one is sent SIGTERM
+    on a stop: a store the others still write to on their way out.
     """
 
     name: str
@@ -26,6 +28,7 @@ class ChildSpec:
     env: Mapping[str, str] | None = None
     ready_url: str | None = None
     cwd: str | None = None
+    stop_after: Sequence[str] = ()
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,10 @@ CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 API_KEY = "page-test-key"
 
-# Under CI the browser must be there (`make install` puts it there): fail, never skip.
+# Under CI the browser must be there (`make test` puts it there): fail, never skip.
 pytestmark = pytest.mark.skipif(
     os.environ.get("CI") != "true" and not CHROMIUM.exists() and shutil.which("chromium") is None,
-    reason="needs Debian's chromium (apt-get install chromium; `make install` does it as root)",
+    reason="needs Debian's chromium (apt-get install chromium; `make test` does it as root)",
 )
 
 # Records every value the progress bar takes, and whether previews were shown.

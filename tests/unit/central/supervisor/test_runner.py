@@ -324,6 +324,80 @@ def test_stop_terminates_children_and_grandchildren_then_kills_stragglers() -> N
     assert sup.pids() == {"polite": None, "stubborn": None, "parent": None}
 
 
+def test_a_child_with_stop_after_stops_once_those_have_exited() -> None:
+    """The store keeps running while the gateway writes to it on its way out."""
+    out = io.StringIO()
+    on_sigterm = """
+    import signal, sys, time
+    def stop(*_):
+        time.sleep(float(sys.argv[1]))
+        print(sys.argv[2], flush=True)
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, stop)
+    print("up", flush=True)
+    time.sleep(60)
+    """
+    specs = [
+        ChildSpec("store", py(on_sigterm, "0", "store got SIGTERM"), stop_after=["gateway"]),
+        ChildSpec("gateway", py(on_sigterm, "0.5", "gateway handed its jobs over")),
+    ]
+    sup = Supervisor(specs, color=False, out=out, grace_s=5.0)
+
+    async def scenario() -> None:
+        await sup.start()
+        await until(lambda: "store   | up" in out.getvalue() and "gateway | up" in out.getvalue())
+        await sup.stop()
+
+    run(scenario)
+    text = out.getvalue()
+    assert "store stops after gateway" in text
+    assert text.index("gateway handed its jobs over") < text.index("store got SIGTERM")
+    assert all(gone(pid) for name in ("store", "gateway") for pid in sup.spawned_pids(name))
+
+
+def test_a_kill_does_not_wait_for_the_stop_order() -> None:
+    out = io.StringIO()
+    ignores_sigterm = """
+    import signal, time
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("up", flush=True)
+    time.sleep(60)
+    """
+    specs = [
+        ChildSpec("store", py(ignores_sigterm), stop_after=["gateway"]),
+        ChildSpec("gateway", py(ignores_sigterm)),
+    ]
+    sup = Supervisor(specs, color=False, out=out, grace_s=60.0)
+
+    async def scenario() -> None:
+        await sup.start()
+        await until(lambda: out.getvalue().count("| up") == 2)
+        sup.request_stop()
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        sup.kill_now()
+        await sup.stop()
+        assert time.monotonic() - started < 5
+
+    run(scenario)
+    assert all(gone(pid) for name in ("store", "gateway") for pid in sup.spawned_pids(name))
+
+
+def test_stop_after_must_name_other_children_without_a_cycle() -> None:
+    with pytest.raises(ValueError, match="names no other child"):
+        Supervisor([ChildSpec("a", ["true"], stop_after=["b"])])
+    with pytest.raises(ValueError, match="names no other child"):
+        Supervisor([ChildSpec("a", ["true"], stop_after=["a"])])
+    with pytest.raises(ValueError, match="cycle"):
+        Supervisor(
+            [
+                ChildSpec("a", ["true"], stop_after=["b"]),
+                ChildSpec("b", ["true"], stop_after=["c"]),
+                ChildSpec("c", ["true"], stop_after=["b"]),
+            ]
+        )
+
+
 SUPERVISOR_SCRIPT = """
 import asyncio, sys
 from central.supervisor.runner import Supervisor

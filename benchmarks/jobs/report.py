@@ -141,7 +141,37 @@ def reading(sections: Record) -> list[str]:
     http = sections.get("http", {})
     if "redis_vs_memory" in http:
         notes += http_reading(http)
+    if "latency" in store and "redis_vs_memory" in http:
+        notes.insert(0, in_short(store, http))
     return notes
+
+
+def in_short(store: Record, http: Record) -> str:
+    ratios = [
+        v for level in store["latency"]["redis_vs_memory"].values() for v in level.values() if v
+    ]
+    r, cfg = http["redis_vs_memory"], http["config"]
+    subscribers = [str(n) for n in store["config"]["subscribers"]]
+    first = str(store["config"]["submitters"][0])
+    redis_ms = " and ".join(
+        f"{fmt_ms(store['latency']['redis'][n]['delivery']['median_ms'])} ms with "
+        f"{plural(n, 'subscriber')}"
+        for n in subscribers
+    )
+    seq = {name: http[name]["sequential"]["first_progress"]["median_ms"] for name in STORES}
+    return (
+        f"**In short**: in process, Redis delivers an event {min(ratios):.0f}-"
+        f"{max(ratios):.0f}x later than memory (medians and p95s above), still "
+        f"only {redis_ms} (median), and a job's whole life of store calls costs "
+        f"{fmt(ratio(1, store['lifecycle']['redis_vs_memory'][first]), 0)}x as much. End "
+        "to end, where a job also runs the models, Redis / memory is "
+        f"**{fmt(r['burst_jobs_per_s'], 2)}** in jobs/s and "
+        f"**{fmt(r['sequential_first_progress_median'], 2)}** in time to the first progress "
+        f"event ({'+' if seq['redis'] >= seq['memory'] else ''}"
+        f"{fmt_ms(seq['redis'] - seq['memory'])} ms), on about the cheapest job a gateway "
+        f"serves (tiny, {cfg['size']}, {cfg['steps']} steps); more steps and bigger models "
+        "leave the store a smaller share."
+    )
 
 
 # --------------------------------------------------------------------------- sections

@@ -1,0 +1,40 @@
+"""The machine and the versions the numbers belong to (nothing here imports TensorFlow)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+
+from benchmarks.host import cpu_model_and_flags, memory_gib
+from benchmarks.jobs.common import Record, load_average
+from benchmarks.jobs.redis_server import redis_server_binary, redis_version
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine_description() -> Record:
+    cpu_model, _ = cpu_model_and_flags()
+    try:
+        redis_server: str | None = redis_version(redis_server_binary())
+    except RuntimeError:
+        redis_server = None
+    return {
+        "cpu_model": cpu_model,
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "memory_gib": memory_gib(),
+        "load_average_at_start": load_average(),
+        "python": platform.python_version(),
+        "redis_server": redis_server,
+        "redis_py": package_version("redis"),
+        "httpx": package_version("httpx"),
+        "uvicorn": package_version("uvicorn"),
+        "sse_starlette": package_version("sse-starlette"),
+        "os": platform.platform(),
+    }

@@ -23,6 +23,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import redis.asyncio as aioredis
@@ -223,16 +224,28 @@ class RedisJobStore(JobStore):
     ) -> None:
         super().__init__(max_jobs=max_jobs, ttl_s=ttl_s, lease_s=lease_s)
         self.label = label
+
         # No retries inside the client: a call fails fast and we answer 503 (or retry
         # on our own schedule), rather than stalling a request for seconds.
-        self.redis = aioredis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_connect_timeout=2.0,
-            socket_timeout=READ_BLOCK_MS / 1000 + 3.0,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=30,
-        )
+        def client(max_connections: int) -> aioredis.Redis:
+            # A burst of calls waits (up to 5 s) for a free connection, not an error.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=5,
+                decode_responses=True,
+                socket_connect_timeout=2.0,
+                socket_timeout=READ_BLOCK_MS / 1000 + 3.0,
+                retry=Retry(NoBackoff(), 0),
+                health_check_interval=30,
+            )
+            return aioredis.Redis.from_pool(pool)
+
+        self.redis = client(64)
+        # The feeds' blocking reads have a pool of their own, one connection per job
+        # followed here (at most max_jobs), so they never starve the other calls.
+        self._reader = client(max_jobs + 4)
+        self._feeds: dict[str, _Feed] = {}
         self._scripts = {
             name: self.redis.register_script(source)
             for name, source in {
@@ -252,7 +265,11 @@ class RedisJobStore(JobStore):
         self._held: set[tuple[str, str]] = set()
 
     async def aclose(self) -> None:
+        for feed in self._feeds.values():
+            if feed.task is not None:
+                feed.task.cancel()
         await self.redis.aclose()
+        await self._reader.aclose()
 
     async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -336,25 +353,73 @@ class RedisJobStore(JobStore):
     async def events(
         self, job_id: str, after: str | None = None
     ) -> AsyncIterator[tuple[str, JobEvent]]:
-        job = _job_key(job_id)
+        """What the stream holds now (one XRANGE), then what the job's feed brings."""
+        stream = _job_key(job_id) + ":events"
         last = after or "0-0"
         while True:
             try:
-                batches: Any = await self.redis.xread({job + ":events": last}, block=READ_BLOCK_MS)
-                exists = bool(batches) or await self.redis.exists(job)
+                history: Any = await self.redis.xrange(stream, f"({after}" if after else "-")
+                break
             except UNREACHABLE:
-                # Keep the subscriber's stream open: the job carries on when Redis is back.
                 await asyncio.sleep(RECONNECT_S)
-                continue
-            if not exists:
-                return  # expired (or removed) while we waited
-            for _, entries in batches:
-                for event_id, fields in entries:
-                    last = event_id
-                    event = JobEvent.decoded(fields["name"], fields["data"])
+        for event_id, fields in history:
+            last, event = event_id, JobEvent.decoded(fields["name"], fields["data"])
+            yield event_id, event
+            if event.terminal:
+                return
+        feed = self._feeds.get(job_id)
+        if feed is None:
+            feed = self._feeds[job_id] = _Feed(last)
+            feed.task = asyncio.create_task(self._follow(job_id, feed))
+        feed.readers += 1
+        try:
+            seen = _stream_id(last)
+            while True:
+                for event_id, event in feed.entries:
+                    if _stream_id(event_id) <= seen:
+                        continue
+                    seen = _stream_id(event_id)
                     yield event_id, event
                     if event.terminal:
                         return
+                if feed.ended:
+                    return  # the job expired while we waited
+                appended = feed.appended
+                await appended.wait()
+        finally:
+            feed.readers -= 1
+            if not feed.readers and self._feeds.get(job_id) is feed:
+                del self._feeds[job_id]
+                if feed.task is not None:
+                    feed.task.cancel()
+
+    async def _follow(self, job_id: str, feed: _Feed) -> None:
+        """One blocking read per followed job in this process, whatever its number of
+        subscribers (so open event streams do not each hold a Redis connection)."""
+        job = _job_key(job_id)
+        while not feed.ended:
+            try:
+                batches: Any = await self._reader.xread(
+                    {job + ":events": feed.last}, block=READ_BLOCK_MS
+                )
+                exists = bool(batches) or await self.redis.exists(job)
+            except UNREACHABLE:
+                # Subscribers' streams stay open: the job carries on when Redis is back.
+                await asyncio.sleep(RECONNECT_S)
+                continue
+            except Exception:
+                log.exception("reading the events of job %s failed", job_id)
+                await asyncio.sleep(RECONNECT_S)
+                continue
+            for _, entries in batches:
+                for event_id, fields in entries:
+                    event = JobEvent.decoded(fields["name"], fields["data"])
+                    feed.entries.append((event_id, event))
+                    feed.last = event_id
+                    feed.ended = feed.ended or event.terminal
+            feed.ended = feed.ended or not exists
+            appended, feed.appended = feed.appended, asyncio.Event()
+            appended.set()
 
     # --- leases ---------------------------------------------------------------------
 
@@ -424,6 +489,23 @@ class RedisJobStore(JobStore):
         if held:
             pairs = [part for zset, token in held for part in (zset, token)]
             await self._script("renew_slots", [], [self._lease_ms, *pairs])
+
+
+@dataclass(eq=False)
+class _Feed:
+    """A job's events as this process reads them, for every subscriber here."""
+
+    last: str  # the id to read after
+    entries: list[tuple[str, JobEvent]] = field(default_factory=list)
+    appended: asyncio.Event = field(default_factory=asyncio.Event)
+    readers: int = 0
+    ended: bool = False  # its last event is in, or the job is gone
+    task: asyncio.Task[None] | None = None
+
+
+def _stream_id(event_id: str) -> tuple[int, int]:
+    milliseconds, _, sequence = event_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
 
 
 def _job_key(job_id: str) -> str:

@@ -126,9 +126,10 @@ def test_delete_cancels_the_remote_rows_and_skips_the_decode(stack):
     time.sleep(0.5)
     assert decoder_calls(decoder) == decodes_before  # nothing was decoded for it
 
-    # A late subscriber is told how it ended; GET says the same.
+    # A late subscriber replays the job to how it ended; GET says the same.
     late = [(name, data) for _, name, data in follow(gateway + job["events_url"])]
-    assert [name for name, _ in late] == ["cancelled"]
+    assert late[0][0] == "queued" and late[-1][0] == "cancelled"
+    assert [name for name, _ in late].count("progress") >= 5
     assert httpx.get(gateway + job["url"]).json()["status"] == "cancelled"
 
 

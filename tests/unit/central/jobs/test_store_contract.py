@@ -311,3 +311,25 @@ def test_an_unreachable_redis_is_named_not_a_500() -> None:
             await store.aclose()
 
     asyncio.run(main())
+
+
+def test_many_subscribers_of_a_job_share_its_feed_and_starve_nothing(
+    make_store: StoreFactory,
+) -> None:
+    """More subscribers than a Redis client has connections: one read per job feeds
+    them all, and the store's other calls go on meanwhile."""
+
+    async def scenario(store: JobStore) -> None:
+        record = await new_job(store)
+        readers = [asyncio.ensure_future(drain(store.events(record.id))) for _ in range(150)]
+        await asyncio.sleep(0.3)
+        for n in (1, 2):
+            assert await step(store, record, n)
+        assert (await store.get(record.id)).step == 2
+        await finish(store, record)
+        results = await asyncio.wait_for(asyncio.gather(*readers), timeout=20)
+        assert all([e.name for _, e in events] == ["queued", "progress", "progress", "done"]
+                   for events in results)  # fmt: skip
+        assert not getattr(store, "_feeds", {})  # the feed goes with its last reader
+
+    run(make_store, scenario)

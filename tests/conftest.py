@@ -12,7 +12,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from shared.service_process import ServiceProcess, run_services  # noqa: E402
-from tests.utils.redis_server import RedisServer  # noqa: E402
+from tests.utils.redis_server import RedisServer, start_redis  # noqa: E402
 from tests.utils.tiny_stack import STAGE_NAMES, TINY_STACK_ENV  # noqa: E402
 
 
@@ -55,6 +55,6 @@ def tiny_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, S
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A real redis-server for the session (skipped where it is not installed). Tests
     that use it flush what they need; tests that stop it start it again."""
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    server = start_redis(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()

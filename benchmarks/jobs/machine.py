@@ -8,7 +8,7 @@ import platform
 
 from benchmarks.host import cpu_model_and_flags, memory_gib
 from benchmarks.jobs.common import Record, load_average
-from benchmarks.jobs.redis_server import redis_server_binary, redis_version
+from benchmarks.jobs.redis_server import installed_redis_version
 
 
 def package_version(name: str) -> str | None:
@@ -20,10 +20,7 @@ def package_version(name: str) -> str | None:
 
 def machine_description() -> Record:
     cpu_model, _ = cpu_model_and_flags()
-    try:
-        redis_server: str | None = redis_version(redis_server_binary())
-    except RuntimeError:
-        redis_server = None
+    redis_server = installed_redis_version()
     return {
         "cpu_model": cpu_model,
         "logical_cpus": os.cpu_count(),

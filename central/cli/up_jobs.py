@@ -13,10 +13,11 @@ pydantic (`sdserve --help` stays quick): shared.config is imported where it is u
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from shared import redis_server
 
 if TYPE_CHECKING:
     from central.supervisor.specs import ChildSpec
@@ -80,10 +81,8 @@ def resolve_job_store(jobs: str | None, env: Mapping[str, str], base_port: int) 
 
 
 def find_redis_server() -> str | None:
-    """The redis-server program on PATH (Debian installs it in /usr/bin)."""
-    return shutil.which("redis-server") or shutil.which(
-        "redis-server", path="/usr/local/bin:/usr/bin:/usr/sbin"
-    )
+    """The server program `--jobs redis` runs; None when it is not installed."""
+    return redis_server.find_redis_server()
 
 
 def redis_process(
@@ -102,25 +101,7 @@ def redis_process(
     """
     from central.supervisor.specs import ChildSpec
 
-    argv = [
-        program,
-        "--bind",
-        REDIS_HOST,
-        "--port",
-        str(redis_port(base_port)),
-        "--dir",
-        data_dir,
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "everysec",
-        "--save",
-        "",
-        "--protected-mode",
-        "yes",
-        "--daemonize",
-        "no",
-    ]
+    argv = [program, *redis_server.redis_server_args(REDIS_HOST, redis_port(base_port), data_dir)]
     env = {k: v for k, v in base_env.items() if not k.startswith("SDSERVE_")}
     return ChildSpec(name=REDIS_NAME, argv=argv, env=env, stop_after=tuple(outlives))
 

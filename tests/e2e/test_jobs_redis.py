@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from shared.service_process import ServiceProcess
-from tests.utils.redis_server import RedisServer
+from tests.utils.redis_server import RedisServer, start_redis
 
 KEY, LIMITED_KEY = "key-one", "key-two"
 LEASE_S = 1.0
@@ -64,7 +64,7 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     logs = tmp_path_factory.mktemp("jobs-redis")
-    redis = RedisServer(logs / "redis").start()
+    redis = start_redis(logs / "redis")
     cluster = Cluster(redis, logs)
     try:
         cluster.start("a", "b")

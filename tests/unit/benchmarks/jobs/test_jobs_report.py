@@ -97,5 +97,5 @@ def test_redis_launcher_starts_a_server_and_removes_its_directory() -> None:
     with RedisServer() as server:
         assert server.ping() and server.url.startswith("redis://127.0.0.1:")
         directory = server.directory
-        assert directory is not None and directory.is_dir()
+        assert directory.is_dir()
     assert server.proc is None and not directory.exists()

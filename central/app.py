@@ -59,7 +59,7 @@ class GatewayService:
             "models": list(self.catalog.chains),
             "random_weights": self.catalog.random_weights(),
             "example_prompt": get_family(settings.model).spec.example_prompt,
-            "api_key_required": bool(settings.api_keys),
+            "api_key_required": bool(settings.api_key_list()),
             "topology": self.catalog.topology,
             "job_store": "memory" if settings.job_store == "memory" else "redis",
             "sizes": [format_size(s) for s in settings.sizes],
@@ -86,6 +86,7 @@ class GatewayService:
 
 def create_central_app(settings: Settings, chain: Chain | None = None) -> FastAPI:
     """The gateway of `settings`' models (or of `chain` alone, already built)."""
+    settings.check_gateway()
     catalog = Catalog(settings, {chain.name: chain} if chain else None)
     store = open_store(settings)
     app = create_app(

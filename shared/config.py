@@ -156,6 +156,13 @@ class Settings(BaseSettings):
     # Central: comma-separated API keys clients send as `Authorization: Bearer <key>`;
     # unset means the public API is open. Health, metrics and the docs stay open.
     api_keys: SecretStr | None = None
+    # Central: a file of API keys (one per line, or comma-separated; `#` comments), such
+    # as a mounted Kubernetes Secret; its keys are added to SDSERVE_API_KEYS'. Read at
+    # start-up.
+    api_keys_file: Path | None = None
+    # Central in production refuses to start without API keys unless this says the open
+    # gateway is meant (behind an authenticating proxy, say).
+    allow_anonymous: bool = False
     # Central: requests and unfinished jobs one API key may have at once, and event
     # streams it may hold open (429 beyond either); counted in the job store, so across
     # gateway replicas when that is Redis.
@@ -246,6 +253,26 @@ class Settings(BaseSettings):
         if self.weights == "random":
             return f"random (seed {self.weights_seed}, not trained)"
         return self.weights
+
+    def api_key_list(self) -> list[str]:
+        """Every configured API key: SDSERVE_API_KEYS and SDSERVE_API_KEYS_FILE's."""
+        text = self.api_keys.get_secret_value() if self.api_keys else ""
+        if self.api_keys_file is not None:
+            lines = self.api_keys_file.read_text().splitlines()
+            text += "," + ",".join(line.split("#", 1)[0] for line in lines)
+        return [key.strip() for key in text.split(",") if key.strip()]
+
+    def check_gateway(self) -> None:
+        """What the gateway (not a stage) needs of its settings; ConfigError otherwise."""
+        if self.api_keys_file is not None and not self.api_keys_file.is_file():
+            raise ConfigError(f"{ENV_PREFIX}API_KEYS_FILE: {self.api_keys_file} is not a file")
+        anonymous = not self.api_key_list()
+        if self.environment == "production" and anonymous and not self.allow_anonymous:
+            raise ConfigError(
+                f"{ENV_PREFIX}API_KEYS: production needs API keys (or "
+                f"{ENV_PREFIX}API_KEYS_FILE); set {ENV_PREFIX}ALLOW_ANONYMOUS=true "
+                "to serve without them on purpose"
+            )
 
     @property
     def job_store_label(self) -> str:

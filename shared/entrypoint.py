@@ -25,4 +25,9 @@ def run_part(name: str, factory: Callable[[Settings], FastAPI], default_port: in
         print(f"{name}: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
     configure_logging(name, json_lines=settings.log_format == "json")
-    serve(factory(settings), args.host or settings.host, args.port or settings.port or default_port)
+    try:
+        app = factory(settings)
+    except ConfigError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+    serve(app, args.host or settings.host, args.port or settings.port or default_port)

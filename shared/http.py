@@ -425,8 +425,8 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(DrainGuard, state=state)
-    if public_api and settings.api_keys is not None:
-        keys = [k.strip() for k in settings.api_keys.get_secret_value().split(",") if k.strip()]
+    keys = settings.api_key_list() if public_api else []
+    if keys:
         app.add_middleware(
             ApiKeyGuard,
             keys=keys,

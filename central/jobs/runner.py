@@ -27,7 +27,7 @@ import numpy as np
 
 from central.jobs.records import JobEvent, JobRecord, preview_event
 from central.jobs.spec import JobSpec, parse_job, stored_job
-from central.jobs.store import JobStore
+from central.jobs.store import JobStore, not_found
 from central.serving import encode_png, encode_pngs, images_response
 from shared.config import Settings
 from shared.errors import JobStoreUnavailable, SdserveError
@@ -159,8 +159,17 @@ class JobRunner:
         self._start(LocalJob(record, spec))
         return record
 
-    async def cancel(self, job_id: str) -> JobRecord:
+    async def get(self, job_id: str, key: str | None) -> JobRecord:
+        """The job, for the API key that made it: another key is told there is no such
+        job (404, as for an id that never existed)."""
+        record = await self.store.get(job_id)
+        if record.key and record.key != key:
+            raise not_found()
+        return record
+
+    async def cancel(self, job_id: str, key: str | None = None) -> JobRecord:
         """Cancel wherever it runs; answer its state once it has ended (or after a wait)."""
+        await self.get(job_id, key)
         record = await self.store.request_cancel(job_id)
         if record.done:
             return record

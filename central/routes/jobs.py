@@ -27,6 +27,11 @@ SSE_PING_S = 15
 READ_ERRORS = (401, 403, 404, 422, 500, 503)
 
 
+def api_key(request: Request) -> str | None:
+    """The digest naming the caller's API key (set by ApiKeyGuard; None when keys are off)."""
+    return getattr(request.state, "api_key_slot", None)
+
+
 def jobs_router(runner: JobRunner) -> APIRouter:
     router = APIRouter(tags=["jobs"])
     store = runner.store
@@ -43,9 +48,8 @@ def jobs_router(runner: JobRunner) -> APIRouter:
         """Start a generation or an edit; follow it at `events_url` or poll `url`."""
         if media_type(request) != "application/json":
             raise UnsupportedMediaType("send application/json", param="body")
-        # The API key's slot (ApiKeyGuard): the job counts against it until it ends.
-        key = getattr(request.state, "api_key_slot", None)
-        record = await runner.submit(await read_json(request), key)
+        # The job counts against the API key until it ends, and only that key sees it.
+        record = await runner.submit(await read_json(request), api_key(request))
         return JSONResponse(record.snapshot(), status_code=202, headers={"Location": record.url})
 
     @router.get(
@@ -54,9 +58,9 @@ def jobs_router(runner: JobRunner) -> APIRouter:
         response_model_exclude_unset=True,
         responses=error_responses(*READ_ERRORS),
     )
-    async def get_job(job_id: str) -> JobResource:
+    async def get_job(job_id: str, request: Request) -> JobResource:
         """Status, progress, and the result (generations shape) or error when finished."""
-        return (await store.get(job_id)).resource()
+        return (await runner.get(job_id, api_key(request))).resource()
 
     @router.get(
         "/v1/jobs/{job_id}/events",
@@ -64,12 +68,12 @@ def jobs_router(runner: JobRunner) -> APIRouter:
         responses={**JOB_EVENTS_DOC, **error_responses(*READ_ERRORS, 429)},
     )
     async def job_events(
-        job_id: str, last_event_id: str | None = Header(default=None)
+        job_id: str, request: Request, last_event_id: str | None = Header(default=None)
     ) -> EventSourceResponse:
         """The job's events from the start, or after `Last-Event-ID` (a reconnect), on
         any gateway replica."""
         after = None if last_event_id is None else check_event_id(last_event_id)
-        await store.get(job_id)  # 404 (or 503) now, not inside the stream
+        await runner.get(job_id, api_key(request))  # 404 (or 503) now, not in the stream
 
         async def stream() -> AsyncIterator[ServerSentEvent]:
             async for event_id, event in store.events(job_id, after):
@@ -83,8 +87,8 @@ def jobs_router(runner: JobRunner) -> APIRouter:
         response_model_exclude_unset=True,
         responses=error_responses(*READ_ERRORS),
     )
-    async def cancel_job(job_id: str) -> JobResource:
+    async def cancel_job(job_id: str, request: Request) -> JobResource:
         """Cancel the job wherever it runs (no-op once finished); answers its state after."""
-        return (await runner.cancel(job_id)).resource()
+        return (await runner.cancel(job_id, api_key(request))).resource()
 
     return router

@@ -135,7 +135,8 @@ class RemoteStage:
             response = await replica.client.get("/readyz", timeout=self.settings.connect_timeout_s)
         except httpx.HTTPError as exc:
             replica.went_down()
-            return False, f"unreachable at {replica.url} ({exc.__class__.__name__})"
+            log.info("%s stage replica %s not ready: %r", self.label, replica.url, exc)
+            return False, f"unreachable ({exc.__class__.__name__})"
         replica.answered(response.headers)
         if response.status_code == 200:
             replica.ready_again()
@@ -264,7 +265,9 @@ class RemoteStage:
                 await response.aread()
         except (httpx.ConnectError, httpx.ConnectTimeout):
             replica.went_down()
-            error = UpstreamUnavailable(f"{self.label} stage at {replica.url} is unreachable")
+            log.warning("%s stage replica %s is unreachable", self.label, replica.url)
+            # Clients learn which stage, never its internal address (that is in the log).
+            error = UpstreamUnavailable(f"{self.label} stage is unreachable")
             raise _Retry("connect", error) from None
         except httpx.TimeoutException:
             raise self._timed_out(replica) from None
@@ -279,16 +282,17 @@ class RemoteStage:
 
     def _timed_out(self, replica: Replica) -> UpstreamTimeout:
         """Nothing for the read timeout: not retried (the work may still be running)."""
+        log.warning("%s stage replica %s timed out", self.label, replica.url)
         return UpstreamTimeout(
-            f"{self.label} stage at {replica.url} sent nothing for "
-            f"{self.settings.read_timeout_s:g}s"
+            f"{self.label} stage sent nothing for {self.settings.read_timeout_s:g}s"
         )
 
     def _died(self, replica: Replica, exc: Exception) -> _Retry:
         """The replica went away mid-call (reset, closed): another one runs it again."""
         replica.went_down()
+        log.warning("%s stage replica %s dropped the connection: %r", self.label, replica.url, exc)
         error = UpstreamUnavailable(
-            f"{self.label} stage at {replica.url} dropped the connection ({exc.__class__.__name__})"
+            f"{self.label} stage dropped the connection ({exc.__class__.__name__})"
         )
         return _Retry("died", error)
 

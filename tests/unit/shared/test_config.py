@@ -81,6 +81,24 @@ def test_production_refuses_unsafe_defaults(monkeypatch, tmp_path):
     assert "s3cret" not in repr(settings)
 
 
+def test_a_production_gateway_needs_api_keys_unless_anonymous_is_meant(monkeypatch, tmp_path):
+    monkeypatch.setenv("SDSERVE_ENVIRONMENT", "production")
+    monkeypatch.setenv("SDSERVE_WEIGHTS", str(tmp_path))
+    monkeypatch.setenv("SDSERVE_INTERNAL_TOKEN", "s3cret")
+    settings = load_settings()  # a stage needs no API keys
+    with pytest.raises(ConfigError, match=r"SDSERVE_API_KEYS.*SDSERVE_ALLOW_ANONYMOUS"):
+        settings.check_gateway()
+    load_settings(allow_anonymous=True).check_gateway()
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("# rotated monthly\nkey-one\nkey-two, key-three  # old\n\n")
+    with_file = load_settings(api_keys="key-zero", api_keys_file=keys_file)
+    with_file.check_gateway()
+    assert with_file.api_key_list() == ["key-zero", "key-one", "key-two", "key-three"]
+    missing = load_settings(api_keys_file=tmp_path / "absent")
+    with pytest.raises(ConfigError, match="SDSERVE_API_KEYS_FILE"):
+        missing.check_gateway()
+
+
 def test_weights_file_must_be_a_safe_format(tmp_path):
     pickle_file = tmp_path / "unet.ckpt"
     pickle_file.write_bytes(b"\x80\x04")

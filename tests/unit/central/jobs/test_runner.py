@@ -213,7 +213,7 @@ def test_a_failing_stage_fails_the_job_with_its_error(
     chain: Chain, memory_settings: SettingsFor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def down(*args: Any, **kwargs: Any) -> Any:
-        raise UpstreamUnavailable("decoder stage at http://decoder is unreachable")
+        raise UpstreamUnavailable("decoder stage is unreachable")
 
     monkeypatch.setattr(chain.stages["decoder"], "run", down)
 
@@ -227,7 +227,7 @@ def test_a_failing_stage_fails_the_job_with_its_error(
     assert snapshot["status"] == "failed"
     error = {
         "type": "upstream_unavailable",
-        "message": "decoder stage at http://decoder is unreachable",
+        "message": "decoder stage is unreachable",
     }
     assert events[-1].name == "error" and events[-1].data["error"] == error
     assert "result" not in snapshot and snapshot["error"] == error

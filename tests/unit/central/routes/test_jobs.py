@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
+from pydantic import SecretStr
 
 from central.app import create_central_app
 from central.jobs import JobRunner
@@ -188,3 +189,23 @@ def test_events_carry_ids_and_a_reconnect_resumes_after_last_event_id(chain: Cha
     assert resumed_ids == ids[2:]
     assert resumed[-1][0] == "done"
     assert bad.status_code == 422 and bad.json()["error"]["param"] == "Last-Event-ID"
+
+
+def test_a_job_is_seen_only_with_the_key_that_made_it(chain: Chain) -> None:
+    settings = SETTINGS.model_copy(update={"api_keys": SecretStr("key-one,key-two")})
+    one, two = ({"Authorization": f"Bearer {key}"} for key in ("key-one", "key-two"))
+
+    async def main() -> list[int]:
+        async with client_for(create_central_app(settings, chain)) as client:
+            job = await client.post("/v1/jobs", json={"prompt": "x", "steps": 2}, headers=one)
+            url = job.json()["url"]
+            return [
+                job.status_code,
+                (await client.get(url, headers=two)).status_code,
+                (await client.get(url + "/events", headers=two)).status_code,
+                (await client.delete(url, headers=two)).status_code,
+                (await client.get(url, headers=one)).status_code,
+                (await client.get(url)).status_code,
+            ]
+
+    assert asyncio.run(main()) == [202, 404, 404, 404, 200, 401]

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Security
+from fastapi.security import HTTPBearer
 
 from central.jobs import JobRunner, open_store
 from central.routes.images import images_router
@@ -109,9 +110,14 @@ def create_central_app(settings: Settings, chain: Chain | None = None) -> FastAP
     # anything else stops (the chain's clients), a memory store's jobs end cancelled.
     app.state.drain_hooks.append(jobs.drain_soon)
     app.router.on_shutdown.insert(0, jobs.aclose)
-    app.include_router(stages_router(catalog))
-    app.include_router(images_router(catalog, settings))
-    app.include_router(jobs_router(jobs))
+    # With API keys, the OpenAPI schema declares the bearer scheme on the routes that
+    # need it (ApiKeyGuard checks it, before any body is read).
+    bearer = HTTPBearer(auto_error=False, description="An API key (SDSERVE_API_KEYS).")
+    secured = [Security(bearer)]
+    guarded = secured if settings.api_key_list() else []
+    app.include_router(stages_router(catalog), dependencies=guarded)
+    app.include_router(images_router(catalog, settings), dependencies=guarded)
+    app.include_router(jobs_router(jobs), dependencies=guarded)
     register_web_page(app)
     return app
 

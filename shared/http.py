@@ -152,8 +152,9 @@ class ApiKeyGuard:
         if path in _OPEN_PATHS or path.startswith("/docs"):
             return False
         # GETs of the page and of /v1/info are harmless; everything that runs a model
-        # (POST) or reads someone's job does need a key.
-        return scope.get("method") != "GET" or path.startswith("/v1/jobs")
+        # (POST), reads someone's job, or shows the stages (internal addresses, weight
+        # paths, and a call to each) does need a key.
+        return scope.get("method") != "GET" or path.startswith(("/v1/jobs", "/v1/stages"))
 
     @staticmethod
     def _pool(scope: Scope) -> Pool | None:

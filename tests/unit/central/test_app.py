@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from central.app import create_central_app
 from central.schemas import GatewayInfo
@@ -112,3 +113,27 @@ def test_info_answers_in_its_declared_shape() -> None:
     GatewayInfo.model_validate(info)
     assert info["service"] == "central" and info["family"] == "tiny"
     assert info["sizes"] == ["64x64"] and info["limits"]["max_steps"] == 1000
+
+
+def test_with_api_keys_the_schema_declares_bearer_and_stages_need_a_key(
+    openapi: dict[str, Any],
+) -> None:
+    assert "securitySchemes" not in openapi.get("components", {})  # an open gateway
+    settings = SETTINGS.model_copy(update={"api_keys": SecretStr("key-one")})
+    app = create_central_app(settings)
+    guarded = app.openapi()
+    assert guarded["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    for method, path in PUBLIC:
+        assert guarded["paths"][path][method]["security"] == [{"HTTPBearer": []}]
+
+    async def main() -> list[int]:
+        async with client_for(app) as client:
+            key = {"Authorization": "Bearer key-one"}
+            return [
+                (await client.get("/v1/stages")).status_code,
+                (await client.get("/v1/stages", headers=key)).status_code,
+                (await client.get("/v1/models")).status_code,
+            ]
+
+    # Stages show internal addresses and call each stage: only with a key.
+    assert asyncio.run(main()) == [401, 200, 200]

@@ -144,6 +144,10 @@ class Settings(BaseSettings):
     # graph (development and test stacks that restart often).
     warm_up: bool = True
 
+    # Serve /metrics on this port of its own (same host) instead of the main one, so a
+    # network policy can open it to the scraper only. Unset: /metrics on the main port.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+
     # On SIGTERM: refuse new requests (503) and finish in-flight ones for this long.
     shutdown_grace_s: int = Field(default=30, ge=0, le=3600)
     # Idle keep-alive connections stay open this long. uvicorn's default (5 s) equals

@@ -22,7 +22,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -442,20 +442,27 @@ def create_app(
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestIdMiddleware)
 
-    @app.get(
-        "/metrics",
-        tags=["health"],
-        response_class=Response,
-        responses={
-            200: {
-                "description": "Prometheus text exposition format.",
-                "content": {"text/plain": {"schema": {"type": "string"}}},
-            }
-        },
-    )
-    async def prometheus_metrics() -> Response:
-        """Prometheus metrics: requests, latency, queue depth, batch sizes, model info."""
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    if settings.metrics_port is None:
+
+        @app.get(
+            "/metrics",
+            tags=["health"],
+            response_class=Response,
+            responses={
+                200: {
+                    "description": "Prometheus text exposition format.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        )
+        async def prometheus_metrics() -> Response:
+            """Prometheus metrics: requests, latency, queue depth, batch sizes, model info."""
+            return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    else:
+        # Metrics on a port of their own (reachable by the scraper, not the public):
+        # the main port has no /metrics then.
+        app.router.on_startup.append(lambda: _serve_metrics(app, settings))
 
     setup_tracing(service.name, app)
 
@@ -503,6 +510,15 @@ def create_app(
         )
 
     return app
+
+
+def _serve_metrics(app: FastAPI, settings: Settings) -> None:
+    assert settings.metrics_port is not None
+    server, _ = start_http_server(
+        settings.metrics_port, addr=settings.host, registry=app.state.metrics.registry
+    )
+    log.info("metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
+    app.router.on_shutdown.append(server.shutdown)
 
 
 async def _call(hook: Callable[[], Any]) -> None:

@@ -55,7 +55,9 @@ class LocalJob:
 
     record: JobRecord
     spec: JobSpec
-    outbox: deque[JobEvent] = field(default_factory=deque)
+    # Unwritten events, each with the record as it stood when it happened (the writer may
+    # lag the computation: a progress event must not save a finished state).
+    outbox: deque[tuple[JobEvent, JobRecord]] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     compute: asyncio.Task[None] | None = None
     writer: asyncio.Task[None] | None = None
@@ -66,10 +68,10 @@ class LocalJob:
         # Far behind (the store is slow or away): the latest progress or preview replaces
         # the unwritten ones of its kind; a subscriber needs where the job is, not each step.
         if event.name in ("progress", "preview") and len(self.outbox) >= OUTBOX_BACKLOG:
-            stale = [e for e in self.outbox if e.name == event.name]
+            stale = [entry for entry in self.outbox if entry[0].name == event.name]
             for old in stale:
                 self.outbox.remove(old)
-        self.outbox.append(event)
+        self.outbox.append((event, replace(self.record)))
         self.wake.set()
 
 
@@ -264,8 +266,8 @@ class JobRunner:
                     job.wake.clear()
                     await job.wake.wait()
                     continue
-                event = job.outbox.popleft()
-                if not await self._publish(job, event):
+                event, snapshot = job.outbox.popleft()
+                if not await self._publish(job, event, snapshot):
                     if job.leaving is None:
                         log.warning(
                             "job %s: another replica holds it now; stopping here", job.record.id
@@ -281,9 +283,8 @@ class JobRunner:
         finally:
             self.local.pop(job.record.id, None)
 
-    async def _publish(self, job: LocalJob, event: JobEvent) -> bool:
+    async def _publish(self, job: LocalJob, event: JobEvent, snapshot: JobRecord) -> bool:
         """One write, tried until the store takes it; False when the job is not ours."""
-        snapshot = replace(job.record)
         while True:
             try:
                 if event.terminal:
@@ -293,7 +294,7 @@ class JobRunner:
                 await asyncio.sleep(WRITE_RETRY_S)
                 if job.leaving is not None and not event.terminal:
                     return True  # moot: it stops here, and whoever takes it over restarts
-                if any(later.name == event.name for later in job.outbox):
+                if any(later.name == event.name for later, _ in job.outbox):
                     return True  # superseded by a later one of its kind
 
     def _leave(self, job: LocalJob, why: str) -> None:

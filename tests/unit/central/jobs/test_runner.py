@@ -22,6 +22,7 @@ from PIL import Image
 
 from central.jobs import JobRunner, open_store
 from central.jobs.records import JobEvent
+from central.jobs.store import MemoryJobStore
 from shared.config import Settings
 from shared.errors import UpstreamUnavailable
 from shared.pipeline.chain import Chain
@@ -328,3 +329,34 @@ def test_cancel_reaches_the_replica_running_the_job_or_ends_an_orphan(
     assert cancelled["status"] == "cancelled" and cancelled["progress"]["step"] >= 2
     assert ended["status"] == "cancelled"
     assert events[-1].name == "cancelled" and "restarted" not in [e.name for e in events]
+
+
+class SlowStore(MemoryJobStore):
+    """A store whose writes take a while, so the writer lags well behind the model."""
+
+    async def update(self, *args: Any) -> bool:
+        await asyncio.sleep(0.02)
+        return await super().update(*args)
+
+
+def test_a_writer_lagging_behind_the_model_still_writes_every_event_and_the_end(
+    chain: Chain, memory_settings: SettingsFor
+) -> None:
+    settings = memory_settings()
+
+    async def main() -> tuple[list[JobEvent], dict[str, Any]]:
+        store = SlowStore(max_jobs=4, ttl_s=60, lease_s=10)
+        runner = JobRunner(chain, settings, store)  # type: ignore[arg-type]
+        await runner.start()
+        try:
+            record = await runner.submit({**BODY, "steps": 20})
+            events = await asyncio.wait_for(collect(store, record.id), timeout=60)
+            return events, (await store.get(record.id)).snapshot()
+        finally:
+            await runner.aclose()
+
+    events, snapshot = asyncio.run(main())
+    assert [e.data["step"] for e in events if e.name == "progress"] == list(range(1, 21))
+    # Each write saved the state of its own step, not the finished one.
+    assert all(e.data["status"] == "running" for e in events if e.name == "progress")
+    assert events[-1].name == "done" and snapshot["status"] == "succeeded"

@@ -652,10 +652,41 @@ def test_compose_defines_the_four_parts(path: str, compose: dict[str, dict[str, 
         missing = settings - set(service["environment"])
         assert not missing, f"{part.name} does not pass through {sorted(missing)}"
         if part.name == "central":
-            assert [p["target"] for p in service["ports"]] == [part.port]
+            assert [_published(p)[2] for p in service["ports"]] == [part.port]
         else:
             assert "ports" not in service, "stages are reached over the compose network only"
             assert service["expose"] == [str(part.port)]
+
+
+def _published(port: str | dict[str, Any]) -> tuple[str | None, int, int]:
+    """(host address, host port, container port) of a rendered `ports` entry: docker-compose
+    1.29 writes `127.0.0.1:8000:8000/tcp` when there is an address, Compose v2 a mapping."""
+    if isinstance(port, dict):
+        return port.get("host_ip"), int(port["published"]), int(port["target"])
+    match = re.fullmatch(r"(?:(\[[^\]]+\]|[^:]+):)?(\d+):(\d+)(?:/tcp)?", port)
+    assert match, f"unexpected port {port!r}"
+    host = match.group(1)
+    return host.strip("[]") if host else None, int(match.group(2)), int(match.group(3))
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES)
+def test_compose_publishes_the_gateway_on_loopback_unless_told(
+    path: str, compose: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """127.0.0.1 by default (.env.example's and no env at all); SDSERVE_PUBLISH_HOST and
+    SDSERVE_PUBLISH_PORT move it."""
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    for config in (compose[path], _compose_config(path, str(empty))):
+        (port,) = config["services"]["central"]["ports"]
+        assert _published(port) == ("127.0.0.1", 8000, 8000)
+    public = tmp_path / "public.env"
+    public.write_text("SDSERVE_PUBLISH_HOST=0.0.0.0\nSDSERVE_PUBLISH_PORT=8080\n")
+    (port,) = _compose_config(path, str(public))["services"]["central"]["ports"]
+    assert _published(port) == ("0.0.0.0", 8080, 8000)
+    assert _published("8000:8000") == (None, 8000, 8000)  # the parser's own check
+    header = (ROOT / path).read_text(encoding="utf-8").split("\nx-sdserve-env")[0]
+    assert "SDSERVE_PUBLISH_HOST" in header, f"{path}'s header says how to publish beyond loopback"
 
 
 @pytest.mark.parametrize("path", COMPOSE_FILES)

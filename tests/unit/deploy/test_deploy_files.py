@@ -121,6 +121,13 @@ K8S_JOB_STORE = "redis://sdserve-redis:6379/0"
 JOB_STORE_SECRET = "sdserve-job-store"
 REDIS_PORT = 6379
 
+# Who reaches which pod (base/network-policies.yaml and each part's policy): the stages
+# and Redis only central's pods; the parts' http ports also Prometheus, in the namespace
+# of prometheus-adapter/values.yaml's Prometheus URL, by its pods' label.
+METRICS_NAMESPACE = "monitoring"
+METRICS_POD_LABELS = {"app.kubernetes.io/name": "prometheus"}
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
 # Settings that the deployment files set themselves rather than pass through.
 NOT_PASSED_THROUGH = {
     "host",
@@ -1165,6 +1172,127 @@ def test_only_central_reaches_redis(path: str, manifests: dict[str, list[dict[st
     assert [p["port"] for p in rule["ports"]] == ["redis"]
 
 
+def _matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a label selector (matchLabels and matchExpressions) selects these labels."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values")
+        present = key in labels
+        ok = {
+            "In": present and labels.get(key) in (values or []),
+            "NotIn": not present or labels.get(key) not in (values or []),
+            "Exists": present,
+            "DoesNotExist": not present,
+        }[operator]
+        if not ok:
+            return False
+    return True
+
+
+def _workloads(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every Deployment and StatefulSet: the pods of the namespace."""
+    return {**kinds(docs, "Deployment"), **kinds(docs, "StatefulSet")}
+
+
+def _peer(peer: dict[str, Any], docs: list[dict[str, Any]]) -> str:
+    """What a NetworkPolicy `from` entry admits: central's pods, or Prometheus'."""
+    if "ipBlock" in peer:
+        return f"ipBlock {peer['ipBlock']}"
+    if "namespaceSelector" not in peer:
+        pods = [
+            name
+            for name, w in _workloads(docs).items()
+            if _matches(peer["podSelector"], w["spec"]["template"]["metadata"]["labels"])
+        ]
+        return "central" if pods == ["sdserve-central"] else f"pods {pods}"
+    if peer == {
+        "namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: METRICS_NAMESPACE}},
+        "podSelector": {"matchLabels": METRICS_POD_LABELS},
+    }:
+        return "prometheus"
+    return f"peer {peer}"
+
+
+def admitted(docs: list[dict[str, Any]], workload: dict[str, Any]) -> set[tuple[str, int]]:
+    """(peer, port) pairs the NetworkPolicies let in to this workload's pods; `anyone` for
+    a rule without `from`. A named port the pod lacks opens nothing."""
+    template = workload["spec"]["template"]
+    labels = template["metadata"]["labels"]
+    containers = template["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for c in containers for p in c["ports"]}
+    selecting = [
+        p["spec"]
+        for p in kinds(docs, "NetworkPolicy").values()
+        if _matches(p["spec"]["podSelector"], labels)
+    ]
+    assert any("Ingress" in p["policyTypes"] for p in selecting), "isolated for ingress"
+    result = set()
+    for policy in selecting:
+        for rule in policy.get("ingress", []):
+            peers = [_peer(peer, docs) for peer in rule.get("from", [])] or ["anyone"]
+            assert rule.get("ports"), f"a rule without ports opens every port: {rule}"
+            for port in rule["ports"]:
+                assert port.get("protocol", "TCP") == "TCP" and "endPort" not in port
+                number = ports.get(port["port"]) if isinstance(port["port"], str) else port["port"]
+                if number is not None:
+                    result.update((peer, number) for peer in peers)
+    return result
+
+
+@pytest.mark.parametrize("path", [*RENDERINGS, GPU_EXTERNAL_REDIS])
+def test_network_policies_admit_only_who_each_part_needs(
+    path: str, manifests: dict[str, list[dict[str, Any]]]
+) -> None:
+    """Every stage (a second model's pool too): central and Prometheus on its http port.
+    Redis: central on 6379. Central: anyone on 8000. Anything else: nothing."""
+    docs = manifests[path]
+    policies = kinds(docs, "NetworkPolicy")
+    deny = policies["sdserve-default-deny"]["spec"]
+    assert deny == {"podSelector": {}, "policyTypes": ["Ingress"]}, "nothing unless allowed"
+    ports = {p.name: p.port for p in PARTS}
+    workloads = _workloads(docs)
+    for name, workload in workloads.items():
+        port = _port_number(workload, "http") if name != K8S_REDIS else REDIS_PORT
+        if name == "sdserve-central":
+            expected = {("anyone", port), ("prometheus", port)}
+        elif name == K8S_REDIS:
+            expected = {("central", REDIS_PORT)}
+        else:
+            assert port == ports[name.removeprefix("sdserve-").removesuffix("-alt")], name
+            expected = {("central", port), ("prometheus", port)}
+        assert admitted(docs, workload) == expected, name
+    stages = {n for n in workloads if n not in ("sdserve-central", K8S_REDIS)}
+    assert stages >= {f"sdserve-{s.name}" for s in STAGES}
+    # Each stage's own policy is named after it (kustomize renames a second model's).
+    assert stages <= set(policies)
+    # The scraper is the Prometheus the adapter reads from (its Service's namespace).
+    adapter = yaml.safe_load(
+        (ROOT / "deploy/k8s/prometheus-adapter/values.yaml").read_text(encoding="utf-8")
+    )
+    host = str(urlsplit(adapter["prometheus"]["url"]).hostname)
+    assert host.split(".")[1] == METRICS_NAMESPACE, "the policy admits the adapter's Prometheus"
+    # The PodMonitor scrapes the port the policy opens.
+    monitor = yaml.safe_load(
+        (ROOT / "deploy/k8s/prometheus-adapter/podmonitor.yaml").read_text(encoding="utf-8")
+    )
+    assert [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]] == ["http"]
+
+
+def test_network_policy_checks_are_live(manifests: dict[str, list[dict[str, Any]]]) -> None:
+    """admitted() sees an allow-all rule, a peer that is not central, and a missing policy."""
+    docs = json.loads(json.dumps(manifests["deploy/k8s/overlays/gpu"]))
+    diffusion = kinds(docs, "Deployment")["sdserve-diffusion"]
+    policy = kinds(docs, "NetworkPolicy")["sdserve-diffusion"]["spec"]
+    policy["ingress"][0]["from"][0]["podSelector"] = {}  # every pod of the namespace
+    assert (f"pods {list(_workloads(docs))}", 8002) in admitted(docs, diffusion)
+    del policy["ingress"][0]["from"]
+    assert ("anyone", 8002) in admitted(docs, diffusion)
+    docs = [d for d in docs if d["kind"] != "NetworkPolicy"]
+    with pytest.raises(AssertionError, match="isolated"):
+        admitted(docs, diffusion)
+
+
 def _secret_value(docs: list[dict[str, Any]], ref: dict[str, str]) -> str:
     secret = kinds(docs, "Secret")[ref["name"]]
     return base64.b64decode(secret["data"][ref["key"]]).decode()
@@ -1201,7 +1329,7 @@ def test_an_external_redis_replaces_the_bundled_one(
     docs = manifests[GPU_EXTERNAL_REDIS]
     assert not kinds(docs, "StatefulSet")
     assert K8S_REDIS not in kinds(docs, "Service")
-    assert not kinds(docs, "NetworkPolicy")
+    assert K8S_REDIS not in kinds(docs, "NetworkPolicy")
     central = kinds(docs, "Deployment")["sdserve-central"]
     env = {e["name"]: e for e in container(central)["env"]}
     ref = env[JOB_STORE_ENV]["valueFrom"]["secretKeyRef"]

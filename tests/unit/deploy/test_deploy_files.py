@@ -1293,6 +1293,94 @@ def test_network_policy_checks_are_live(manifests: dict[str, list[dict[str, Any]
         admitted(docs, diffusion)
 
 
+# The `restricted` Pod Security Standard's volume types
+# (kubernetes.io/docs/concepts/security/pod-security-standards).
+RESTRICTED_VOLUME_TYPES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+
+
+def restricted_violations(pod: dict[str, Any]) -> list[str]:
+    """What in a pod spec the `restricted` Pod Security Standard refuses (the fields this
+    project could set; host namespaces, privileges, capabilities, seccomp, volumes)."""
+    found = []
+    pod_security = pod.get("securityContext", {})
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(field):
+            found.append(field)
+    if pod_security.get("sysctls"):
+        found.append("sysctls")
+    for volume in pod.get("volumes", []):
+        kinds_ = set(volume) - {"name"}
+        if not kinds_ <= RESTRICTED_VOLUME_TYPES:
+            found.append(f"volume {volume['name']}: {sorted(kinds_)}")
+    containers = pod["containers"] + pod.get("initContainers", [])
+    pod_seccomp = pod_security.get("seccompProfile", {}).get("type")
+    for c in containers:
+        security = c.get("securityContext", {})
+        name = c["name"]
+        if security.get("privileged"):
+            found.append(f"{name}: privileged")
+        if security.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{name}: allowPrivilegeEscalation not false")
+        if security.get("runAsNonRoot", pod_security.get("runAsNonRoot")) is not True:
+            found.append(f"{name}: runAsNonRoot not true")
+        if security.get("runAsUser", pod_security.get("runAsUser")) == 0:
+            found.append(f"{name}: runAsUser 0")
+        if security.get("seccompProfile", {}).get("type", pod_seccomp) not in (
+            "RuntimeDefault",
+            "Localhost",
+        ):
+            found.append(f"{name}: seccompProfile not RuntimeDefault")
+        capabilities = security.get("capabilities", {})
+        if "ALL" not in capabilities.get("drop", []):
+            found.append(f"{name}: capabilities not dropped")
+        if not set(capabilities.get("add", [])) <= {"NET_BIND_SERVICE"}:
+            found.append(f"{name}: capabilities added")
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            found.append(f"{name}: hostPort")
+    return found
+
+
+@pytest.mark.parametrize("path", [*RENDERINGS, GPU_EXTERNAL_REDIS, "deploy/k8s/base"])
+def test_every_pod_meets_the_restricted_pod_security_standard(
+    path: str, manifests: dict[str, list[dict[str, Any]]]
+) -> None:
+    """The namespace enforces `restricted`, so a pod that does not meet it never starts."""
+    docs = manifests[path]
+    (namespace,) = kinds(docs, "Namespace").values()
+    labels = namespace["metadata"]["labels"]
+    for mode in ("enforce", "warn", "audit"):
+        assert labels[f"pod-security.kubernetes.io/{mode}"] == "restricted", mode
+    oldest = "v" + ".".join(K8S_VERSIONS[0].split(".")[:2])
+    assert labels["pod-security.kubernetes.io/enforce-version"] in (oldest, "latest")
+    workloads = _workloads(docs)
+    assert workloads
+    for name, workload in workloads.items():
+        assert workload["metadata"]["namespace"] == namespace["metadata"]["name"], name
+        assert restricted_violations(workload["spec"]["template"]["spec"]) == [], name
+
+
+def test_restricted_check_is_live(manifests: dict[str, list[dict[str, Any]]]) -> None:
+    pod = json.loads(json.dumps(kinds(manifests["deploy/k8s/overlays/gpu"], "Deployment")))
+    spec = pod["sdserve-diffusion"]["spec"]["template"]["spec"]
+    del spec["securityContext"]["seccompProfile"]
+    spec["containers"][0]["securityContext"]["capabilities"]["add"] = ["SYS_ADMIN"]
+    spec["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
+    assert restricted_violations(spec) == [
+        "volume host: ['hostPath']",
+        "diffusion: seccompProfile not RuntimeDefault",
+        "diffusion: capabilities added",
+    ]
+
+
 def _secret_value(docs: list[dict[str, Any]], ref: dict[str, str]) -> str:
     secret = kinds(docs, "Secret")[ref["name"]]
     return base64.b64decode(secret["data"][ref["key"]]).decode()

@@ -1381,6 +1381,99 @@ def test_restricted_check_is_live(manifests: dict[str, list[dict[str, Any]]]) ->
     ]
 
 
+def _secret_ref(deployment: dict[str, Any], env_name: str) -> tuple[str, str] | None:
+    """The (Secret, key) an environment variable comes from; None when it is not set.
+    Never a literal value."""
+    entries = [e for e in container(deployment).get("env", []) if e["name"] == env_name]
+    if not entries:
+        return None
+    (entry,) = entries
+    assert "value" not in entry, f"{env_name} is written in the manifest"
+    ref = entry["valueFrom"]["secretKeyRef"]
+    assert not ref.get("optional", False), f"{env_name}: a missing Secret must stop the pod"
+    return ref["name"], ref["key"]
+
+
+@pytest.mark.parametrize("path", RENDERINGS)
+def test_api_keys_and_the_internal_token_come_from_secrets(
+    path: str, manifests: dict[str, list[dict[str, Any]]]
+) -> None:
+    """Central and every stage read the one token (the same Secret key); central alone
+    reads the API keys; neither is in the ConfigMap."""
+    docs = manifests[path]
+    deployments = kinds(docs, "Deployment")
+    tokens = {name: _secret_ref(d, "SDSERVE_INTERNAL_TOKEN") for name, d in deployments.items()}
+    assert None not in tokens.values(), tokens
+    assert len(set(tokens.values())) == 1, f"central and the stages must share one token: {tokens}"
+    (token,) = set(tokens.values())
+    assert token is not None and token[0].startswith("sdserve-internal-token")
+    keys = {name: _secret_ref(d, "SDSERVE_API_KEYS") for name, d in deployments.items()}
+    assert keys.pop("sdserve-central") is not None
+    assert set(keys.values()) == {None}, "the stages check the token, not API keys"
+    data = settings_configmap(docs)["data"]
+    assert not {"SDSERVE_INTERNAL_TOKEN", "SDSERVE_API_KEYS"} & set(data)
+    secrets = kinds(docs, "Secret")
+    central_keys = _secret_ref(deployments["sdserve-central"], "SDSERVE_API_KEYS")
+    assert central_keys is not None
+    if path == "deploy/k8s/overlays/cpu-demo":
+        # Generated demo values, labelled as such.
+        for name, key in (token, central_keys):
+            value = base64.b64decode(secrets[name]["data"][key]).decode()
+            assert "not-a-secret" in value, name
+    else:
+        # Created by the operator as docs/deploy.md shows; never rendered from the repo.
+        assert token[0] not in secrets and central_keys[0] not in secrets
+        docs_text = (ROOT / "docs/deploy.md").read_text(encoding="utf-8")
+        for name, key in (token, central_keys):
+            assert f"create secret generic {name}" in docs_text, name
+            assert f"--from-literal={key}=" in docs_text, name
+
+
+def _nginx_size_bytes(size: str) -> int:
+    """An nginx size (64m, 1024k, 1g) in bytes."""
+    match = re.fullmatch(r"(\d+)([kKmMgG]?)", size)
+    assert match, f"unexpected nginx size {size!r}"
+    return int(match.group(1)) * {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}[match.group(2).lower()]
+
+
+@pytest.mark.parametrize("path", [*GPU_RENDERINGS, GPU_EXTERNAL_REDIS])
+def test_ingress_serves_the_gateway_over_tls_with_event_streams_unbuffered(
+    path: str, manifests: dict[str, list[dict[str, Any]]]
+) -> None:
+    from central.routes.jobs import SSE_PING_S
+    from shared.config import Settings
+
+    docs = manifests[path]
+    (ingress,) = kinds(docs, "Ingress").values()
+    spec = ingress["spec"]
+    assert spec["ingressClassName"], "a class, to edit for the cluster"
+    assert "defaultBackend" not in spec
+    (tls,) = spec["tls"]
+    assert tls["secretName"]
+    service = kinds(docs, "Service")["sdserve-central"]
+    for rule in spec["rules"]:
+        assert rule["host"] in tls["hosts"], "the certificate covers every host"
+        for http_path in rule["http"]["paths"]:
+            backend = http_path["backend"]["service"]
+            assert backend["name"] == "sdserve-central", "the gateway only, never a stage"
+            assert backend["port"]["name"] in [p["name"] for p in service["spec"]["ports"]]
+    annotations = ingress["metadata"]["annotations"]
+    nginx = "nginx.ingress.kubernetes.io/"
+    assert annotations[f"{nginx}proxy-buffering"] == "off", "SSE event by event"
+    settings = Settings.model_fields
+    for timeout in ("proxy-read-timeout", "proxy-send-timeout"):
+        seconds = int(annotations[f"{nginx}{timeout}"])
+        assert seconds > SSE_PING_S, timeout
+        assert seconds >= 3 * float(settings["read_timeout_s"].default), f"{timeout}: 3 stages"
+    body = _nginx_size_bytes(annotations[f"{nginx}proxy-body-size"])
+    assert body >= int(settings["max_body_bytes"].default), "the gateway's own body cap"
+    # cert-manager is a documented option in the file, not switched on.
+    text = (ROOT / "deploy/k8s/overlays/gpu/ingress.yaml").read_text(encoding="utf-8")
+    assert re.search(r"^\s*# cert-manager\.io/cluster-issuer: \S+", text, re.MULTILINE)
+    assert "cert-manager.io/cluster-issuer" not in annotations
+    assert not kinds(manifests["deploy/k8s/overlays/cpu-demo"], "Ingress"), "port-forward there"
+
+
 def _secret_value(docs: list[dict[str, Any]], ref: dict[str, str]) -> str:
     secret = kinds(docs, "Secret")[ref["name"]]
     return base64.b64decode(secret["data"][ref["key"]]).decode()

@@ -121,6 +121,13 @@ K8S_JOB_STORE = "redis://sdserve-redis:6379/0"
 JOB_STORE_SECRET = "sdserve-job-store"
 REDIS_PORT = 6379
 
+# Who reaches which pod (base/network-policies.yaml and each part's policy): the stages
+# and Redis only central's pods; the parts' http ports also Prometheus, in the namespace
+# of prometheus-adapter/values.yaml's Prometheus URL, by its pods' label.
+METRICS_NAMESPACE = "monitoring"
+METRICS_POD_LABELS = {"app.kubernetes.io/name": "prometheus"}
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
 # Settings that the deployment files set themselves rather than pass through.
 NOT_PASSED_THROUGH = {
     "host",
@@ -652,10 +659,41 @@ def test_compose_defines_the_four_parts(path: str, compose: dict[str, dict[str, 
         missing = settings - set(service["environment"])
         assert not missing, f"{part.name} does not pass through {sorted(missing)}"
         if part.name == "central":
-            assert [p["target"] for p in service["ports"]] == [part.port]
+            assert [_published(p)[2] for p in service["ports"]] == [part.port]
         else:
             assert "ports" not in service, "stages are reached over the compose network only"
             assert service["expose"] == [str(part.port)]
+
+
+def _published(port: str | dict[str, Any]) -> tuple[str | None, int, int]:
+    """(host address, host port, container port) of a rendered `ports` entry: docker-compose
+    1.29 writes `127.0.0.1:8000:8000/tcp` when there is an address, Compose v2 a mapping."""
+    if isinstance(port, dict):
+        return port.get("host_ip"), int(port["published"]), int(port["target"])
+    match = re.fullmatch(r"(?:(\[[^\]]+\]|[^:]+):)?(\d+):(\d+)(?:/tcp)?", port)
+    assert match, f"unexpected port {port!r}"
+    host = match.group(1)
+    return host.strip("[]") if host else None, int(match.group(2)), int(match.group(3))
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES)
+def test_compose_publishes_the_gateway_on_loopback_unless_told(
+    path: str, compose: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """127.0.0.1 by default (.env.example's and no env at all); SDSERVE_PUBLISH_HOST and
+    SDSERVE_PUBLISH_PORT move it."""
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    for config in (compose[path], _compose_config(path, str(empty))):
+        (port,) = config["services"]["central"]["ports"]
+        assert _published(port) == ("127.0.0.1", 8000, 8000)
+    public = tmp_path / "public.env"
+    public.write_text("SDSERVE_PUBLISH_HOST=0.0.0.0\nSDSERVE_PUBLISH_PORT=8080\n")
+    (port,) = _compose_config(path, str(public))["services"]["central"]["ports"]
+    assert _published(port) == ("0.0.0.0", 8080, 8000)
+    assert _published("8000:8000") == (None, 8000, 8000)  # the parser's own check
+    header = (ROOT / path).read_text(encoding="utf-8").split("\nx-sdserve-env")[0]
+    assert "SDSERVE_PUBLISH_HOST" in header, f"{path}'s header says how to publish beyond loopback"
 
 
 @pytest.mark.parametrize("path", COMPOSE_FILES)
@@ -1134,6 +1172,308 @@ def test_only_central_reaches_redis(path: str, manifests: dict[str, list[dict[st
     assert [p["port"] for p in rule["ports"]] == ["redis"]
 
 
+def _matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a label selector (matchLabels and matchExpressions) selects these labels."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values")
+        present = key in labels
+        ok = {
+            "In": present and labels.get(key) in (values or []),
+            "NotIn": not present or labels.get(key) not in (values or []),
+            "Exists": present,
+            "DoesNotExist": not present,
+        }[operator]
+        if not ok:
+            return False
+    return True
+
+
+def _workloads(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every Deployment and StatefulSet: the pods of the namespace."""
+    return {**kinds(docs, "Deployment"), **kinds(docs, "StatefulSet")}
+
+
+def _peer(peer: dict[str, Any], docs: list[dict[str, Any]]) -> str:
+    """What a NetworkPolicy `from` entry admits: central's pods, or Prometheus'."""
+    if "ipBlock" in peer:
+        return f"ipBlock {peer['ipBlock']}"
+    if "namespaceSelector" not in peer:
+        pods = [
+            name
+            for name, w in _workloads(docs).items()
+            if _matches(peer["podSelector"], w["spec"]["template"]["metadata"]["labels"])
+        ]
+        return "central" if pods == ["sdserve-central"] else f"pods {pods}"
+    if peer == {
+        "namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: METRICS_NAMESPACE}},
+        "podSelector": {"matchLabels": METRICS_POD_LABELS},
+    }:
+        return "prometheus"
+    return f"peer {peer}"
+
+
+def admitted(docs: list[dict[str, Any]], workload: dict[str, Any]) -> set[tuple[str, int]]:
+    """(peer, port) pairs the NetworkPolicies let in to this workload's pods; `anyone` for
+    a rule without `from`. A named port the pod lacks opens nothing."""
+    template = workload["spec"]["template"]
+    labels = template["metadata"]["labels"]
+    containers = template["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for c in containers for p in c["ports"]}
+    selecting = [
+        p["spec"]
+        for p in kinds(docs, "NetworkPolicy").values()
+        if _matches(p["spec"]["podSelector"], labels)
+    ]
+    assert any("Ingress" in p["policyTypes"] for p in selecting), "isolated for ingress"
+    result = set()
+    for policy in selecting:
+        for rule in policy.get("ingress", []):
+            peers = [_peer(peer, docs) for peer in rule.get("from", [])] or ["anyone"]
+            assert rule.get("ports"), f"a rule without ports opens every port: {rule}"
+            for port in rule["ports"]:
+                assert port.get("protocol", "TCP") == "TCP" and "endPort" not in port
+                number = ports.get(port["port"]) if isinstance(port["port"], str) else port["port"]
+                if number is not None:
+                    result.update((peer, number) for peer in peers)
+    return result
+
+
+@pytest.mark.parametrize("path", [*RENDERINGS, GPU_EXTERNAL_REDIS])
+def test_network_policies_admit_only_who_each_part_needs(
+    path: str, manifests: dict[str, list[dict[str, Any]]]
+) -> None:
+    """Every stage (a second model's pool too): central and Prometheus on its http port.
+    Redis: central on 6379. Central: anyone on 8000. Anything else: nothing."""
+    docs = manifests[path]
+    policies = kinds(docs, "NetworkPolicy")
+    deny = policies["sdserve-default-deny"]["spec"]
+    assert deny == {"podSelector": {}, "policyTypes": ["Ingress"]}, "nothing unless allowed"
+    ports = {p.name: p.port for p in PARTS}
+    workloads = _workloads(docs)
+    for name, workload in workloads.items():
+        port = _port_number(workload, "http") if name != K8S_REDIS else REDIS_PORT
+        if name == "sdserve-central":
+            expected = {("anyone", port), ("prometheus", port)}
+        elif name == K8S_REDIS:
+            expected = {("central", REDIS_PORT)}
+        else:
+            assert port == ports[name.removeprefix("sdserve-").removesuffix("-alt")], name
+            expected = {("central", port), ("prometheus", port)}
+        assert admitted(docs, workload) == expected, name
+    stages = {n for n in workloads if n not in ("sdserve-central", K8S_REDIS)}
+    assert stages >= {f"sdserve-{s.name}" for s in STAGES}
+    # Each stage's own policy is named after it (kustomize renames a second model's).
+    assert stages <= set(policies)
+    # The scraper is the Prometheus the adapter reads from (its Service's namespace).
+    adapter = yaml.safe_load(
+        (ROOT / "deploy/k8s/prometheus-adapter/values.yaml").read_text(encoding="utf-8")
+    )
+    host = str(urlsplit(adapter["prometheus"]["url"]).hostname)
+    assert host.split(".")[1] == METRICS_NAMESPACE, "the policy admits the adapter's Prometheus"
+    # The PodMonitor scrapes the port the policy opens.
+    monitor = yaml.safe_load(
+        (ROOT / "deploy/k8s/prometheus-adapter/podmonitor.yaml").read_text(encoding="utf-8")
+    )
+    assert [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]] == ["http"]
+
+
+def test_network_policy_checks_are_live(manifests: dict[str, list[dict[str, Any]]]) -> None:
+    """admitted() sees an allow-all rule, a peer that is not central, and a missing policy."""
+    docs = json.loads(json.dumps(manifests["deploy/k8s/overlays/gpu"]))
+    diffusion = kinds(docs, "Deployment")["sdserve-diffusion"]
+    policy = kinds(docs, "NetworkPolicy")["sdserve-diffusion"]["spec"]
+    policy["ingress"][0]["from"][0]["podSelector"] = {}  # every pod of the namespace
+    assert (f"pods {list(_workloads(docs))}", 8002) in admitted(docs, diffusion)
+    del policy["ingress"][0]["from"]
+    assert ("anyone", 8002) in admitted(docs, diffusion)
+    docs = [d for d in docs if d["kind"] != "NetworkPolicy"]
+    with pytest.raises(AssertionError, match="isolated"):
+        admitted(docs, diffusion)
+
+
+# The `restricted` Pod Security Standard's volume types
+# (kubernetes.io/docs/concepts/security/pod-security-standards).
+RESTRICTED_VOLUME_TYPES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+
+
+def restricted_violations(pod: dict[str, Any]) -> list[str]:
+    """What in a pod spec the `restricted` Pod Security Standard refuses (the fields this
+    project could set; host namespaces, privileges, capabilities, seccomp, volumes)."""
+    found = []
+    pod_security = pod.get("securityContext", {})
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(field):
+            found.append(field)
+    if pod_security.get("sysctls"):
+        found.append("sysctls")
+    for volume in pod.get("volumes", []):
+        kinds_ = set(volume) - {"name"}
+        if not kinds_ <= RESTRICTED_VOLUME_TYPES:
+            found.append(f"volume {volume['name']}: {sorted(kinds_)}")
+    containers = pod["containers"] + pod.get("initContainers", [])
+    pod_seccomp = pod_security.get("seccompProfile", {}).get("type")
+    for c in containers:
+        security = c.get("securityContext", {})
+        name = c["name"]
+        if security.get("privileged"):
+            found.append(f"{name}: privileged")
+        if security.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{name}: allowPrivilegeEscalation not false")
+        if security.get("runAsNonRoot", pod_security.get("runAsNonRoot")) is not True:
+            found.append(f"{name}: runAsNonRoot not true")
+        if security.get("runAsUser", pod_security.get("runAsUser")) == 0:
+            found.append(f"{name}: runAsUser 0")
+        if security.get("seccompProfile", {}).get("type", pod_seccomp) not in (
+            "RuntimeDefault",
+            "Localhost",
+        ):
+            found.append(f"{name}: seccompProfile not RuntimeDefault")
+        capabilities = security.get("capabilities", {})
+        if "ALL" not in capabilities.get("drop", []):
+            found.append(f"{name}: capabilities not dropped")
+        if not set(capabilities.get("add", [])) <= {"NET_BIND_SERVICE"}:
+            found.append(f"{name}: capabilities added")
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            found.append(f"{name}: hostPort")
+    return found
+
+
+@pytest.mark.parametrize("path", [*RENDERINGS, GPU_EXTERNAL_REDIS, "deploy/k8s/base"])
+def test_every_pod_meets_the_restricted_pod_security_standard(
+    path: str, manifests: dict[str, list[dict[str, Any]]]
+) -> None:
+    """The namespace enforces `restricted`, so a pod that does not meet it never starts."""
+    docs = manifests[path]
+    (namespace,) = kinds(docs, "Namespace").values()
+    labels = namespace["metadata"]["labels"]
+    for mode in ("enforce", "warn", "audit"):
+        assert labels[f"pod-security.kubernetes.io/{mode}"] == "restricted", mode
+    oldest = "v" + ".".join(K8S_VERSIONS[0].split(".")[:2])
+    assert labels["pod-security.kubernetes.io/enforce-version"] in (oldest, "latest")
+    workloads = _workloads(docs)
+    assert workloads
+    for name, workload in workloads.items():
+        assert workload["metadata"]["namespace"] == namespace["metadata"]["name"], name
+        assert restricted_violations(workload["spec"]["template"]["spec"]) == [], name
+
+
+def test_restricted_check_is_live(manifests: dict[str, list[dict[str, Any]]]) -> None:
+    pod = json.loads(json.dumps(kinds(manifests["deploy/k8s/overlays/gpu"], "Deployment")))
+    spec = pod["sdserve-diffusion"]["spec"]["template"]["spec"]
+    del spec["securityContext"]["seccompProfile"]
+    spec["containers"][0]["securityContext"]["capabilities"]["add"] = ["SYS_ADMIN"]
+    spec["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
+    assert restricted_violations(spec) == [
+        "volume host: ['hostPath']",
+        "diffusion: seccompProfile not RuntimeDefault",
+        "diffusion: capabilities added",
+    ]
+
+
+def _secret_ref(deployment: dict[str, Any], env_name: str) -> tuple[str, str] | None:
+    """The (Secret, key) an environment variable comes from; None when it is not set.
+    Never a literal value."""
+    entries = [e for e in container(deployment).get("env", []) if e["name"] == env_name]
+    if not entries:
+        return None
+    (entry,) = entries
+    assert "value" not in entry, f"{env_name} is written in the manifest"
+    ref = entry["valueFrom"]["secretKeyRef"]
+    assert not ref.get("optional", False), f"{env_name}: a missing Secret must stop the pod"
+    return ref["name"], ref["key"]
+
+
+@pytest.mark.parametrize("path", RENDERINGS)
+def test_api_keys_and_the_internal_token_come_from_secrets(
+    path: str, manifests: dict[str, list[dict[str, Any]]]
+) -> None:
+    """Central and every stage read the one token (the same Secret key); central alone
+    reads the API keys; neither is in the ConfigMap."""
+    docs = manifests[path]
+    deployments = kinds(docs, "Deployment")
+    tokens = {name: _secret_ref(d, "SDSERVE_INTERNAL_TOKEN") for name, d in deployments.items()}
+    assert None not in tokens.values(), tokens
+    assert len(set(tokens.values())) == 1, f"central and the stages must share one token: {tokens}"
+    (token,) = set(tokens.values())
+    assert token is not None and token[0].startswith("sdserve-internal-token")
+    keys = {name: _secret_ref(d, "SDSERVE_API_KEYS") for name, d in deployments.items()}
+    assert keys.pop("sdserve-central") is not None
+    assert set(keys.values()) == {None}, "the stages check the token, not API keys"
+    data = settings_configmap(docs)["data"]
+    assert not {"SDSERVE_INTERNAL_TOKEN", "SDSERVE_API_KEYS"} & set(data)
+    secrets = kinds(docs, "Secret")
+    central_keys = _secret_ref(deployments["sdserve-central"], "SDSERVE_API_KEYS")
+    assert central_keys is not None
+    if path == "deploy/k8s/overlays/cpu-demo":
+        # Generated demo values, labelled as such.
+        for name, key in (token, central_keys):
+            value = base64.b64decode(secrets[name]["data"][key]).decode()
+            assert "not-a-secret" in value, name
+    else:
+        # Created by the operator as docs/deploy.md shows; never rendered from the repo.
+        assert token[0] not in secrets and central_keys[0] not in secrets
+        docs_text = (ROOT / "docs/deploy.md").read_text(encoding="utf-8")
+        for name, key in (token, central_keys):
+            assert f"create secret generic {name}" in docs_text, name
+            assert f"--from-literal={key}=" in docs_text, name
+
+
+def _nginx_size_bytes(size: str) -> int:
+    """An nginx size (64m, 1024k, 1g) in bytes."""
+    match = re.fullmatch(r"(\d+)([kKmMgG]?)", size)
+    assert match, f"unexpected nginx size {size!r}"
+    return int(match.group(1)) * {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}[match.group(2).lower()]
+
+
+@pytest.mark.parametrize("path", [*GPU_RENDERINGS, GPU_EXTERNAL_REDIS])
+def test_ingress_serves_the_gateway_over_tls_with_event_streams_unbuffered(
+    path: str, manifests: dict[str, list[dict[str, Any]]]
+) -> None:
+    from central.routes.jobs import SSE_PING_S
+    from shared.config import Settings
+
+    docs = manifests[path]
+    (ingress,) = kinds(docs, "Ingress").values()
+    spec = ingress["spec"]
+    assert spec["ingressClassName"], "a class, to edit for the cluster"
+    assert "defaultBackend" not in spec
+    (tls,) = spec["tls"]
+    assert tls["secretName"]
+    service = kinds(docs, "Service")["sdserve-central"]
+    for rule in spec["rules"]:
+        assert rule["host"] in tls["hosts"], "the certificate covers every host"
+        for http_path in rule["http"]["paths"]:
+            backend = http_path["backend"]["service"]
+            assert backend["name"] == "sdserve-central", "the gateway only, never a stage"
+            assert backend["port"]["name"] in [p["name"] for p in service["spec"]["ports"]]
+    annotations = ingress["metadata"]["annotations"]
+    nginx = "nginx.ingress.kubernetes.io/"
+    assert annotations[f"{nginx}proxy-buffering"] == "off", "SSE event by event"
+    settings = Settings.model_fields
+    for timeout in ("proxy-read-timeout", "proxy-send-timeout"):
+        seconds = int(annotations[f"{nginx}{timeout}"])
+        assert seconds > SSE_PING_S, timeout
+        assert seconds >= 3 * float(settings["read_timeout_s"].default), f"{timeout}: 3 stages"
+    body = _nginx_size_bytes(annotations[f"{nginx}proxy-body-size"])
+    assert body >= int(settings["max_body_bytes"].default), "the gateway's own body cap"
+    # cert-manager is a documented option in the file, not switched on.
+    text = (ROOT / "deploy/k8s/overlays/gpu/ingress.yaml").read_text(encoding="utf-8")
+    assert re.search(r"^\s*# cert-manager\.io/cluster-issuer: \S+", text, re.MULTILINE)
+    assert "cert-manager.io/cluster-issuer" not in annotations
+    assert not kinds(manifests["deploy/k8s/overlays/cpu-demo"], "Ingress"), "port-forward there"
+
+
 def _secret_value(docs: list[dict[str, Any]], ref: dict[str, str]) -> str:
     secret = kinds(docs, "Secret")[ref["name"]]
     return base64.b64decode(secret["data"][ref["key"]]).decode()
@@ -1170,7 +1510,7 @@ def test_an_external_redis_replaces_the_bundled_one(
     docs = manifests[GPU_EXTERNAL_REDIS]
     assert not kinds(docs, "StatefulSet")
     assert K8S_REDIS not in kinds(docs, "Service")
-    assert not kinds(docs, "NetworkPolicy")
+    assert K8S_REDIS not in kinds(docs, "NetworkPolicy")
     central = kinds(docs, "Deployment")["sdserve-central"]
     env = {e["name"]: e for e in container(central)["env"]}
     ref = env[JOB_STORE_ENV]["valueFrom"]["secretKeyRef"]

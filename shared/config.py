@@ -253,10 +253,13 @@ class Settings(BaseSettings):
 
     @property
     def weights_label(self) -> str:
-        """How the weights are described in /v1/info and logs."""
+        """How the weights are described to clients (/v1/info, responses): a directory
+        by its name only, never its path on the server."""
         if self.weights == "random":
             return f"random (seed {self.weights_seed}, not trained)"
-        return self.weights
+        if self.weights in ("embedded", "pretrained"):
+            return self.weights
+        return f"directory {Path(self.weights).name}"
 
     def api_key_list(self) -> list[str]:
         """Every configured API key: SDSERVE_API_KEYS and SDSERVE_API_KEYS_FILE's."""

@@ -3,7 +3,7 @@ import pytest
 from shared.config import ConfigError, Settings, load_settings, parse_size
 
 
-def test_defaults_are_the_embedded_tiny_model(monkeypatch):
+def test_defaults_are_the_embedded_tiny_model(monkeypatch, tmp_path):
     for name in ("SDSERVE_MODEL", "SDSERVE_WEIGHTS", "SDSERVE_SIZES"):
         monkeypatch.delenv(name, raising=False)
     settings = load_settings()
@@ -11,6 +11,7 @@ def test_defaults_are_the_embedded_tiny_model(monkeypatch):
     assert settings.weights == "embedded"
     assert settings.sizes == [(64, 64), (128, 128)]
     assert load_settings(weights="random").weights_label.endswith("not trained)")
+    assert load_settings(weights=str(tmp_path)).weights_label == f"directory {tmp_path.name}"
 
 
 def test_default_weights_follow_the_model(monkeypatch):

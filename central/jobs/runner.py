@@ -140,9 +140,6 @@ class JobRunner:
         for task in [*writers, *self._background]:
             task.cancel()
         await asyncio.gather(*writers, *self._background, return_exceptions=True)
-        if self.store.kind == "redis" and self.local:
-            with contextlib.suppress(JobStoreUnavailable):
-                await self.store.announce_orphans()
         await self.store.aclose()
 
     # --- the API --------------------------------------------------------------------

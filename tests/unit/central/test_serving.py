@@ -128,3 +128,15 @@ def test_both_headers_are_checked_before_any_pixel_is_decoded(
         decode_edit(fields, SETTINGS, RED, small, mask_polarity="white-repaints")
     with pytest.raises(UnsupportedSize):
         decode_edit(fields, SETTINGS, unserved, None, mask_polarity="white-repaints")
+
+
+def test_base64_is_decoded_in_pieces_as_one_call_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(serving, "B64_PIECE_CHARS", 8)
+    data = bytes(range(256)) * 3 + b"xy"
+    text = base64.b64encode(data).decode()
+    assert serving.b64_bytes(text, param="image") == data
+    assert serving.b64_bytes("data:image/png;base64," + text, param="image") == data
+    for bad in ("AA==AAAA", "AAAAAA==AAAA", "AAA", "AAAA AAAA", "é"):
+        with pytest.raises(InvalidInput, match="mask is not valid base64") as raised:
+            serving.b64_bytes(bad, param="mask")
+        assert raised.value.param == "mask"

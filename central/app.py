@@ -85,6 +85,17 @@ class GatewayService:
         """Remote clients are closed in the app's shutdown hook (they are async)."""
 
 
+# The routes whose bodies carry images (a job may be an edit); every other body is JSON.
+IMAGE_BODY_PATHS = ("/v1/images/edits", "/v1/jobs")
+
+
+def body_limits(settings: Settings) -> tuple[int, dict[str, int]]:
+    """The gateway's body caps: small JSON bodies, except where images travel."""
+    return settings.max_json_body_bytes, dict.fromkeys(
+        IMAGE_BODY_PATHS, settings.max_edit_body_bytes
+    )
+
+
 def create_central_app(settings: Settings, chain: Chain | None = None) -> FastAPI:
     """The gateway of `settings`' models (or of `chain` alone, already built)."""
     settings.check_gateway()
@@ -100,6 +111,7 @@ def create_central_app(settings: Settings, chain: Chain | None = None) -> FastAP
         public_api=True,
         info_model=GatewayInfo,
         key_slots=store,
+        body_limits=body_limits(settings),
     )
     app.router.on_shutdown.append(catalog.aclose)
     app.state.metrics.registry.register(StageReplicas(catalog.retries, catalog.replicas))

@@ -2,7 +2,9 @@
 
 Edit parsing (multipart and JSON forms), upload decoding, PNG encoding and response
 assembly. Pillow and base64 work on whole images runs in worker threads, never on the
-event loop, so one large upload does not stall every other request.
+event loop, so one large upload does not stall every other request: uploads (and large
+JSON bodies) in central.bodies' bounded pool, after their headers are checked
+(shared.uploads).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from fastapi import Request
 from PIL import Image
 from starlette.datastructures import UploadFile
 
+from central.bodies import off_loop, parse_json
 from central.schemas import (
     ImageData,
     ImageEditFields,
@@ -27,15 +30,12 @@ from central.schemas import (
     parse_size_field,
 )
 from shared.config import Settings, format_size
-from shared.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType, UnsupportedSize
+from shared.errors import InvalidInput, UnsupportedMediaType, UnsupportedSize
 from shared.http import cancel_on_disconnect
 from shared.pipeline.catalog import Catalog
 from shared.pipeline.contract import validated
 from shared.pipeline.types import EditInputs, GenerationParams, GenerationResult
-
-# Uploaded images are decoded only if their header says they are at most this big.
-MAX_UPLOAD_PIXELS = 4096 * 4096
-UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP")
+from shared.uploads import load_upload, max_upload_side, open_upload
 
 MaskPolarity = Literal["openai-alpha", "white-repaints"]
 
@@ -45,39 +45,32 @@ def media_type(request: Request) -> str:
 
 
 async def read_json(request: Request) -> Any:
-    try:
-        return await request.json()
-    except ValueError:
-        raise InvalidInput("body is not valid JSON", param="body") from None
+    """The request's JSON body (parsed off the event loop when large; 422 if malformed)."""
+    return await parse_json(await request.body())
+
+
+# Base64 is decoded this many characters (a multiple of 4) at a time: one call on 16 MiB
+# holds the GIL, and so stalls the event loop, for ~50 ms; a piece for a few.
+B64_PIECE_CHARS = 1 << 20
 
 
 def b64_bytes(text: str, *, param: str) -> bytes:
+    data = text.split(",", 1)[-1] if text.startswith("data:") else text
     try:
-        return base64.b64decode(
-            text.split(",", 1)[-1] if text.startswith("data:") else text, validate=True
+        if "=" in data[:-2]:  # padding only at the very end, as in one call
+            raise ValueError
+        return b"".join(
+            base64.b64decode(data[start : start + B64_PIECE_CHARS], validate=True)
+            for start in range(0, len(data), B64_PIECE_CHARS)
         )
     except ValueError:
         raise InvalidInput(f"{param} is not valid base64", param=param) from None
 
 
-def open_image(data: bytes, *, param: str) -> Image.Image:
-    """Decode an uploaded image, refusing non-images and oversize ones before decoding."""
-    try:
-        image = Image.open(io.BytesIO(data))
-    except Exception:
-        raise InvalidInput(f"{param} is not an image (PNG, JPEG or WebP)", param=param) from None
-    if image.format not in UPLOAD_FORMATS:
-        raise InvalidInput(f"{param} must be PNG, JPEG or WebP, not {image.format}", param=param)
-    if image.width * image.height > MAX_UPLOAD_PIXELS:
-        raise PayloadTooLarge(
-            f"{param} is {image.width}x{image.height}; at most {MAX_UPLOAD_PIXELS} pixels",
-            param=param,
-        )
-    try:
-        image.load()
-    except Exception:
-        raise InvalidInput(f"{param} is truncated or corrupt", param=param) from None
-    return image
+def open_image(data: bytes, *, param: str, settings: Settings) -> Image.Image:
+    """An upload's header: PNG, JPEG or WebP, at most twice the largest served side (an
+    edit's image is resized to the size it is served at). Nothing is decoded yet."""
+    return open_upload(data, param=param, max_side=max_upload_side(settings.sizes))
 
 
 def _repaint_mask(
@@ -106,9 +99,15 @@ def decode_edit(
     *,
     mask_polarity: MaskPolarity,
 ) -> tuple[GenerationParams, EditInputs]:
-    """The edit's parameters and its image (and mask) at the output size. Blocking."""
-    image = open_image(image_bytes, param="image")
-    mask_image = open_image(mask_bytes, param="mask") if mask_bytes is not None else None
+    """The edit's parameters and its image (and mask) at the output size. Blocking.
+
+    Both headers are checked (format, dimensions, mask against image, served size)
+    before any pixel of either is decoded.
+    """
+    image = open_image(image_bytes, param="image", settings=settings)
+    mask_image = (
+        open_image(mask_bytes, param="mask", settings=settings) if mask_bytes is not None else None
+    )
     if mask_image is not None and mask_image.size != image.size:
         raise InvalidInput(
             f"mask is {mask_image.width}x{mask_image.height} but image is "
@@ -122,6 +121,9 @@ def decode_edit(
             f"{width}x{height} is not a served size ({served}); send one or set size",
             param="size" if fields.size is not None else "image",
         )
+    load_upload(image, param="image")
+    if mask_image is not None:
+        load_upload(mask_image, param="mask")
     rgb = image.convert("RGB")
     if rgb.size != (width, height):
         rgb = rgb.resize((width, height), Image.Resampling.LANCZOS)
@@ -143,7 +145,7 @@ async def edit_from_json(
         mask = b64_bytes(body.mask, param="mask") if body.mask else None
         return decode_edit(body, settings, image, mask, mask_polarity="white-repaints")
 
-    params, edit = await asyncio.to_thread(decode)
+    params, edit = await off_loop(decode)
     return body, params, edit
 
 
@@ -163,7 +165,7 @@ async def edit_from_form(
     )
     image_bytes = await image.read()
     mask_bytes = await mask.read() if mask is not None else None
-    params, edit = await asyncio.to_thread(
+    params, edit = await off_loop(
         decode_edit, fields, settings, image_bytes, mask_bytes, mask_polarity="openai-alpha"
     )
     return fields, params, edit

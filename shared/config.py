@@ -108,7 +108,18 @@ class Settings(BaseSettings):
     admission: Literal["fcfs", "fair"] = "fcfs"
     batch_wait_ms: float = Field(default=5.0, ge=0, le=10_000)
     queue_size: int = Field(default=64, ge=1, le=100_000)
+    # The stage services' request bodies (npz tensors), and any body the gateway reads
+    # from a stage.
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # The gateway's JSON bodies (generations, Hugging Face text to image): a prompt and a
+    # negative prompt of at most 4000 characters each are under 100 KB even when every
+    # character is \u-escaped as a surrogate pair; 256 KiB leaves room and keeps a
+    # hostile body's parse to milliseconds.
+    max_json_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    # The gateway's edits (multipart or base64 JSON) and jobs (a job may be an edit)
+    # bodies: two incompressible RGBA PNGs at 1024x1024 (the largest upload a 512x512
+    # deployment accepts, see central/serving.py) are 8 MiB, 10.7 MiB in base64.
+    max_edit_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     # Central's jobs API (/v1/jobs): jobs held at once (in all, across gateway replicas),
     # and how long a finished job's result is kept (or until room is needed for a new job).
     max_jobs: int = Field(default=64, ge=1, le=100_000)

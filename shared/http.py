@@ -210,19 +210,27 @@ class ApiKeyGuard:
 
 
 class BodySizeLimit:
-    """Refuse bodies over the cap with 413 before the route reads them into memory."""
+    """Refuse bodies over the cap with 413 before the route reads them into memory.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    The one place body sizes are limited: `max_bytes` for every path, except those named
+    in `by_path` (exact paths), which have their own cap.
+    """
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, by_path: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.by_path = dict(by_path or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.by_path.get(str(scope.get("path", "")), self.max_bytes)
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await _send_error(send, PayloadTooLarge(self._message(), param="body"))
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await _send_error(send, PayloadTooLarge(self._message(limit), param="body"))
             return
         seen = 0
 
@@ -231,14 +239,15 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise PayloadTooLarge(self._message(), param="body")
+                if seen > limit:
+                    raise PayloadTooLarge(self._message(limit), param="body")
             return message
 
         await self.app(scope, limited_receive, send)
 
-    def _message(self) -> str:
-        return f"request body exceeds {self.max_bytes} bytes"
+    @staticmethod
+    def _message(limit: int) -> str:
+        return f"request body exceeds {limit} bytes"
 
 
 async def _send_error(send: Send, error: SdserveError) -> None:
@@ -373,7 +382,10 @@ def create_app(
     public_api: bool = False,
     info_model: type[ServiceInfo] = ServiceInfo,
     key_slots: KeySlots | None = None,
+    body_limits: tuple[int, Mapping[str, int]] | None = None,
 ) -> FastAPI:
+    """The app of one part. `body_limits`: the body cap of every path and those of the
+    paths that have their own (default: SDSERVE_MAX_BODY_BYTES for all)."""
     state: dict[str, Any] = {"ready": False, "error": None, "draining": False}
 
     async def load_in_background() -> None:
@@ -424,7 +436,8 @@ def create_app(
     # Called on SIGTERM/SIGINT, on the event loop, as draining begins.
     app.state.drain_hooks = []
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    max_body, by_path = body_limits or (settings.max_body_bytes, {})
+    app.add_middleware(BodySizeLimit, max_bytes=max_body, by_path=by_path)
     app.add_middleware(DrainGuard, state=state)
     keys = settings.api_key_list() if public_api else []
     if keys:

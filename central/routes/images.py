@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from central.bodies import OffLoopJsonRoute
 from central.schemas import (
     COMMON_ERRORS,
     EDIT_BODY_DOC,
@@ -19,7 +20,8 @@ from shared.pipeline.catalog import Catalog
 
 
 def images_router(catalog: Catalog, settings: Settings) -> APIRouter:
-    router = APIRouter(tags=["images"])
+    # JSON bodies are parsed by central.bodies (off the event loop when large).
+    router = APIRouter(tags=["images"], route_class=OffLoopJsonRoute)
 
     @router.post(
         "/v1/images/generations",

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from shared.service_process import ServiceProcess, free_port, run_services
+from tests.utils.images import blank_png
 
 TINY = {"SDSERVE_MODEL": "tiny", "SDSERVE_SIZES": "64x64,128x128", "SDSERVE_WARM_UP": "false"}
 REQUEST = {
@@ -330,9 +331,10 @@ def test_openai_client_images_edit(gateways):
             "strength",
         ),
         (
-            {"image": ("x.png", _png(Image.new("RGB", (5000, 5000))), "image/png")},
+            # Refused from its header: more than twice the largest served side.
+            {"image": ("x.png", blank_png(5000, 5000), "image/png")},
             {},
-            413,
+            422,
             "image",
         ),
         (

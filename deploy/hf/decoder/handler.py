@@ -41,10 +41,12 @@ import numpy as np
 from PIL import Image
 
 from shared.config import format_size
+from shared.errors import InvalidInput
 from shared.pipeline.hf import StageHandler, flag_param, split_request
 from shared.pipeline.local.decoder import make_decoder
 from shared.pipeline.stage_contracts import DECODE, ENCODE_IMAGE
 from shared.pipeline.types import EncodeImageRequest
+from shared.uploads import load_upload, max_upload_side, open_upload
 
 MODES = ("decode", "encode-image")
 
@@ -91,6 +93,8 @@ class EndpointHandler(StageHandler):
                     f"{field}: a {image.size[0]}x{image.size[1]} image is not of a served "
                     f"size; served sizes: {served}"
                 )
+            if not isinstance(item, Image.Image):
+                self.load(image, field)
             arrays.append(np.asarray(image.convert("RGB"), dtype=np.uint8))
         if len({a.shape for a in arrays}) > 1:
             raise ValueError("inputs: every image of a call must have the same size")
@@ -105,6 +109,23 @@ class EndpointHandler(StageHandler):
             )
         try:
             body = base64.b64decode(item, validate=True)
-            return Image.open(io.BytesIO(body), formats=["PNG", "JPEG"])
-        except (binascii.Error, ValueError, OSError):
+        except (binascii.Error, ValueError):
             raise ValueError(f"{field} is not a base64 PNG or JPEG image") from None
+        # The header only (format, dimensions): pixels are decoded once the size is known
+        # to be a served one.
+        try:
+            return open_upload(
+                body,
+                param=field,
+                max_side=max_upload_side(self.settings.sizes),
+                formats=("PNG", "JPEG"),
+            )
+        except InvalidInput as exc:
+            raise ValueError(exc.message) from None
+
+    @staticmethod
+    def load(image: Image.Image, field: str) -> None:
+        try:
+            load_upload(image, param=field)
+        except InvalidInput as exc:
+            raise ValueError(exc.message) from None

@@ -32,6 +32,7 @@ import pytest
 from PIL import Image
 
 from shared.wire import TensorSpec, decode_npz, encode_npz
+from tests.utils.images import blank_png
 
 ROOT = Path(__file__).resolve().parents[3]
 HF_DIR = ROOT / "deploy" / "hf"
@@ -412,7 +413,9 @@ def test_decoder_encode_image_takes_a_raw_pil_image(handlers: dict[str, Any]) ->
         ("PNG_96", {"mode": "encode-image"}, "inputs: a 96x64 image"),
         ("not an image", {"mode": "encode-image"}, "inputs is not a base64 PNG"),
         (["PNG_96"], {"mode": "encode-image"}, r"inputs\[0\]"),
-        ("GIF", {"mode": "encode-image"}, "inputs is not a base64 PNG or JPEG"),
+        ("GIF", {"mode": "encode-image"}, "inputs is not an image"),
+        ("PNG_HUGE", {"mode": "encode-image"}, "inputs is too large; at most 128x128"),
+        ("PNG_TRUNCATED", {"mode": "encode-image"}, "inputs is truncated or corrupt"),
         ("", {"mode": "resize"}, "parameters.mode"),
     ],
 )
@@ -427,6 +430,11 @@ def test_decoder_bad_input_names_the_field(
     gif = io.BytesIO()
     Image.new("RGB", (SIZE, SIZE)).save(gif, format="GIF")
     samples["GIF"] = base64.b64encode(gif.getvalue()).decode()
+    # Headers that promise what the data cannot give: checked before any pixel decodes.
+    samples["PNG_HUGE"] = base64.b64encode(blank_png(20000, 20000)).decode()
+    noise = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    whole = base64.b64decode(png_b64(noise))
+    samples["PNG_TRUNCATED"] = base64.b64encode(whole[: len(whole) // 2]).decode()
     if isinstance(inputs, list):
         inputs = [samples.get(i, i) for i in inputs]
     elif isinstance(inputs, str):

@@ -9,11 +9,12 @@ import threading
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from central import serving
 from central.schemas import ImageEditFields
 from central.serving import decode_edit, edit_from_json, encode_pngs, images_response
+from shared.config import Settings
 from shared.errors import InvalidInput, UnsupportedSize
 from shared.pipeline.types import GenerationResult, StageTiming
 from tests.utils.gateway import SETTINGS
@@ -74,9 +75,9 @@ def test_uploads_are_decoded_and_pngs_encoded_off_the_event_loop(
     threads: list[int] = []
     real_open, real_encode = serving.open_image, serving.encode_png
 
-    def recording_open(data: bytes, *, param: str) -> Image.Image:
+    def recording_open(data: bytes, *, param: str, settings: Settings) -> Image.Image:
         threads.append(threading.get_ident())
-        return real_open(data, param=param)
+        return real_open(data, param=param, settings=settings)
 
     def recording_encode(image: np.ndarray) -> bytes:
         threads.append(threading.get_ident())
@@ -112,3 +113,30 @@ def test_the_images_response_carries_one_form_per_image() -> None:
     assert b64["timings"] == {"diffusion": {"queue_ms": 1.23, "compute_ms": 5.68, "transfer_ms": 0}}
     assert b64["model"] == "tiny" and b64["weights"] == "embedded" and b64["prompt_tokens"] == 3
     assert b64["prompt_truncated"] is False
+
+
+def test_both_headers_are_checked_before_any_pixel_is_decoded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_decoding(self: Image.Image) -> None:
+        raise AssertionError("pixels decoded")
+
+    fields = ImageEditFields(prompt="x")
+    small, unserved = png(Image.new("L", (32, 32), 0)), png(Image.new("RGB", (96, 96)))
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    with pytest.raises(InvalidInput, match="mask is 32x32"):
+        decode_edit(fields, SETTINGS, RED, small, mask_polarity="white-repaints")
+    with pytest.raises(UnsupportedSize):
+        decode_edit(fields, SETTINGS, unserved, None, mask_polarity="white-repaints")
+
+
+def test_base64_is_decoded_in_pieces_as_one_call_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(serving, "B64_PIECE_CHARS", 8)
+    data = bytes(range(256)) * 3 + b"xy"
+    text = base64.b64encode(data).decode()
+    assert serving.b64_bytes(text, param="image") == data
+    assert serving.b64_bytes("data:image/png;base64," + text, param="image") == data
+    for bad in ("AA==AAAA", "AAAAAA==AAAA", "AAA", "AAAA AAAA", "é"):
+        with pytest.raises(InvalidInput, match="mask is not valid base64") as raised:
+            serving.b64_bytes(bad, param="mask")
+        assert raised.value.param == "mask"

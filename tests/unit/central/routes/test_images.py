@@ -14,6 +14,7 @@ from PIL import Image
 from central.app import create_central_app
 from shared.pipeline.chain import Chain
 from tests.utils.gateway import SETTINGS, client_for
+from tests.utils.images import blank_png, encoded
 
 IMAGES_KEYS = {
     "created",
@@ -117,3 +118,92 @@ def test_hugging_face_text_to_image_answers_a_png_and_its_seed(chain: Chain) -> 
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
     assert response.headers["x-seed"] == "3"
     assert Image.open(io.BytesIO(response.content)).size == (64, 64)
+
+
+def edit_request(form: str, image: bytes, mask: bytes | None = None) -> dict[str, Any]:
+    if form == "multipart":
+        files = {"image": ("i", image), **({"mask": ("m", mask)} if mask else {})}
+        return {"url": "/v1/images/edits", "data": {"prompt": "x"}, "files": files}
+    body = {"prompt": "x", "image": base64.b64encode(image).decode()}
+    if mask is not None:
+        body["mask"] = base64.b64encode(mask).decode()
+    return {"url": "/v1/images/edits", "json": body}
+
+
+@pytest.mark.parametrize("form", ["multipart", "json"])
+@pytest.mark.parametrize("param", ["image", "mask"])
+@pytest.mark.parametrize(
+    ("upload", "message"),
+    [
+        ("gif", "is not an image (PNG, JPEG or WebP)"),
+        ("huge", "is 4096x4096; at most 128x128 pixels"),
+        ("bomb", "is too large"),
+        ("truncated", "is truncated or corrupt"),
+        ("garbage", "is not an image"),
+    ],
+)
+def test_hostile_uploads_are_422_naming_the_field_in_either_form(
+    chain: Chain, form: str, param: str, upload: str, message: str
+) -> None:
+    fine = png(Image.new("RGBA", (64, 64), (0, 0, 0, 0)))
+    whole = png(Image.frombytes("RGB", (64, 64), bytes(range(256)) * 48))
+    hostile = {
+        "gif": lambda: encoded(Image.new("RGB", (64, 64)), "GIF"),
+        "huge": lambda: blank_png(4096, 4096),
+        "bomb": lambda: blank_png(20000, 20000),
+        "truncated": lambda: whole[: len(whole) // 2],
+        "garbage": lambda: b"GIF89a" + b"\0" * 100,
+    }[upload]()
+    image, mask = (hostile, fine) if param == "image" else (fine, hostile)
+    (response,) = post_all(chain, edit_request(form, image, mask))
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and error["message"].startswith(f"{param} {message}")
+
+
+def test_an_edit_image_up_to_twice_the_served_side_is_resized(chain: Chain) -> None:
+    (response,) = post_all(
+        chain,
+        {
+            "url": "/v1/images/edits",
+            "json": {
+                "prompt": "x",
+                "steps": 1,
+                "size": "64x64",
+                "image": base64.b64encode(png(Image.new("RGB", (128, 128)))).decode(),
+            },
+        },
+    )
+    assert response.status_code == 200, response.text
+
+
+def test_body_limits_are_per_route(chain: Chain) -> None:
+    settings = SETTINGS.model_copy(
+        update={"max_json_body_bytes": 4096, "max_edit_body_bytes": 65536}
+    )
+    padding = "x" * 8000  # an ignored field: over the JSON cap, under the edits cap
+    image = base64.b64encode(png(Image.new("RGB", (64, 64)))).decode()
+
+    async def main() -> list[httpx.Response]:
+        async with client_for(create_central_app(settings, chain)) as client:
+            return [
+                await client.post("/v1/images/generations", json={"prompt": "x", "p": padding}),
+                await client.post("/", json={"inputs": "x", "p": padding}),
+                await client.post(
+                    "/v1/images/edits",
+                    json={"prompt": "x", "steps": 1, "image": image, "p": padding},
+                ),
+                await client.post(
+                    "/v1/jobs",
+                    json={"kind": "edit", "prompt": "x", "steps": 1, "image": image, "p": padding},
+                ),
+                await client.post("/v1/images/edits", json={"prompt": "x", "p": "x" * 70000}),
+            ]
+
+    generations, hf, edit, job, too_big = asyncio.run(main())
+    for refused, limit in ((generations, 4096), (hf, 4096), (too_big, 65536)):
+        error = refused.json()["error"]
+        assert refused.status_code == 413 and error["param"] == "body", refused.text
+        assert error["message"] == f"request body exceeds {limit} bytes"
+    assert edit.status_code == 200, edit.text
+    assert job.status_code == 202, job.text

@@ -26,6 +26,8 @@ Precision = Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
 Size = tuple[int, int]  # (width, height), as OpenAI's "WxH"
 
 _SIZE_RE = re.compile(r"^\s*(\d{1,5})\s*[xX]\s*(\d{1,5})\s*$")
+# What a browser sends as Origin: scheme://host[:port], nothing after.
+_ORIGIN_RE = re.compile(r"^https?://(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(:\d{1,5})?$")
 
 MAX_GUIDANCE_SCALE = 50.0
 
@@ -184,7 +186,18 @@ class Settings(BaseSettings):
     max_concurrent_per_key: int = Field(default=4, ge=1, le=10_000)
     max_streams_per_key: int = Field(default=16, ge=1, le=10_000)
     # Stage services require `Authorization: Bearer <token>` on model routes when set.
+    # Comma-separated to rotate a token: central sends the first, stages accept any
+    # (docs/deploy.md: add the new one to the stages, switch central, drop the old).
     internal_token: SecretStr | None = None
+    # Browsers (see shared.browsers). Host names the gateway answers, comma-separated
+    # ("*.example.com" for a domain's names, "*" for any); loopback names are always in.
+    # Empty: loopback names only when bound to a loopback address, any Host (logged as a
+    # warning) when bound to another. /healthz, /readyz and /metrics answer any Host.
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Other sites' origins (scheme://host[:port]) whose pages may call the gateway, with
+    # CORS answers for them; a request from any other site (an Origin header that is
+    # neither listed nor the gateway's own) is refused with 403 before any work.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     @field_validator("sizes", mode="before")
     @classmethod
@@ -193,6 +206,34 @@ class Settings(BaseSettings):
             parts = [p for p in value.split(",") if p.strip()]
             return [parse_size(p) for p in parts]
         return value
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _parse_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.split(",")
+        if not isinstance(value, list):
+            return value
+        hosts = [str(h).strip().lower() for h in value if str(h).strip()]
+        for host in hosts:
+            if ":" in host and not host.startswith("["):
+                raise ValueError(f"{host!r}: a host name without a port (any port is allowed)")
+            if "*" in host[1:] or (host.startswith("*") and host != "*" and host[:2] != "*."):
+                raise ValueError(f"{host!r}: a wildcard must be '*' or like '*.example.com'")
+        return hosts
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _parse_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.split(",")
+        if not isinstance(value, list):
+            return value
+        origins = [str(o).strip().rstrip("/").lower() for o in value if str(o).strip()]
+        for origin in origins:
+            if origin != "*" and not _ORIGIN_RE.match(origin):
+                raise ValueError(f"{origin!r} is not an origin like https://app.example.com")
+        return origins
 
     @field_validator("weights")
     @classmethod
@@ -251,7 +292,7 @@ class Settings(BaseSettings):
         if self.environment == "production":
             if self.weights == "random":
                 raise ValueError("weights: random weights are refused in production")
-            if self.internal_token is None:
+            if not self.internal_tokens:
                 raise ValueError("internal_token: must be set in production")
         return self
 
@@ -291,6 +332,13 @@ class Settings(BaseSettings):
                 f"{ENV_PREFIX}API_KEYS_FILE); set {ENV_PREFIX}ALLOW_ANONYMOUS=true "
                 "to serve without them on purpose"
             )
+
+    @property
+    def internal_tokens(self) -> list[str]:
+        """The stages' accepted internal tokens; central sends the first. Empty: no check."""
+        if self.internal_token is None:
+            return []
+        return [t.strip() for t in self.internal_token.get_secret_value().split(",") if t.strip()]
 
     @property
     def job_store_label(self) -> str:

@@ -24,10 +24,13 @@ def run_part(name: str, factory: Callable[[Settings], FastAPI], default_port: in
     except ConfigError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
+    if args.host:
+        # The address it binds decides which Host names it answers (shared.browsers).
+        settings = settings.model_copy(update={"host": args.host})
     configure_logging(name, json_lines=settings.log_format == "json")
     try:
         app = factory(settings)
     except ConfigError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
-    serve(app, args.host or settings.host, args.port or settings.port or default_port)
+    serve(app, settings.host, args.port or settings.port or default_port)

@@ -49,8 +49,15 @@ class Unauthorized(SdserveError):
         return {"WWW-Authenticate": "Bearer"}
 
 
+class HostNotAllowed(SdserveError):
+    """400: the Host header names no host this part answers (shared.browsers)."""
+
+    status_code = 400
+    error_type = "invalid_host"
+
+
 class Forbidden(SdserveError):
-    """403: the credentials sent are wrong."""
+    """403: the credentials sent are wrong, or a web page of another site sent it."""
 
     status_code = 403
     error_type = "forbidden"

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.browsers import install_browser_guards
 from shared.config import Settings
 from shared.errors import (
     Forbidden,
@@ -313,17 +314,23 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def require_internal_token(settings: Settings) -> Callable[[Request], None]:
-    """A dependency checking `Authorization: Bearer <SDSERVE_INTERNAL_TOKEN>` when set."""
+    """A dependency checking `Authorization: Bearer <token>` against SDSERVE_INTERNAL_TOKEN.
+
+    Any of its comma-separated tokens is accepted, so a token rotates without refusals
+    (docs/deploy.md); none set: no check.
+    """
+    expected = [token.encode() for token in settings.internal_tokens]
 
     def check(request: Request) -> None:
-        if settings.internal_token is None:
+        if not expected:
             return
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
+        if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("this stage requires its internal token")
-        expected = settings.internal_token.get_secret_value().encode()
-        if not hmac.compare_digest(token.strip().encode(), expected):
+        given = token.strip().encode()
+        # Every token is compared (no early exit): timing does not tell which one matched.
+        if not any([hmac.compare_digest(given, one) for one in expected]):
             raise Forbidden("wrong internal token")
 
     return check
@@ -448,6 +455,8 @@ def create_app(
             max_streams=settings.max_streams_per_key,
             slots=key_slots,
         )
+    # Before the key check and any work; after the metrics, which count what they refuse.
+    install_browser_guards(app, settings, public_api=public_api)
     metrics = ServiceMetrics(service.name, service.batching_sources)
     metrics.hook_batching()
     app.state.metrics = metrics

@@ -106,8 +106,8 @@ class RemoteStage:
         self.settings = settings
         self.family = family
         headers = {}
-        if settings.internal_token is not None:
-            headers["Authorization"] = f"Bearer {settings.internal_token.get_secret_value()}"
+        if settings.internal_tokens:  # the first: the others are accepted while it rotates
+            headers["Authorization"] = f"Bearer {settings.internal_tokens[0]}"
         self.pool = ReplicaPool(contract.label, urls, settings, headers)
 
     # ---------------------------------------------------------------- lifecycle

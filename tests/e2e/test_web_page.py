@@ -5,10 +5,12 @@ mask, cancel a long job. Leaves a screenshot in test-artifacts/web-page.png."""
 from __future__ import annotations
 
 import base64
+import http.server
 import io
 import json
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -289,6 +291,63 @@ def test_errors_are_shown_on_the_page(page):
     page.wait_for_selector("#status.error")
     assert "steps" in page.inner_text("#status")
     assert page.is_enabled("#generate")
+
+
+# Another site's page: it sends the gateway what a form could, without asking (no-cors).
+POST_FROM_ANOTHER_SITE = """async (gateway) => {
+  const form = new FormData();
+  form.append('prompt', 'x');
+  form.append('image', new Blob([new Uint8Array(64)], {type: 'image/png'}), 'i.png');
+  await fetch(gateway + '/v1/images/edits', {method: 'POST', mode: 'no-cors', body: form});
+  await fetch(gateway + '/v1/images/generations', {
+    method: 'POST', mode: 'no-cors', headers: {'content-type': 'text/plain'},
+    body: JSON.stringify({prompt: 'x', size: '64x64', steps: 1}),
+  });
+}"""
+
+
+class OtherSite(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "text/html")
+        self.end_headers()
+        self.wfile.write(b"<p>another site")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def other_site() -> Iterator[str]:
+    """A page on another origin of this machine (say, another local dev server): unlike a
+    page from the internet, Chromium lets it reach loopback addresses."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OtherSite)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def refused_requests(gateway: ServiceProcess) -> int:
+    metrics = httpx.get(f"{gateway.url}/metrics").text
+    return sum(
+        int(float(line.rsplit(" ", 1)[1]))
+        for line in metrics.splitlines()
+        if line.startswith("sdserve_http_requests_total{") and 'status="403"' in line
+    )
+
+
+def test_another_sites_page_cannot_make_the_gateway_work(browser, gateway, other_site):
+    # Chromium sends Origin on these "simple" requests; the gateway refuses them (403)
+    # before reading them, though the page could never have read the answer.
+    before = refused_requests(gateway)
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"{other_site}/")
+    page.evaluate(POST_FROM_ANOTHER_SITE, gateway.url)
+    context.close()
+    assert refused_requests(gateway) - before == 2
 
 
 @pytest.fixture(scope="module")

@@ -60,7 +60,7 @@ async def wait_until_done(store: JobStore, job_id: str, timeout: float = 60.0) -
 
 
 def client_for(app: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://central")
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost")
 
 
 def sse(text: str) -> list[tuple[str, dict[str, Any]]]:

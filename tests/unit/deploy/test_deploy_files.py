@@ -631,10 +631,17 @@ def test_compose_renders_with_defaults_only(path: str, tmp_path: Path) -> None:
     for name, service in config["services"].items():
         environment = service.get("environment", {})
         passed = {k: v for k, v in environment.items() if k.startswith("SDSERVE_")}
-        set_by_the_file = {*STAGE_URL_ENV, "SDSERVE_SHUTDOWN_GRACE_S", JOB_STORE_ENV}
+        set_by_the_file = {
+            *STAGE_URL_ENV,
+            "SDSERVE_SHUTDOWN_GRACE_S",
+            JOB_STORE_ENV,
+            "SDSERVE_ALLOWED_HOSTS",
+        }
         assert all(v is None for k, v in passed.items() if k not in set_by_the_file), name
     central = config["services"]["central"]["environment"]
     assert central[JOB_STORE_ENV] == COMPOSE_JOB_STORE, "the compose stack's own Redis"
+    # Published on loopback by default: loopback Host names only (no DNS rebinding).
+    assert central["SDSERVE_ALLOWED_HOSTS"] == "localhost"
 
 
 @pytest.mark.parametrize("path", COMPOSE_FILES)

@@ -235,22 +235,21 @@ def test_per_key_concurrency_limit_is_429(keyed_gateway):
     assert results["first"].status_code == 200
 
 
-def test_following_a_job_needs_a_key_but_takes_no_concurrency_slot(keyed_gateway):
+def test_a_job_holds_the_keys_slot_and_following_it_takes_none(keyed_gateway):
     url = keyed_gateway.url
-    key = {"Authorization": "Bearer key-one"}  # at most 1 request in flight
+    key = {"Authorization": "Bearer key-one"}  # at most 1 request or job in flight
     job = httpx.post(f"{url}/v1/jobs", json={"prompt": "j", "steps": 300}, headers=key).json()
     assert httpx.get(f"{url}{job['events_url']}").status_code == 401
+    quick = {"prompt": "q", "steps": 2}
     with httpx.stream("GET", f"{url}{job['events_url']}", headers=key, timeout=60) as events:
         assert events.status_code == 200
-        # The stream is open; the key's one slot is still free for work.
-        quick = httpx.post(
-            f"{url}/v1/images/generations",
-            json={"prompt": "q", "steps": 2},
-            headers=key,
-            timeout=60,
-        )
-        assert quick.status_code == 200, quick.text
-    httpx.delete(f"{url}{job['url']}", headers=key)
+        # The unfinished job holds the key's one slot...
+        busy = httpx.post(f"{url}/v1/images/generations", json=quick, headers=key, timeout=60)
+        assert busy.status_code == 429, busy.text
+        httpx.delete(f"{url}{job['url']}", headers=key, timeout=30)
+        # ...and once it has ended, the open event stream leaves the slot free for work.
+        done = httpx.post(f"{url}/v1/images/generations", json=quick, headers=key, timeout=60)
+        assert done.status_code == 200, done.text
 
 
 GARBAGE_STAGE = """

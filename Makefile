@@ -6,9 +6,6 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The CLIP BPE vocabulary ships inside this wheel (same bytes keras-cv downloads); its
-# torch dependency is not needed, so it is installed on its own with --no-deps.
-CLIP_VOCAB_WHEEL := open-clip-torch==3.3.0
 EXTRAS ?= cpu,dev
 
 # The images' locked requirements (deploy/docker/Dockerfile installs them with
@@ -28,7 +25,6 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
-	$(BIN)/python -m pip install --quiet --no-deps "$(CLIP_VOCAB_WHEEL)"
 	touch $@
 
 # The virtual environment only: what `make up` needs. The system servers and tools the
@@ -93,7 +89,6 @@ integration: $(BIN)/.installed deploy-tools
 lock: $(BIN)/.installed
 	$(LOCK) pyproject.toml --extra cpu -o $(LOCK_DIR)/requirements-cpu.txt
 	$(LOCK) pyproject.toml --extra gpu -o $(LOCK_DIR)/requirements-gpu.txt
-	echo "$(CLIP_VOCAB_WHEEL)" | $(LOCK) --no-deps - -o $(LOCK_DIR)/clip-vocab.txt
 
 benchmark: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.stages

@@ -85,8 +85,7 @@ class Settings(BaseSettings):
     diffusion_weights: Path | None = None
     decoder_weights: Path | None = None
     image_encoder_weights: Path | None = None
-    # Where the CLIP BPE vocabulary is; by default it is found in the open-clip-torch or
-    # clip-anytorch wheel.
+    # Where the CLIP BPE vocabulary is; by default the copy packaged in shared/clip_vocab/.
     clip_vocab: Path | None = None
     sizes: Annotated[list[Size], NoDecode] = Field(default_factory=list)
 

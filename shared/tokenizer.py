@@ -1,24 +1,21 @@
 """CLIP BPE tokenization, offline, with truncation that is reported instead of raised.
 
 keras-cv downloads `bpe_simple_vocab_16e6.txt.gz` from GitHub at first use. The very same
-file (same sha256) ships inside the open-clip-torch and clip-anytorch wheels, which are
-installed without their torch dependency just to carry it; we find it there.
+file (same sha256; OpenAI CLIP's, MIT-licensed, see shared/clip_vocab/LICENSE) ships inside
+this package as package data, so any install of sdserve tokenizes offline.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from shared.errors import InvalidInput, WeightsError
 
 CLIP_VOCAB_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
-_VOCAB_IN_WHEELS = {
-    "open-clip-torch": "open_clip/bpe_simple_vocab_16e6.txt.gz",
-    "clip-anytorch": "clip/bpe_simple_vocab_16e6.txt.gz",
-}
+CLIP_VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 START_TOKEN = 49406
 END_TOKEN = 49407
 # Long inputs make BPE slow (quadratic in word length); no useful prompt is this long.
@@ -28,31 +25,27 @@ MAX_PROMPT_CHARS = 4000
 _MAX_CACHED_WORDS = 50_000
 
 
+def packaged_clip_vocab() -> Path:
+    """The vocabulary that ships in this package (shared/clip_vocab/)."""
+    # A regular (unzipped) install: the resource is a file on disk, which keras-cv's
+    # tokenizer opens by path.
+    return Path(str(resources.files("shared") / "clip_vocab" / CLIP_VOCAB_FILE))
+
+
 def find_clip_vocab(explicit: Path | None = None) -> Path:
-    """Locate the CLIP BPE vocabulary and check its sha256."""
-    candidates: list[Path] = []
-    if explicit is not None:
-        candidates.append(explicit)
-    else:
-        for dist, member in _VOCAB_IN_WHEELS.items():
-            try:
-                files = importlib.metadata.files(dist) or []
-            except importlib.metadata.PackageNotFoundError:
-                continue
-            candidates.extend(Path(str(f.locate())) for f in files if str(f) == member)
-    for path in candidates:
-        if path.is_file():
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            if digest != CLIP_VOCAB_SHA256:
-                raise WeightsError(
-                    f"CLIP vocabulary {path} has sha256 {digest}, expected {CLIP_VOCAB_SHA256}"
-                )
-            return path
-    raise WeightsError(
-        "CLIP BPE vocabulary not found: install it with "
-        "`pip install --no-deps open-clip-torch` or point SDSERVE_CLIP_VOCAB at "
-        "bpe_simple_vocab_16e6.txt.gz"
-    )
+    """Locate the CLIP BPE vocabulary (`explicit`, else the packaged one); check its sha256."""
+    path = explicit if explicit is not None else packaged_clip_vocab()
+    if not path.is_file():
+        raise WeightsError(
+            f"CLIP BPE vocabulary not found at {path}: point SDSERVE_CLIP_VOCAB at "
+            f"{CLIP_VOCAB_FILE} (sha256 {CLIP_VOCAB_SHA256})"
+        )
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != CLIP_VOCAB_SHA256:
+        raise WeightsError(
+            f"CLIP vocabulary {path} has sha256 {digest}, expected {CLIP_VOCAB_SHA256}"
+        )
+    return path
 
 
 @dataclass(frozen=True)

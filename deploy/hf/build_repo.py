@@ -11,8 +11,8 @@ receives:
   Inference Toolkit puts the repository directory on ``sys.path`` before it imports
   ``handler.py``, so the package imports from there;
 * for the handlers that tokenize (all-in-one, text-encoder), the CLIP BPE vocabulary
-  ``bpe_simple_vocab_16e6.txt.gz``, from ``--clip-vocab`` or the installed
-  open-clip-torch / clip-anytorch wheel (the handler finds it in the repository);
+  ``bpe_simple_vocab_16e6.txt.gz``, from ``--clip-vocab`` or the copy packaged in
+  ``shared/clip_vocab/`` (the handler finds it in the repository);
 * with ``--weights DIR``, the weights files of DIR (``*.h5``, ``*.safetensors`` and
   ``SHA256SUMS``), which the handler then loads (sha256-checked) instead of random ones.
 

@@ -47,7 +47,7 @@ def handler_settings(path: str) -> Settings:
     (sha256-checked as any weights directory); else the family's default (tiny: the
     embedded weights; SD: keras-cv's published files). Random weights are loudly logged. The CLIP
     vocabulary: SDSERVE_CLIP_VOCAB when set; else bpe_simple_vocab_16e6.txt.gz in the
-    repository, when there; else the open-clip-torch wheel's. Stage URLs are ignored:
+    repository, when there; else the one packaged in shared/clip_vocab/. Stage URLs are ignored:
     every stage a handler runs is local.
     """
     repository = Path(path) if path else None

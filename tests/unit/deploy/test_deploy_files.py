@@ -45,7 +45,6 @@ class Part:
     module: str  # python -m MODULE
     port: int
     gpu: bool  # diffusion and decoder: GPU in production, CPU/GPU image variants
-    tokenizes: bool  # needs the CLIP vocabulary (open-clip-torch wheel)
 
 
 def _parts() -> tuple[Part, ...]:
@@ -56,11 +55,10 @@ def _parts() -> tuple[Part, ...]:
             module=stage.module,
             port=DEFAULT_BASE_PORT + stage.port_offset,
             gpu=stage.name in ("diffusion", "decoder"),
-            tokenizes=stage.name == "text-encoder",
         )
         for stage in STAGES
     ]
-    parts.append(Part("central", "central", DEFAULT_PORT, False, True))
+    parts.append(Part("central", "central", DEFAULT_PORT, False))
     return tuple(parts)
 
 
@@ -486,21 +484,14 @@ def test_dockerfile_healthcheck_polls_readyz_with_python(part: Part) -> None:
 
 @pytest.mark.parametrize("compose_file", COMPOSE_FILES)
 @pytest.mark.parametrize("part", PARTS, ids=PART_IDS)
-def test_dockerfile_installs_the_locked_tensorflow_and_vocabulary(
-    part: Part, compose_file: str
-) -> None:
+def test_dockerfile_installs_the_locked_tensorflow(part: Part, compose_file: str) -> None:
     builder = [i for i in image(part, compose_file) if i.stage == 0]
     lock = f"requirements-{tensorflow_build(part, compose_file)}.txt"
     copies = [i.args.split() for i in builder if i.keyword == "COPY"]
-    assert copies[0] == [f"deploy/docker/{lock}", "deploy/docker/clip-vocab.txt", "./"]
+    assert copies[0] == [f"deploy/docker/{lock}", "./"]
     assert (ROOT / "deploy/docker" / lock).is_file()
     runs = " ".join(" ".join(i.args.split()) for i in builder if i.keyword == "RUN")
     assert f'pip install --no-cache-dir --require-hashes --no-deps -r "{lock}"' in runs
-    installs_vocab = (
-        'if [ "true" = true ]; then '
-        "pip install --no-cache-dir --require-hashes --no-deps -r clip-vocab.txt;"
-    ) in runs
-    assert installs_vocab == part.tokenizes
     # The dependencies' layer comes before the source, which it must not depend on.
     first_source = next(i for i in builder if i.keyword == "COPY" and "shared" in i.args)
     deps = next(i for i in builder if i.keyword == "RUN" and "--require-hashes" in i.args)
@@ -658,7 +649,7 @@ def test_compose_defines_the_four_parts(path: str, compose: dict[str, dict[str, 
             part.module,
             str(part.port),
         )
-        assert args.get("CLIP_VOCAB", "false") == str(part.tokenizes).lower()
+        assert "CLIP_VOCAB" not in args, "the vocabulary is package data, in every image"
         assert Path(service["build"]["context"]).resolve() == ROOT
         assert service["image"].startswith(f"sdserve/{part.name}:")
         # One read-only weights mount in every container.

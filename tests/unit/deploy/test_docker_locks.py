@@ -23,7 +23,6 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parents[3]
 LOCK_DIR = ROOT / "deploy/docker"
 EXTRAS = ("cpu", "gpu")
-VOCAB_LOCK = LOCK_DIR / "clip-vocab.txt"
 # How uv's annotations name a requirement of the project itself.
 FROM_PYPROJECT = "sdserve (pyproject.toml)"
 
@@ -192,17 +191,7 @@ def test_lock_carries_the_build_backend(extra: str) -> None:
         assert pin and requirement.specifier.contains(pin.version), line
 
 
-def test_vocabulary_lock_is_the_makefiles_wheel_alone() -> None:
-    lock = read_lock(VOCAB_LOCK)
-    assert "--no-deps" in lock.command, "torch is left out on purpose"
-    assert lock.command[-2:] == ["-o", str(VOCAB_LOCK.relative_to(ROOT))]
-    wheel = Requirement(makefile_variable("CLIP_VOCAB_WHEEL"))
-    ((name, pin),) = lock.pins.items()
-    assert name == canonicalize_name(wheel.name)
-    assert wheel.specifier.contains(pin.version)
-
-
-@pytest.mark.parametrize("path", [*(f"requirements-{e}.txt" for e in EXTRAS), VOCAB_LOCK.name])
+@pytest.mark.parametrize("path", [f"requirements-{e}.txt" for e in EXTRAS])
 def test_every_pin_is_hashed(path: str) -> None:
     lock = read_lock(LOCK_DIR / path)
     assert lock.pins
@@ -224,7 +213,6 @@ def test_make_lock_writes_every_lock() -> None:
     ]
     locks = sorted(LOCK_DIR.glob("*.txt"))
     assert [p.name for p in locks] == [
-        "clip-vocab.txt",
         "requirements-cpu.txt",
         "requirements-gpu.txt",
     ]

@@ -74,3 +74,40 @@ def test_absurdly_long_prompt_is_refused_naming_the_field(tokenizer):
     with pytest.raises(InvalidInput) as info:
         tokenizer.tokenize("x" * (MAX_PROMPT_CHARS + 1), param="prompt")
     assert info.value.param == "prompt"
+
+
+def test_the_vocab_ships_in_the_package_not_in_another_wheel(monkeypatch):
+    """Found with no open_clip / clip wheel installed, through importlib.resources."""
+    import builtins
+    import importlib.metadata
+    import tomllib
+    from fnmatch import fnmatch
+    from pathlib import Path
+
+    import shared
+    from shared.tokenizer import packaged_clip_vocab
+
+    real_import = builtins.__import__
+
+    def no_clip_wheels(name, *args, **kwargs):
+        if name.split(".")[0] in {"open_clip", "clip"}:
+            raise ModuleNotFoundError(name)
+        return real_import(name, *args, **kwargs)
+
+    def no_distribution(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(builtins, "__import__", no_clip_wheels)
+    monkeypatch.setattr(importlib.metadata, "files", no_distribution)
+    monkeypatch.setattr(importlib.metadata, "distribution", no_distribution)
+    path = find_clip_vocab()
+    package = Path(shared.__file__).parent
+    assert path == packaged_clip_vocab() == package / "clip_vocab" / path.name
+    assert (package / "clip_vocab" / "LICENSE").read_text().count("Copyright (c) 2021 OpenAI")
+    # pyproject's package data takes both files into the wheel.
+    root = package.parent
+    package_data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]
+    for name in (path.name, "LICENSE"):
+        assert any(fnmatch(f"clip_vocab/{name}", glob) for glob in package_data["shared"])

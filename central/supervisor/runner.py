@@ -24,6 +24,8 @@ from central.supervisor.specs import EX_CONFIG, ChildSpec, RestartPolicy, descri
 _TAIL_LINES = 8
 _OUTPUT_DRAIN_S = 2.0
 _PROGRESS_EVERY_S = 15.0
+# The same signal again within this time is the same stop request, not a second one.
+SAME_SIGNAL_WINDOW_S = 1.0
 
 
 class NotReadyError(Exception):
@@ -108,6 +110,7 @@ class Supervisor:
         self._tasks: list[asyncio.Task[None]] = []
         self._client: httpx.AsyncClient | None = None
         self._signals_seen = 0
+        self._first_signal: tuple[int, float] | None = None  # (signum, monotonic time)
         self.fatal: str | None = None
 
     # ------------------------------------------------------------------ output
@@ -268,9 +271,18 @@ class Supervisor:
         return code
 
     def _on_signal(self, signum: int) -> None:
-        self._signals_seen += 1
         name = signal.Signals(signum).name
+        now = time.monotonic()
+        first = self._first_signal
+        if first is not None and first[0] == signum and now - first[1] < SAME_SIGNAL_WINDOW_S:
+            # One stop request that arrived twice: SIGTERM to `make up`'s process group
+            # reaches us from the group and once more from make, which passes SIGTERM on
+            # to its children. Only the signal sent again later means "kill at once". (The
+            # children run in sessions of their own: the group's signal never reaches them.)
+            return
+        self._signals_seen += 1
         if self._signals_seen == 1:
+            self._first_signal = (signum, now)
             self.log(f"received {name}: stopping (send it again to kill at once)")
             self.request_stop()
         else:

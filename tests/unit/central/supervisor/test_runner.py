@@ -456,10 +456,63 @@ def test_a_second_signal_kills_at_once(tmp_path: Path) -> None:
     proc, log = start_supervisor_process(tmp_path, grace_s=60.0)
     pids = child_pids(log.read_text())
     proc.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
+    time.sleep(1.5)  # past the window in which a repeat is the same stop request
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=15) == 0
     assert time.monotonic() - started < 10
     assert "received SIGTERM again: killing" in log.read_text()
+    assert all(gone(pid) for pid in pids)
+
+
+def test_the_same_signal_twice_at_once_is_one_stop_request(tmp_path: Path) -> None:
+    """What make's passing SIGTERM on looks like, deterministically: two deliveries."""
+    proc, log = start_supervisor_process(tmp_path, grace_s=1.0)
+    pids = child_pids(log.read_text())
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+    text = log.read_text()
+    assert text.count("received SIGTERM") == 1
+    assert "two did not stop within 1 s; killing it" in text
+    assert all(gone(pid) for pid in pids)
+
+
+def test_one_sigterm_to_make_ups_process_group_stops_cleanly(tmp_path: Path) -> None:
+    """`make up` stopped with SIGTERM to its process group: the supervisor gets the signal
+    from the group and once more from make (GNU make passes SIGTERM on to its children),
+    which is one stop request, not a stop and a kill."""
+    script = tmp_path / "supervisor.py"
+    script.write_text(SUPERVISOR_SCRIPT)
+    (tmp_path / "Makefile").write_text(f"up:\n\t{sys.executable} supervisor.py 1.0\n")
+    log = tmp_path / "make.log"
+    with log.open("wb") as sink:
+        make = subprocess.Popen(
+            ["make", "-s", "up"],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            start_new_session=True,  # a process group of its own, as a terminal gives it
+        )
+    deadline = time.monotonic() + 30
+    while "READY" not in log.read_text():
+        assert make.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    time.sleep(0.2)  # let "two" install its SIGTERM handler
+    pids = child_pids(log.read_text())
+    assert len(pids) == 2
+    os.killpg(make.pid, signal.SIGTERM)
+    make.wait(timeout=15)
+    deadline = time.monotonic() + 15
+    while not log.read_text().rstrip().endswith("stopped"):
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    text = log.read_text()
+    assert "received SIGTERM: stopping" in text
+    assert "again: killing" not in text
+    # The child that ignores SIGTERM had its grace period: a clean stop, not a kill.
+    assert "two did not stop within 1 s; killing it" in text
     assert all(gone(pid) for pid in pids)

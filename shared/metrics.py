@@ -156,7 +156,17 @@ class ServiceMetrics:
         self.compute_time.labels(stage).observe(timing.compute_ms / 1000)
 
     def set_info(self, info: Mapping[str, Any]) -> None:
-        self.model_info.info({k: str(v) for k, v in info.items()})
+        self.model_info.info({k: info_label(v) for k, v in info.items()})
+
+
+def info_label(value: Any) -> str:
+    """A plain label value: a stage's weights by component (a mapping) read
+    `text_encoder=embedded`, comma-separated; a list its items, comma-separated."""
+    if isinstance(value, Mapping):
+        return ",".join(f"{k}={info_label(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ",".join(info_label(v) for v in value)
+    return str(value)
 
 
 class MetricsMiddleware:

@@ -28,14 +28,20 @@ def add_parser(commands: Any) -> None:
         description=(
             "Submit a job to a running gateway (POST /v1/jobs), show its progress, and save "
             "the images as PNG files. With -n 1 the image goes to --output; with -n N > 1 "
-            "to OUT-0.png ... OUT-(N-1).png. Each path is printed with its seed. Ctrl-C "
-            "cancels the job on the gateway."
+            "to OUT-0.png ... OUT-(N-1).png. Each path is printed with its seed. An existing "
+            "file is never overwritten without --force. Ctrl-C cancels the job on the gateway."
         ),
     )
     gen.set_defaults(handler=run)
     gen.add_argument("prompt", metavar="PROMPT", help="what to draw")
     gen.add_argument(
         "-o", "--output", default="out.png", metavar="PATH", help="where to save (default: out.png)"
+    )
+    gen.add_argument(
+        "-f",
+        "--force",
+        action="store_true",
+        help="overwrite output files that already exist (default: refuse, before submitting)",
     )
     gen.add_argument(
         "--url",
@@ -114,18 +120,26 @@ def _error_message(status: int, text: str) -> str:
     return f"HTTP {status}: {text[:300]}"
 
 
-def _save_image(data: bytes, path: Path) -> None:
+def _save_image(data: bytes, path: Path, *, force: bool = False) -> None:
+    """Write the image; without ``force`` an existing file is an error (FileExistsError),
+    even one that appeared while the job ran."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = "wb" if force else "xb"
     if path.suffix.lower() in ("", ".png"):
-        path.write_bytes(data)
+        with path.open(mode) as sink:
+            sink.write(data)
         return
     import io
 
     from PIL import Image  # another format asked for by the file name: convert
 
+    image_format = Image.registered_extensions().get(path.suffix.lower())
+    if image_format is None:  # before the file is created
+        raise ValueError(f"unknown file extension: {path.suffix}")
     with Image.open(io.BytesIO(data)) as image:
         converted = image.convert("RGB") if path.suffix.lower() in (".jpg", ".jpeg") else image
-        converted.save(path)
+        with path.open(mode) as sink:
+            converted.save(sink, format=image_format)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -158,6 +172,15 @@ def run(args: argparse.Namespace) -> int:
     def fail(message: str) -> int:
         print(f"sdserve generate: error: {message}", file=sys.stderr, flush=True)
         return 1
+
+    # Refuse before submitting: no work is done for images that could not be saved.
+    planned = output_paths(Path(args.output), args.n, numbered=args.n > 1)
+    existing = [str(p) for p in planned if p.exists()]
+    if existing and not args.force:
+        return fail(
+            f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
+            "pass --force to overwrite, or choose another --output"
+        )
 
     deadline = time.monotonic() + args.timeout if args.timeout else None
     with httpx.Client(timeout=httpx.Timeout(30.0, connect=10.0)) as client:
@@ -217,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
     paths = output_paths(Path(args.output), len(images), numbered=args.n > 1 or len(images) > 1)
     for item, image, path in zip(items, images, paths, strict=True):
         try:
-            _save_image(image, path)
+            _save_image(image, path, force=args.force)
         except (OSError, ValueError) as exc:
             return fail(f"cannot save {path}: {exc}")
         seed = item.get("seed") if isinstance(item, dict) else None

@@ -295,3 +295,30 @@ def test_output_paths() -> None:
     assert output_paths(Path("a/b.png"), 1, numbered=False) == [Path("a/b.png")]
     assert output_paths(Path("b.png"), 2, numbered=True) == [Path("b-0.png"), Path("b-1.png")]
     assert output_paths(Path("pic"), 2, numbered=True) == [Path("pic-0.png"), Path("pic-1.png")]
+
+
+def test_generate_refuses_to_overwrite_before_submitting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing there: refused before any request
+    out = tmp_path / "x.png"
+    out.write_bytes(b"mine")
+    assert main(["generate", "a cat", "-o", str(out), "--url", url]) == 1
+    err = capsys.readouterr().err
+    assert f"sdserve generate: error: {out} already exists; pass --force to overwrite" in err
+    assert out.read_bytes() == b"mine"
+    numbered = tmp_path / "y-1.png"
+    numbered.write_bytes(b"mine")
+    assert main(["generate", "a cat", "-n", "2", "-o", str(tmp_path / "y.png"), "--url", url]) == 1
+    assert f"{numbered} already exists" in capsys.readouterr().err
+    assert not (tmp_path / "y-0.png").exists() and numbered.read_bytes() == b"mine"
+
+
+def test_generate_overwrites_with_force(
+    stand_in: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "x.png"
+    out.write_bytes(b"mine")
+    assert main(["generate", "dropped", "-o", str(out), "--url", stand_in, "--force"]) == 0
+    assert open_png(out).size == (8, 8)
+    assert capsys.readouterr().out == f"{out} (seed 5)\n"

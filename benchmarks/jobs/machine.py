@@ -6,8 +6,8 @@ import importlib.metadata
 import os
 import platform
 
+from benchmarks.harness import Record, load_average
 from benchmarks.host import cpu_model_and_flags, memory_gib
-from benchmarks.jobs.common import Record, load_average
 from benchmarks.jobs.redis_server import installed_redis_version
 
 

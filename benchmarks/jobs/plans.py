@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.jobs.common import Record
+from benchmarks.harness import Record
 
 PLANS: dict[str, dict[str, Record]] = {
     "full": {

@@ -9,8 +9,9 @@ import platform
 
 import numpy as np
 
+from benchmarks.harness import Record, load_average
 from benchmarks.host import cpu_model_and_flags, memory_gib
-from benchmarks.serving.common import Record, load_average, mem_available_gib
+from benchmarks.serving.common import mem_available_gib
 
 
 def package_version(*names: str) -> str | None:

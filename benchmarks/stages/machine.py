@@ -8,8 +8,8 @@ import platform
 
 import numpy as np
 
+from benchmarks.harness import Record
 from benchmarks.host import cpu_model_and_flags, memory_gib
-from benchmarks.stages.common import Record
 
 
 def machine_description() -> Record:

@@ -1,7 +1,10 @@
-"""What both benchmark packages say about the host: CPU model and flags, memory."""
+"""What the benchmark packages say about the host: CPU model and flags, memory, the
+versions of installed packages."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
 import platform
 from pathlib import Path
 
@@ -29,4 +32,30 @@ def memory_gib() -> float | None:
                 return round(int(line.split()[1]) / 1024 / 1024, 1)
     except OSError:
         pass
+    return None
+
+
+def usable_cpus() -> int | None:
+    """The CPUs this process may run on (its affinity), where the platform says."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+
+
+def cpu_and_memory() -> dict[str, str | int | float | None]:
+    """cpu_model, logical_cpus, usable_cpus and memory_gib: a report's machine, first."""
+    cpu_model, _ = cpu_model_and_flags()
+    return {
+        "cpu_model": cpu_model,
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": usable_cpus(),
+        "memory_gib": memory_gib(),
+    }
+
+
+def package_version(*names: str) -> str | None:
+    """The installed version of the first of `names` that is installed."""
+    for name in names:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
     return None

@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import sys
-import time
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-Record = dict[str, Any]
+from benchmarks.harness import Record
 
 SECTIONS = ("store", "http")
 STORES = ("memory", "redis")
 PROMPT = "a photograph of an astronaut riding a horse"
-
-
-def log(message: str) -> None:
-    stamp = time.strftime("%H:%M:%S")
-    print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
-
-
-def load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def stats_ms(samples_s: Sequence[float], digits: int = 3) -> Record:
@@ -52,9 +36,3 @@ def stats_ms(samples_s: Sequence[float], digits: int = 3) -> Record:
 
 def median(values: Sequence[float]) -> float | None:
     return float(np.median(values)) if values else None
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    if a is None or b is None or b == 0:
-        return None
-    return round(a / b, 3)

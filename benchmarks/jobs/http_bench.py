@@ -31,16 +31,8 @@ from typing import Any
 import httpx
 from httpx_sse import aconnect_sse
 
-from benchmarks.jobs.common import (
-    PROMPT,
-    STORES,
-    Record,
-    load_average,
-    log,
-    median,
-    ratio,
-    stats_ms,
-)
+from benchmarks.harness import Record, load_average, log, ratio
+from benchmarks.jobs.common import PROMPT, STORES, median, stats_ms
 from benchmarks.jobs.redis_server import RedisServer
 from benchmarks.jobs.store_bench import cpu_seconds, rotated
 from shared.service_process import ServiceProcess

@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from types import TracebackType
 
 from shared.redis_server import FSYNC_MODES, find_redis_server, redis_version
 from shared.redis_server import RedisServer as _RedisServer
@@ -43,11 +42,7 @@ class RedisServer(_RedisServer):
             raise
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def stop(self) -> None:
+        """Stopped (as on leaving the `with`), its directory removed."""
+        super().stop()
         shutil.rmtree(self.directory, ignore_errors=True)

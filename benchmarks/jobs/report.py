@@ -4,19 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.jobs.common import STORES, Record, ratio
+from benchmarks.harness import Record, fmt, notes_block, ratio, section_block
+from benchmarks.jobs.common import STORES
 
 LABEL = {"memory": "memory", "redis": "Redis"}
-
-
-def fmt(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
 
 
 def fmt_ms(value: Any) -> str:
@@ -370,29 +361,10 @@ def render_markdown(report: Record) -> str:
         "```",
         "",
     ]
-    try:
-        notes = reading(sections)
-    except Exception as exc:  # a report without the reading beats no report
-        notes = [f"(the reading could not be computed: {exc!r})"]
-    if notes:
-        lines += ["## Reading", ""]
-        lines += [f"- {note}" for note in notes]
-        lines.append("")
+    lines += notes_block("Reading", "the reading", lambda: reading(sections))
     headers = {"store": "1. The stores, in process", "http": "2. End to end over HTTP"}
     renderers = {"store": render_store, "http": render_http}
     for name, header in headers.items():
-        if name not in sections:
-            continue
-        section = sections[name]
-        lines += [f"## {header}", ""]
-        lines.append(
-            f"Measured {section.get('_finished_utc')}, {section.get('_seconds')} s; load "
-            f"average before {section.get('_load_before')}, after {section.get('_load_after')}."
-        )
-        lines.append("")
-        if section.get("_error"):
-            lines += ["**Failed:**", "", "```", section["_error"][-3000:], "```", ""]
-            continue
-        lines += renderers[name](section)
-        lines.append("")
+        if name in sections:
+            lines += section_block(header, sections[name], renderers[name])
     return "\n".join(lines)

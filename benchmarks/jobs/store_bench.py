@@ -26,7 +26,8 @@ import time
 from collections.abc import Sequence
 from typing import TypeVar
 
-from benchmarks.jobs.common import STORES, Record, load_average, log, median, ratio, stats_ms
+from benchmarks.harness import Record, load_average, log, ratio
+from benchmarks.jobs.common import STORES, median, stats_ms
 from benchmarks.jobs.redis_server import RedisServer
 from central.jobs import open_store
 from central.jobs.records import JobRecord

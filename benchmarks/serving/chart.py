@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.serving.common import Record
+from benchmarks.harness import Record
 
 
 def render_chart(report: Record, path: Path) -> str | None:

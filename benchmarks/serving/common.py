@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-Record = dict[str, Any]
+from benchmarks.harness import Record
 
 SECTIONS = ("topologies", "keras_cv", "concurrency", "overload", "wire", "locust", "replicas")
 TOPOLOGIES = ("all-in-one", "three-endpoints", "hybrid")
@@ -43,17 +38,8 @@ SD_INTERLEAVE_MIN_GIB = 16.0
 GENERATIONS = "/v1/images/generations"
 
 
-def log(message: str) -> None:
-    stamp = time.strftime("%H:%M:%S")
-    print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
-
-
 def wxh(size: Sequence[int]) -> str:
     return f"{size[0]}x{size[1]}"
-
-
-def load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def mem_available_gib() -> float | None:
@@ -121,9 +107,3 @@ def stats_ms(samples_s: Sequence[float]) -> Record:
         "max_ms": round(float(ms.max()), 1),
         "mean_ms": round(float(ms.mean()), 1),
     }
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    if a is None or b is None or b == 0:
-        return None
-    return round(a / b, 3)

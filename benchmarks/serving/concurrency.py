@@ -13,14 +13,12 @@ from typing import Any
 import httpx
 import numpy as np
 
+from benchmarks.harness import Record, load_average, log
 from benchmarks.serving.common import (
     CLIENT_TIMEOUT_S,
     GENERATIONS,
-    Record,
     cores_used,
     cpu_snapshot,
-    load_average,
-    log,
     mem_available_gib,
     proc_status_kib,
     stats_ms,

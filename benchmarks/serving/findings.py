@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.serving.common import Record
+from benchmarks.harness import Record
 from benchmarks.serving.targets import level_of
 
 

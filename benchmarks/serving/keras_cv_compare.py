@@ -15,17 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.serving.common import (
-    GUIDANCE_SCALE,
-    PROMPT,
-    REPO_ROOT,
-    SEED,
-    Record,
-    log,
-    ratio,
-    stats_ms,
-    wxh,
-)
+from benchmarks.harness import REPO_ROOT, Record, log, ratio
+from benchmarks.serving.common import GUIDANCE_SCALE, PROMPT, SEED, stats_ms, wxh
 
 
 class _TimedModel:

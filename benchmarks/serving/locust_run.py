@@ -12,7 +12,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.serving.common import REPO_ROOT, STAGE_MODULES, Record, log, wxh
+from benchmarks.harness import REPO_ROOT, Record, log
+from benchmarks.serving.common import STAGE_MODULES, wxh
 from benchmarks.serving.stack import GatewaySpecs, Stack, StageSpecs, family_env
 
 

@@ -2,34 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
-import os
 import platform
 
 import numpy as np
 
-from benchmarks.host import cpu_model_and_flags, memory_gib
-from benchmarks.serving.common import Record, load_average, mem_available_gib
-
-
-def package_version(*names: str) -> str | None:
-    for name in names:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
+from benchmarks.harness import Record, load_average
+from benchmarks.host import cpu_and_memory, package_version
+from benchmarks.serving.common import mem_available_gib
 
 
 def machine_description() -> Record:
     """The machine, without importing TensorFlow (this process only sends requests)."""
-    cpu_model, _ = cpu_model_and_flags()
     return {
-        "cpu_model": cpu_model,
-        "logical_cpus": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "memory_gib": memory_gib(),
+        **cpu_and_memory(),
         "mem_available_gib_at_start": mem_available_gib(),
         "load_average_at_start": load_average(),
         "python": platform.python_version(),

@@ -14,17 +14,14 @@ from typing import Any
 import httpx
 import numpy as np
 
+from benchmarks.harness import Record, load_average, log, ratio
 from benchmarks.serving.common import (
     CLIENT_TIMEOUT_S,
     GENERATIONS,
     STAGE_MODULES,
-    Record,
     cores_used,
     cpu_snapshot,
-    load_average,
-    log,
     proc_status_kib,
-    ratio,
     stats_ms,
     wxh,
 )

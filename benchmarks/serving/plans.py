@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.serving.common import Record
+from benchmarks.harness import Record
 
 # What each mode measures. Sizes are (width, height).
 PLANS: dict[str, Record] = {

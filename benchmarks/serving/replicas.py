@@ -19,16 +19,8 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.serving.common import (
-    CLIENT_TIMEOUT_S,
-    GENERATIONS,
-    PROMPT,
-    Record,
-    log,
-    stats_ms,
-    wxh,
-)
-from benchmarks.serving.report_tables import fmt
+from benchmarks.harness import Record, fmt, log
+from benchmarks.serving.common import CLIENT_TIMEOUT_S, GENERATIONS, PROMPT, stats_ms, wxh
 from shared.service_process import ServiceProcess, run_services
 
 RUNS = (("one replica", 1, False), ("two replicas", 2, False), ("two, one killed", 2, True))

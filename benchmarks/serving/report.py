@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from benchmarks.serving.common import SECTIONS, Record
+from collections.abc import Callable
+
+from benchmarks.harness import Record, fmt, notes_block, section_block
+from benchmarks.serving.common import SECTIONS
 from benchmarks.serving.findings import findings
 from benchmarks.serving.replicas import render_replicas
 from benchmarks.serving.report_tables import (
-    fmt,
     render_concurrency,
     render_keras_cv,
     render_locust,
@@ -15,6 +17,25 @@ from benchmarks.serving.report_tables import (
     render_wire,
     verdict,
 )
+
+HEADINGS = {
+    "topologies": "1. Topologies: the same requests, one at a time",
+    "keras_cv": "2. Against keras-cv's StableDiffusion",
+    "concurrency": "3. Throughput and latency under concurrency",
+    "overload": "4. Overload: bounded queues",
+    "wire": "5. Bytes on the wire",
+    "locust": "6. Locust",
+    "replicas": "7. Replicas: balance, and a replica killed mid-run",
+}
+RENDERERS: dict[str, Callable[[Record], list[str]]] = {
+    "topologies": render_topologies,
+    "keras_cv": render_keras_cv,
+    "concurrency": render_concurrency,
+    "overload": render_overload,
+    "wire": render_wire,
+    "locust": render_locust,
+    "replicas": render_replicas,
+}
 
 
 def render_markdown(report: Record) -> str:
@@ -58,45 +79,8 @@ def render_markdown(report: Record) -> str:
         shown = f"{value:.3f}" if isinstance(value, float) else fmt(value)
         lines.append(f"| {t['target']} | {shown} | {verdict(t['met'])} |")
     lines.append("")
-    try:
-        notes = findings(sections)
-    except Exception as exc:  # a report without findings beats no report
-        notes = [f"(findings could not be computed: {exc!r})"]
-    if notes:
-        lines += ["## Where the time goes", ""]
-        lines += [f"- {note}" for note in notes]
-        lines.append("")
+    lines += notes_block("Where the time goes", "findings", lambda: findings(sections))
     for name in SECTIONS:
-        if name not in sections:
-            continue
-        section = sections[name]
-        header = {
-            "topologies": "1. Topologies: the same requests, one at a time",
-            "keras_cv": "2. Against keras-cv's StableDiffusion",
-            "concurrency": "3. Throughput and latency under concurrency",
-            "overload": "4. Overload: bounded queues",
-            "wire": "5. Bytes on the wire",
-            "locust": "6. Locust",
-            "replicas": "7. Replicas: balance, and a replica killed mid-run",
-        }[name]
-        lines += [f"## {header}", ""]
-        lines.append(
-            f"Measured {section.get('_finished_utc')}, {section.get('_seconds')} s; load "
-            f"average before {section.get('_load_before')}, after {section.get('_load_after')}."
-        )
-        lines.append("")
-        if section.get("_error"):
-            lines += ["**Failed:**", "", "```", section["_error"][-3000:], "```", ""]
-            continue
-        renderer = {
-            "topologies": render_topologies,
-            "keras_cv": render_keras_cv,
-            "concurrency": render_concurrency,
-            "overload": render_overload,
-            "wire": render_wire,
-            "locust": render_locust,
-            "replicas": render_replicas,
-        }[name]
-        lines += renderer(section)
-        lines.append("")
+        if name in sections:
+            lines += section_block(HEADINGS[name], sections[name], RENDERERS[name])
     return "\n".join(lines)

@@ -6,18 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.serving.common import TOPOLOGIES, Record, ratio
+from benchmarks.harness import Record, fmt, ratio
+from benchmarks.serving.common import TOPOLOGIES
 from benchmarks.serving.targets import level_of
-
-
-def fmt(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
 
 
 def verdict(ok: bool | None) -> str:

@@ -12,15 +12,8 @@ from typing import Any
 
 import httpx
 
-from benchmarks.serving.common import (
-    GUIDANCE_SCALE,
-    PROMPT,
-    STAGE_MODULES,
-    URL_ENV,
-    Record,
-    log,
-    wxh,
-)
+from benchmarks.harness import Record, log
+from benchmarks.serving.common import GUIDANCE_SCALE, PROMPT, STAGE_MODULES, URL_ENV, wxh
 from shared.service_process import ServiceProcess
 
 # Stage service name -> (stage kind, env overrides).

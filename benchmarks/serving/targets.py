@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.serving.common import Record, ratio
+from benchmarks.harness import Record, ratio
 from benchmarks.serving.plans import TARGETS
 
 

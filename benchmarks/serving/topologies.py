@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from benchmarks.harness import Record, load_average, log, ratio
 from benchmarks.serving.common import (
     CLIENT_TIMEOUT_S,
     GENERATIONS,
@@ -21,12 +22,8 @@ from benchmarks.serving.common import (
     SD_INTERLEAVE_MIN_GIB,
     SEED,
     TOPOLOGIES,
-    Record,
-    load_average,
-    log,
     mem_available_gib,
     proc_status_kib,
-    ratio,
     stats_ms,
     wxh,
 )

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.serving.common import Record, ratio, wxh
+from benchmarks.harness import Record, ratio
+from benchmarks.serving.common import wxh
 from benchmarks.serving.records import CodecTimes, WireHop, as_json
 
 

@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.harness import REPO_ROOT, Record, log
 from benchmarks.stages.common import (
     DEFAULT_REPEATS,
     FAMILY_SIZES,
@@ -29,10 +30,7 @@ from benchmarks.stages.common import (
     PRECISIONS,
     PROMPT,
     QUICK_REPEATS,
-    REPO_ROOT,
     STEPS,
-    Record,
-    log,
 )
 from benchmarks.stages.family_bench import worker_main
 from benchmarks.stages.machine import machine_description

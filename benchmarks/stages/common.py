@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
+from benchmarks.harness import Record
 
 # Family -> (width, height) measured.
 FAMILY_SIZES: dict[str, tuple[int, int]] = {"sd-v1": (128, 128), "tiny": (64, 64)}
@@ -22,13 +19,6 @@ PROMPT = "a photograph of an astronaut riding a horse"
 NEGATIVE_PROMPT = ""
 GUIDANCE_SCALE = 7.5
 STEPS = 25  # the schedule the measured step belongs to (its timestep is the first one)
-
-Record = dict[str, Any]
-
-
-def log(message: str) -> None:
-    stamp = time.strftime("%H:%M:%S")
-    print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- timing

@@ -18,14 +18,13 @@ import numpy as np
 if TYPE_CHECKING:
     from shared.config import FamilyName, Precision
 
+from benchmarks.harness import Record, log
 from benchmarks.stages.common import (
     FAMILY_SIZES,
     GUIDANCE_SCALE,
     NEGATIVE_PROMPT,
     PROMPT,
     STEPS,
-    Record,
-    log,
     measure,
     summarize,
 )

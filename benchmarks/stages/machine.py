@@ -8,8 +8,8 @@ import platform
 
 import numpy as np
 
-from benchmarks.host import cpu_model_and_flags, memory_gib
-from benchmarks.stages.common import Record
+from benchmarks.harness import Record
+from benchmarks.host import cpu_model_and_flags, memory_gib, usable_cpus
 
 
 def machine_description() -> Record:
@@ -31,7 +31,7 @@ def machine_description() -> Record:
         "cpu_model": cpu_model,
         "cpu_flags_of_note": [f for f in interesting if f in flags],
         "logical_cpus": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "usable_cpus": usable_cpus(),
         "memory_gib": memory_gib(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "device": detect_device(),

@@ -8,7 +8,7 @@ import json
 import shlex
 from pathlib import Path
 
-from benchmarks.stages.common import Record
+from benchmarks.harness import Record
 
 
 def strategy_label(xla: str, batched: bool, precision: str) -> str:

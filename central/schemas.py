@@ -137,7 +137,11 @@ class ImageEditJson(ImageEditFields):
     as in diffusers)."""
 
     image: str = Field(min_length=1, description="Base64 PNG/JPEG/WebP.")
-    mask: str | None = Field(default=None, description="Base64 greyscale; white = repaint.")
+    mask: str | None = Field(
+        default=None,
+        description="Base64 greyscale; white = repaint. Omitted: the image's fully "
+        "transparent pixels are repainted; an opaque image is image-to-image.",
+    )
 
 
 class HfParameters(BaseModel):
@@ -336,7 +340,13 @@ EDIT_BODY_DOC: dict[str, Any] = {
                     "properties": {
                         **ImageEditFields.model_json_schema()["properties"],
                         "image": {"type": "string", "format": "binary"},
-                        "mask": {"type": "string", "format": "binary"},
+                        "mask": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "Fully transparent pixels are repainted. "
+                            "Omitted: the image's own are; an opaque image is "
+                            "image-to-image.",
+                        },
                     },
                     "required": ["image", "prompt"],
                 }

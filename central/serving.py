@@ -73,6 +73,23 @@ def open_image(data: bytes, *, param: str, settings: Settings) -> Image.Image:
     return open_upload(data, param=param, max_side=max_upload_side(settings.sizes))
 
 
+def _transparent(alpha: Image.Image, width: int, height: int) -> np.ndarray:
+    """Where an alpha channel is fully transparent (0), at the output size."""
+    return np.asarray(alpha.resize((width, height), Image.Resampling.NEAREST)) == 0
+
+
+def _own_transparency(image: Image.Image, width: int, height: int) -> np.ndarray | None:
+    """The mask an image with no mask carries itself (OpenAI's rule): its fully
+    transparent pixels are repainted. None when it has no alpha or none of it is 0; a
+    partly transparent pixel (an antialiased edge) is kept, as in a mask's alpha."""
+    if "A" not in image.getbands() and "transparency" not in image.info:
+        return None
+    alpha = image.convert("RGBA").getchannel("A")
+    if alpha.histogram()[0] == 0:  # no pixel at alpha 0
+        return None
+    return _transparent(alpha, width, height).astype(np.float32)
+
+
 def _repaint_mask(
     mask_image: Image.Image, width: int, height: int, polarity: MaskPolarity
 ) -> np.ndarray:
@@ -84,7 +101,7 @@ def _repaint_mask(
                 param="mask",
             )
         alpha = mask_image.convert("RGBA").getchannel("A")
-        repaint = np.asarray(alpha.resize((width, height), Image.Resampling.NEAREST)) == 0
+        repaint = _transparent(alpha, width, height)
     else:
         grey = mask_image.convert("L").resize((width, height), Image.Resampling.NEAREST)
         repaint = np.asarray(grey) > 127
@@ -102,7 +119,9 @@ def decode_edit(
     """The edit's parameters and its image (and mask) at the output size. Blocking.
 
     Both headers are checked (format, dimensions, mask against image, served size)
-    before any pixel of either is decoded.
+    before any pixel of either is decoded. With no mask, the image's fully transparent
+    pixels (alpha 0) are the mask, in either form, as OpenAI's edits do; an image with
+    no alpha, or none at 0, and no mask is image-to-image.
     """
     image = open_image(image_bytes, param="image", settings=settings)
     mask_image = (
@@ -127,7 +146,11 @@ def decode_edit(
     rgb = image.convert("RGB")
     if rgb.size != (width, height):
         rgb = rgb.resize((width, height), Image.Resampling.LANCZOS)
-    mask = _repaint_mask(mask_image, width, height, mask_polarity) if mask_image else None
+    mask: np.ndarray | None
+    if mask_image is not None:
+        mask = _repaint_mask(mask_image, width, height, mask_polarity)
+    else:
+        mask = _own_transparency(image, width, height)
     params = fields.to_params(settings, width, height)
     return params, EditInputs(
         np.asarray(rgb, dtype=np.uint8), mask, fields.mask_blur, fields.keep_unmasked
@@ -137,7 +160,8 @@ def decode_edit(
 async def edit_from_json(
     payload: Any, settings: Settings
 ) -> tuple[ImageEditJson, GenerationParams, EditInputs]:
-    """An edit's JSON form (base64 image, greyscale mask: white = repaint)."""
+    """An edit's JSON form (base64 image, greyscale mask: white = repaint; no mask: the
+    image's own transparency)."""
     body = validated(ImageEditJson, payload)
 
     def decode() -> tuple[GenerationParams, EditInputs]:
@@ -152,7 +176,8 @@ async def edit_from_json(
 async def edit_from_form(
     request: Request, settings: Settings
 ) -> tuple[ImageEditFields, GenerationParams, EditInputs]:
-    """An edit's OpenAI multipart form (image and mask files; mask alpha 0 = repaint)."""
+    """An edit's OpenAI multipart form (image and mask files; mask alpha 0 = repaint; no
+    mask: the image's own alpha 0)."""
     form = await request.form(max_files=2, max_fields=32)
     image, mask = form.get("image"), form.get("mask")
     if not isinstance(image, UploadFile):

@@ -12,6 +12,7 @@ const state = {
   attempt: 1, // the running job's run: a gateway that stops has another run it again
   source: null, // the image being inpainted (HTMLImageElement)
   painting: false,
+  redoWhole: false, // inpaint with nothing painted: pressed once, warned; again redoes all
   last: null, // last brush point
 };
 
@@ -66,6 +67,7 @@ function setMode(mode) {
   $("#mode-inpaint").setAttribute("aria-selected", String(mode === "inpaint"));
   $("#inpaint-panel").hidden = mode !== "inpaint";
   $("#generate").textContent = mode === "inpaint" ? "Inpaint" : "Generate";
+  state.redoWhole = false;
 }
 
 function setStatus(text, kind = "", detail = "") {
@@ -138,6 +140,16 @@ function loadSource(url) {
 function clearMask() {
   const canvas = $("#mask-canvas");
   canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+  state.redoWhole = false;
+}
+
+// Whether the image has fully transparent pixels: with no mask, the gateway repaints
+// those (OpenAI's rule), so an unpainted edit of such an image is still an inpaint.
+function imageHasHoles() {
+  const canvas = $("#image-canvas");
+  const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  for (let i = 3; i < pixels.length; i += 4) if (pixels[i] === 0) return true;
+  return false;
 }
 
 function brushPoint(event) {
@@ -178,6 +190,7 @@ function setUpBrush() {
   canvas.addEventListener("pointerdown", (event) => {
     if (!state.source) return;
     state.painting = true;
+    state.redoWhole = false;
     canvas.setPointerCapture(event.pointerId);
     state.last = brushPoint(event);
     paint(state.last, state.last);
@@ -255,8 +268,23 @@ async function submit(event) {
     return;
   }
   const body = requestBody();
+  const holes = body.kind === "edit" && !body.mask && imageHasHoles();
+  if (body.kind === "edit" && !body.mask && !holes && !state.redoWhole) {
+    // Nothing painted would silently redo every pixel: ask first.
+    state.redoWhole = true;
+    setStatus(
+      "Nothing is painted. Paint the area to repaint, or press Inpaint again to redo the " +
+        "whole image (image to image, by strength).",
+      "waiting",
+    );
+    return;
+  }
+  state.redoWhole = false;
   setRunning(true);
-  setStatus(body.kind === "edit" && !body.mask ? "Submitting (no mask: image to image)…" : "Submitting…");
+  let submitting = "Submitting…";
+  if (holes) submitting = "Submitting (no mask: the image's transparent area is repainted)…";
+  else if (body.kind === "edit" && !body.mask) submitting = "Submitting (no mask: the whole image is redone)…";
+  setStatus(submitting);
   $("#progress").max = 1;
   $("#progress").value = 0;
   $("#previews").replaceChildren();

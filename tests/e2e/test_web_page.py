@@ -157,6 +157,16 @@ def test_generate_inpaint_and_cancel_in_the_browser(page, gateway):
     page.click("#results .inpaint-this")
     assert page.is_visible("#inpaint-panel")
     page.wait_for_function("!document.querySelector('#editor').classList.contains('empty')")
+    # Nothing painted yet: the page asks, rather than silently redoing every pixel.
+    page.click("#generate")
+    assert page.inner_text("#status").startswith("Nothing is painted")
+    assert page.is_enabled("#generate") and job_of(page, gateway)["kind"] == "generation"
+    page.fill("#steps", "5")
+    with page.expect_request("**/v1/jobs") as submitted:
+        page.click("#generate")  # again: the whole image is redone (image to image)
+    assert "mask" not in json.loads(submitted.value.post_data)
+    page.wait_for_selector("#status.done", timeout=60_000)
+    assert job_of(page, gateway)["kind"] == "edit"
     box = page.locator("#mask-canvas").bounding_box()
     page.mouse.move(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.3)
     page.mouse.down()

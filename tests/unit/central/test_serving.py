@@ -13,7 +13,13 @@ from PIL import Image, ImageFile
 
 from central import serving
 from central.schemas import ImageEditFields
-from central.serving import decode_edit, edit_from_json, encode_pngs, images_response
+from central.serving import (
+    MaskPolarity,
+    decode_edit,
+    edit_from_json,
+    encode_pngs,
+    images_response,
+)
 from shared.config import Settings
 from shared.errors import InvalidInput, UnsupportedSize
 from shared.pipeline.types import GenerationResult, StageTiming
@@ -55,6 +61,35 @@ def test_both_mask_polarities_mean_the_same_region() -> None:
     assert grey.mask is not None and openai.mask is not None
     assert np.array_equal(grey.mask, openai.mask) and grey.mask.sum() == 32 * 32
     assert np.array_equal(grey.image, np.asarray(Image.open(io.BytesIO(RED))))
+
+
+@pytest.mark.parametrize("polarity", ["openai-alpha", "white-repaints"])
+def test_with_no_mask_the_images_own_fully_transparent_pixels_are_the_mask(
+    polarity: MaskPolarity,
+) -> None:
+    fields = ImageEditFields(prompt="x")
+    image = Image.new("RGBA", (64, 64), (200, 0, 0, 255))
+    image.paste((0, 0, 0, 0), (16, 16, 48, 48))
+    image.paste((200, 0, 0, 128), (0, 0, 8, 8))  # partly transparent: kept
+    _, edit = decode_edit(fields, SETTINGS, png(image), None, mask_polarity=polarity)
+    assert edit.mask is not None and edit.mask.sum() == 32 * 32
+    assert edit.mask[16:48, 16:48].all() and edit.image.shape == (64, 64, 3)
+    palette = Image.new("P", (64, 64), 1)
+    palette.putpalette([0, 0, 0, 200, 0, 0])
+    palette.paste(0, (0, 0, 16, 64))
+    palette.info["transparency"] = 0  # tRNS: palette entry 0 is transparent
+    _, edit = decode_edit(fields, SETTINGS, png(palette), None, mask_polarity=polarity)
+    assert edit.mask is not None and edit.mask.sum() == 16 * 64
+
+
+@pytest.mark.parametrize("polarity", ["openai-alpha", "white-repaints"])
+def test_with_no_mask_an_opaque_image_is_image_to_image(polarity: MaskPolarity) -> None:
+    fields = ImageEditFields(prompt="x")
+    opaque = png(Image.new("RGBA", (64, 64), (200, 0, 0, 255)))
+    partial = png(Image.new("RGBA", (64, 64), (200, 0, 0, 1)))
+    for image in (RED, opaque, partial):
+        _, edit = decode_edit(fields, SETTINGS, image, None, mask_polarity=polarity)
+        assert edit.mask is None
 
 
 def test_an_openai_mask_without_alpha_and_a_mismatched_mask_are_refused() -> None:

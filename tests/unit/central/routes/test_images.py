@@ -8,13 +8,14 @@ import io
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
 from central.app import create_central_app
 from shared.pipeline.chain import Chain
 from tests.utils.gateway import SETTINGS, client_for
-from tests.utils.images import blank_png, encoded
+from tests.utils.images import b64, blank_png, encoded
 
 IMAGES_KEYS = {
     "created",
@@ -207,3 +208,67 @@ def test_body_limits_are_per_route(chain: Chain) -> None:
         assert error["message"] == f"request body exceeds {limit} bytes"
     assert edit.status_code == 200, edit.text
     assert job.status_code == 202, job.text
+
+
+def transparent_square_png() -> tuple[bytes, np.ndarray]:
+    """An RGBA PNG whose square (8..40) is fully transparent (black under it), and its
+    RGB, with a gradient so that image-to-image visibly moves its pixels."""
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    rgb[..., 0] = np.arange(64, dtype=np.uint8)[None, :] * 4
+    rgb[..., 1] = 120
+    alpha = np.full((64, 64), 255, np.uint8)
+    alpha[8:40, 8:40] = 0
+    rgb[8:40, 8:40] = 0
+    return png(Image.fromarray(np.dstack([rgb, alpha]), "RGBA")), rgb
+
+
+def test_with_no_mask_a_transparent_png_is_inpainted_and_an_opaque_one_is_not(
+    chain: Chain,
+) -> None:
+    openai = pytest.importorskip("openai")
+    image, rgb = transparent_square_png()
+    opaque = png(Image.fromarray(rgb, "RGB"))
+    square = np.zeros((64, 64), bool)
+    square[8:40, 8:40] = True
+
+    async def edit(client: Any, upload: bytes, **extra: Any) -> np.ndarray:
+        result = await client.images.edit(
+            image=("i.png", upload, "image/png"),
+            prompt="a door",
+            size="64x64",
+            response_format="b64_json",
+            extra_body={"steps": 3, "seed": 5},
+            **extra,
+        )
+        decoded = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
+        return np.asarray(decoded.convert("RGB"))
+
+    async def main() -> tuple[np.ndarray, ...]:
+        async with client_for(create_central_app(SETTINGS, chain)) as http:
+            client = openai.AsyncOpenAI(
+                base_url="http://localhost/v1", api_key="unused", http_client=http
+            )
+            return (
+                await edit(client, image),
+                await edit(client, image, mask=("m.png", image, "image/png")),
+                await edit(client, opaque),
+            )
+
+    no_mask, own_alpha_as_mask, image_to_image = asyncio.run(main())
+    # Inpainted: the opaque area comes back exactly as sent, the transparent one is new,
+    # and the image's alpha did what the same PNG sent as the mask does.
+    assert np.array_equal(no_mask[~square], rgb[~square])
+    assert not np.array_equal(no_mask[square], rgb[square])
+    assert np.array_equal(no_mask, own_alpha_as_mask)
+    # An opaque PNG and no mask: image-to-image, every pixel moves.
+    assert not np.array_equal(image_to_image[~square], rgb[~square])
+    (as_json,) = post_all(
+        chain,
+        {
+            "url": "/v1/images/edits",
+            "json": {"prompt": "a door", "steps": 3, "seed": 5, "image": b64(image)},
+        },
+    )
+    assert as_json.status_code == 200, as_json.text
+    from_json = Image.open(io.BytesIO(base64.b64decode(as_json.json()["data"][0]["b64_json"])))
+    assert np.array_equal(np.asarray(from_json.convert("RGB")), no_mask)

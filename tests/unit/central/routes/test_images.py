@@ -107,7 +107,21 @@ def test_edits_refuse_other_media_types(chain: Chain) -> None:
         chain,
         {"url": "/v1/images/edits", "content": b"x", "headers": {"content-type": "text/plain"}},
     )
-    assert response.status_code == 415 and response.json()["error"]["param"] == "body"
+    assert response.status_code == 415 and response.json()["error"]["param"] == "Content-Type"
+
+
+@pytest.mark.parametrize("url", ["/v1/images/generations", "/"])
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_json_routes_refuse_bodies_not_sent_as_json(
+    chain: Chain, url: str, content_type: str | None
+) -> None:
+    headers = {} if content_type is None else {"content-type": content_type}
+    body = b'{"prompt": "x", "inputs": "x"}'
+    (response,) = post_all(chain, {"url": url, "content": body, "headers": headers})
+    assert response.status_code == 415
+    error = response.json()["error"]
+    assert error["type"] == "unsupported_media_type" and error["param"] == "Content-Type"
+    assert "Content-Type: application/json" in error["message"]
 
 
 def test_hugging_face_text_to_image_answers_a_png_and_its_seed(chain: Chain) -> None:

@@ -172,6 +172,7 @@ def test_unknown_jobs_are_404_everywhere(chain: Chain) -> None:
         assert response.status_code == 404
         assert response.json()["error"]["type"] == "not_found"
     assert wrong_type.status_code == 415
+    assert wrong_type.json()["error"]["param"] == "Content-Type"
 
 
 def test_events_carry_ids_and_a_reconnect_resumes_after_last_event_id(chain: Chain) -> None:

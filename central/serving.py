@@ -26,6 +26,7 @@ from central.schemas import (
     ImageEditFields,
     ImageEditJson,
     ImagesResponse,
+    PromptWarningBody,
     StageTimingBody,
     parse_size_field,
 )
@@ -225,4 +226,8 @@ def images_response(
         prompt_truncated=result.prompt_truncated,
         model=result.model,
         weights=result.weights,
+        warnings=[
+            PromptWarningBody(code=w.code, message=w.message, param=w.param, words=list(w.words))
+            for w in result.warnings
+        ],
     )

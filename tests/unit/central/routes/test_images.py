@@ -24,6 +24,7 @@ IMAGES_KEYS = {
     "prompt_truncated",
     "model",
     "weights",
+    "warnings",
 }
 
 
@@ -55,6 +56,19 @@ def test_generations_answer_the_openai_shape_in_either_format(chain: Chain) -> N
     encoded = b64.json()["data"][0]["b64_json"]
     assert url.json()["data"][0] == {"seed": 4, "url": f"data:image/png;base64,{encoded}"}
     assert set(b64.json()["timings"]["diffusion"]) == {"queue_ms", "compute_ms", "transfer_ms"}
+
+
+def test_generations_warn_of_prompt_words_outside_the_models_vocabulary(chain: Chain) -> None:
+    known, unknown = post_all(
+        chain,
+        {"url": "/v1/images/generations", "json": {"prompt": "a red square", "steps": 1}},
+        {"url": "/v1/images/generations", "json": {"prompt": "a photo of a cat", "steps": 1}},
+    )
+    assert known.status_code == 200 and unknown.status_code == 200, known.text + unknown.text
+    assert known.json()["warnings"] == []
+    (warning,) = unknown.json()["warnings"]
+    assert warning["code"] == "prompt_out_of_domain" and warning["param"] == "prompt"
+    assert warning["words"] == ["photo", "cat"] and "'photo', 'cat'" in warning["message"]
 
 
 def test_an_edit_gives_the_same_pixels_as_multipart_and_as_json(chain: Chain) -> None:

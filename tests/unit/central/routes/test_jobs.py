@@ -46,6 +46,8 @@ def test_job_result_is_the_generations_response_with_the_same_pixels(chain: Chai
     result = job["result"]
     assert set(result) == set(direct) and result["data"] == direct["data"]
     assert result["model"] == "tiny" and "random" in result["weights"]
+    assert result["warnings"] == direct["warnings"]
+    assert [w["words"] for w in result["warnings"]] == [["lighthouse"]]
 
 
 def test_edit_jobs_inpaint_with_a_white_repaints_mask(chain: Chain) -> None:

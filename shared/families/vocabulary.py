@@ -47,22 +47,21 @@ def prompt_warnings(
     if spec.vocabulary is None:
         return []
     warnings = []
-    for param, text, what in (
-        ("prompt", prompt, "drawn from the words it knows; the image may not show them"),
-        ("negative_prompt", negative_prompt, "the words it does not know steer nothing"),
-    ):
+    for param, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
         words = unknown_words(text or "", spec.vocabulary)
-        if words:
-            listed = ", ".join(repr(word) for word in words)
-            warnings.append(
-                PromptWarning(
-                    code=f"{param}_out_of_domain",
-                    message=(
-                        f"the {spec.name} model was not trained on {listed}: {param} "
-                        f"{what} (example: {spec.example_prompt!r})"
-                    ),
-                    param=param,
-                    words=words,
-                )
+        if not words:
+            continue
+        listed = ", ".join(repr(word) for word in words)
+        if param == "prompt":
+            message = (
+                f"the {spec.name} model does not know {listed} (not in its training "
+                f"captions): the image may not show them; try a prompt like "
+                f"{spec.example_prompt!r}"
             )
+        else:
+            message = (
+                f"the {spec.name} model does not know {listed} in the negative prompt "
+                "(not in its training captions): those words steer nothing"
+            )
+        warnings.append(PromptWarning(f"{param}_out_of_domain", message, param, words))
     return warnings

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
-from shared.errors import InvalidInput
+from shared.errors import InvalidInput, UnsupportedMediaType
 from shared.tokenizer import MAX_PROMPT_CHARS
 
 DECODE_WORKERS = 2
@@ -84,6 +84,25 @@ async def parse_json(body: bytes) -> Any:
     return await off_loop(_loads, body)
 
 
+def media_type(request: Request) -> str:
+    """The request's media type, without parameters (`charset=...`)."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def require_json(request: Request) -> None:
+    """Refuse (415, param "Content-Type") a body not sent as `application/json`.
+
+    Without this a JSON route given, say, curl's default form type answers a puzzling
+    422 ("Input should be a valid dictionary").
+    """
+    if media_type(request) != "application/json":
+        sent = media_type(request) or "none"
+        raise UnsupportedMediaType(
+            f"send the body as JSON with the header Content-Type: application/json (got {sent})",
+            param="Content-Type",
+        )
+
+
 class OffLoopJsonRequest(Request):
     """A request whose `json()` is `parse_json`, so FastAPI's body models use it too."""
 
@@ -96,6 +115,8 @@ class OffLoopJsonRequest(Request):
 class OffLoopJsonRoute(APIRoute):
     """A route whose JSON body is parsed by `parse_json` (the images and jobs routes).
 
+    A route with a body model takes only `application/json` (415 otherwise, before the
+    body is read); routes that read their own body (edits, jobs) check its type themselves.
     FastAPI turns an error raised while reading the body into a 400 caused by it; the
     gateway's error handlers answer with that cause (422 here, 413 from the body limit).
     """
@@ -104,6 +125,8 @@ class OffLoopJsonRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def handle(request: Request) -> Response:
+            if self.body_field is not None:
+                require_json(request)
             return await handler(OffLoopJsonRequest(request.scope, request.receive))
 
         return handle

@@ -212,6 +212,13 @@ class StageTimingBody(BaseModel):
     transfer_ms: float
 
 
+class PromptWarningBody(BaseModel):
+    code: str = Field(description="prompt_out_of_domain or negative_prompt_out_of_domain.")
+    message: str
+    param: str = Field(description="The request field it is about.")
+    words: list[str] = Field(description="The words the model was not trained on.")
+
+
 class ImagesResponse(BaseModel):
     """The OpenAI Images response, plus seeds, per-stage timings and the model served."""
 
@@ -222,6 +229,11 @@ class ImagesResponse(BaseModel):
     prompt_truncated: bool
     model: str
     weights: str
+    warnings: list[PromptWarningBody] = Field(
+        default_factory=list,
+        description="Prompt words the model was not trained on (for a family that declares "
+        "its vocabulary, such as tiny); empty when none.",
+    )
 
 
 class ErrorDetail(BaseModel):

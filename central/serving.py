@@ -20,12 +20,13 @@ from fastapi import Request
 from PIL import Image
 from starlette.datastructures import UploadFile
 
-from central.bodies import off_loop, parse_json
+from central.bodies import media_type, off_loop, parse_json
 from central.schemas import (
     ImageData,
     ImageEditFields,
     ImageEditJson,
     ImagesResponse,
+    PromptWarningBody,
     StageTimingBody,
     parse_size_field,
 )
@@ -38,10 +39,6 @@ from shared.pipeline.types import EditInputs, GenerationParams, GenerationResult
 from shared.uploads import load_upload, max_upload_side, open_upload
 
 MaskPolarity = Literal["openai-alpha", "white-repaints"]
-
-
-def media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";")[0].strip()
 
 
 async def read_json(request: Request) -> Any:
@@ -206,7 +203,8 @@ async def read_edit(
     if kind == "multipart/form-data":
         return await edit_from_form(request, settings)
     raise UnsupportedMediaType(
-        "send multipart/form-data (OpenAI) or application/json", param="body"
+        "send the header Content-Type: multipart/form-data (OpenAI) or application/json",
+        param="Content-Type",
     )
 
 
@@ -253,4 +251,8 @@ def images_response(
         prompt_truncated=result.prompt_truncated,
         model=result.model,
         weights=result.weights,
+        warnings=[
+            PromptWarningBody(code=w.code, message=w.message, param=w.param, words=list(w.words))
+            for w in result.warnings
+        ],
     )

@@ -237,6 +237,12 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, KeyError, TypeError, binascii.Error) as exc:
         return fail(f"unexpected response from {url}: {exc.__class__.__name__}: {exc}")
 
+    # Prompt words the model was not trained on: the image may not show them.
+    warnings = data["result"].get("warnings")
+    for warning in warnings if isinstance(warnings, list) else []:
+        if isinstance(warning, dict) and warning.get("message"):
+            print(f"sdserve generate: warning: {warning['message']}", file=sys.stderr, flush=True)
+
     paths = output_paths(Path(args.output), len(images), numbered=args.n > 1 or len(images) > 1)
     for item, image, path in zip(items, images, paths, strict=True):
         try:

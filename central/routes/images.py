@@ -27,7 +27,7 @@ def images_router(catalog: Catalog, settings: Settings) -> APIRouter:
         "/v1/images/generations",
         response_model=ImagesResponse,
         response_model_exclude_unset=True,
-        responses=error_responses(*COMMON_ERRORS),
+        responses=error_responses(*COMMON_ERRORS, 415),
     )
     async def generations(body: ImageGenerationRequest, request: Request) -> ImagesResponse:
         """Text to image, in the OpenAI Images API shape (plus per-image seeds and timings)."""
@@ -52,7 +52,7 @@ def images_router(catalog: Catalog, settings: Settings) -> APIRouter:
         response_class=Response,
         responses={
             200: {"content": {"image/png": {}}, "description": "The image as PNG."},
-            **error_responses(*COMMON_ERRORS),
+            **error_responses(*COMMON_ERRORS, 415),
         },
     )
     async def hugging_face_text_to_image(body: HfTextToImageRequest, request: Request) -> Response:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from central.bodies import require_json
 from central.jobs.records import check_event_id
 from central.jobs.runner import JobRunner
 from central.schemas import (
@@ -17,8 +18,7 @@ from central.schemas import (
     JobResource,
     error_responses,
 )
-from central.serving import media_type, read_json
-from shared.errors import UnsupportedMediaType
+from central.serving import read_json
 
 SSE_PING_S = 15
 # Reading a job runs no model: no 413 or 415 (422 stands in for FastAPI's own validation
@@ -46,8 +46,7 @@ def jobs_router(runner: JobRunner) -> APIRouter:
     )
     async def submit_job(request: Request) -> JSONResponse:
         """Start a generation or an edit; follow it at `events_url` or poll `url`."""
-        if media_type(request) != "application/json":
-            raise UnsupportedMediaType("send application/json", param="body")
+        require_json(request)
         # The job counts against the API key until it ends, and only that key sees it.
         record = await runner.submit(await read_json(request), api_key(request))
         return JSONResponse(record.snapshot(), status_code=202, headers={"Location": record.url})

@@ -288,6 +288,7 @@ async function submit(event) {
   $("#progress").max = 1;
   $("#progress").value = 0;
   $("#previews").replaceChildren();
+  showWarnings([]);
   let response;
   let job;
   try {
@@ -586,7 +587,15 @@ function showResult(result) {
     return figure;
   });
   $("#results").replaceChildren(...figures);
+  showWarnings(result.warnings || []);
   showTimings(result.timings || {});
+}
+
+// Prompt words the model was not trained on (the response's `warnings`), beside the result.
+function showWarnings(warnings) {
+  const line = $("#prompt-warnings");
+  line.textContent = warnings.map((w) => `Warning: ${w.message}`).join(" ");
+  line.hidden = warnings.length === 0;
 }
 
 function showTimings(timings) {

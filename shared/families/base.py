@@ -67,6 +67,10 @@ class FamilySpec:
     # predictions disagree by their own errors at low noise gets those errors multiplied
     # by the guidance scale there, as blotches and frayed edges.
     guidance_from_timestep: int = 0
+    # The words the family's training captions used, when they were few (tiny's synthetic
+    # scenes): a prompt with others gets a warning (shared.families.vocabulary). None: no
+    # vocabulary declared, no warnings.
+    vocabulary: frozenset[str] | None = None
 
 
 class ModelFamily(ABC):

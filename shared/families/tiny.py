@@ -21,6 +21,20 @@ if TYPE_CHECKING:
     import keras
 
 
+# The words of the captions tiny was trained on (training/scenes.py; a test keeps the two
+# the same) beyond shared.families.vocabulary.STOP_WORDS: colours, shapes, sizes, places,
+# and "background".
+TINY_VOCABULARY = frozenset(
+    {
+        *("red", "green", "blue", "yellow", "purple", "orange", "white", "black"),
+        *("circle", "square", "triangle"),
+        *("small", "large"),
+        *("top", "bottom", "left", "right", "center"),
+        "background",
+    }
+)
+
+
 class TinyFamily(ModelFamily):
     """A few-million-parameter latent diffusion model with keras-cv's stage contracts."""
 
@@ -46,6 +60,7 @@ class TinyFamily(ModelFamily):
         # the weights retrained since, from 26.5 / 30.4 to 27.3 / 31.9 (and text to image
         # 93.0 -> 94.4 %, inpainting as prompted 22 -> 23 of 24).
         guidance_from_timestep=200,
+        vocabulary=TINY_VOCABULARY,
     )
     # Tiny has no published files; this dict is never mutated.
     published_weights: dict[Component, PublishedWeights] = {}  # noqa: RUF012

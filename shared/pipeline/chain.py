@@ -18,6 +18,7 @@ import numpy as np
 
 from shared.config import Settings
 from shared.families import get_family
+from shared.families.vocabulary import prompt_warnings
 from shared.pipeline.contract import Operation, StageContract
 from shared.pipeline.local.decoder import make_decoder
 from shared.pipeline.local.diffusion import make_diffusion
@@ -219,6 +220,7 @@ class Chain:
             prompt_tokens=encoded.token_counts[0],
             model=self.name,
             weights=self.settings.weights_label,
+            warnings=prompt_warnings(self.family.spec, params.prompt, params.negative_prompt),
         )
 
     async def aclose(self) -> None:

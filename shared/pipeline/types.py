@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.batching import Timing
 from shared.config import MAX_GUIDANCE_SCALE, Settings, Size, format_size
 from shared.errors import InvalidInput, UnsupportedSize
+from shared.families.vocabulary import PromptWarning
 from shared.pipeline.contract import tensor, wire
 from shared.sampler import MAX_SEED
 
@@ -177,6 +178,8 @@ class GenerationResult:
     prompt_tokens: int = 0
     model: str = ""  # the model that drew it, and its weights
     weights: str = ""
+    # Prompt words the model was not trained on (shared.families.vocabulary).
+    warnings: list[PromptWarning] = field(default_factory=list)
 
 
 def check_size(settings: Settings, width: int, height: int, *, param: str = "size") -> Size:

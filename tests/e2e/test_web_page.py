@@ -150,6 +150,7 @@ def test_generate_inpaint_and_cancel_in_the_browser(page, gateway):
     assert page.inner_text("#results figcaption .seed") == "seed 1234"
     stages = page.locator("#timings-body tr td:first-child").all_inner_texts()
     assert stages == ["text encoder", "diffusion", "decoder"]
+    assert not page.is_visible("#prompt-warnings")  # every word is one tiny knows
     generated = job_of(page, gateway)
     assert generated["status"] == "succeeded" and generated["kind"] == "generation"
 
@@ -193,13 +194,21 @@ def test_generate_inpaint_and_cancel_in_the_browser(page, gateway):
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "web-page.png"), full_page=True)
 
-    # --- a long job, cancelled from the page
-    before = cancelled_requests(gateway)
+    # --- a prompt outside tiny's world: the words it does not know are shown
     page.click("#mode-text")
     assert not page.is_visible("#inpaint-panel")
+    page.fill("#prompt", "a photo of a cat")
+    page.fill("#steps", "2")
+    page.click("#generate")
+    page.wait_for_selector("#status.done", timeout=60_000)
+    assert "'photo', 'cat'" in page.inner_text("#prompt-warnings")
+
+    # --- a long job, cancelled from the page
+    before = cancelled_requests(gateway)
     page.fill("#steps", "1000")
     page.click("#generate")
     page.wait_for_function("document.querySelector('#progress').value >= 5", timeout=60_000)
+    assert not page.is_visible("#prompt-warnings")  # gone with the result it was about
     assert page.is_enabled("#cancel") and page.is_disabled("#generate")
     page.click("#cancel")
     page.wait_for_selector("#status.cancelled", timeout=30_000)

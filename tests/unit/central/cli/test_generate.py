@@ -81,6 +81,11 @@ def test_generate_saves_one_image_and_prints_its_seed(
     captured = capsys.readouterr()
     assert captured.out == f"{out} (seed 42)\n"
     assert "sdserve generate: job " in captured.err and "3/3" in captured.err  # the bar
+    # Words tiny was not trained on are named on stderr, the prompt's and the negative's.
+    warnings = [line for line in captured.err.splitlines() if "warning:" in line]
+    assert len(warnings) == 2, captured.err
+    assert warnings[0].startswith("sdserve generate: warning: the tiny model does not know")
+    assert "'cat'" in warnings[0] and "'blurry'" in warnings[1]
     # Every option reached the gateway: the plain route gives the same pixels for them.
     [expected] = generations(
         gateway,

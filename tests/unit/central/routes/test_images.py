@@ -25,6 +25,7 @@ IMAGES_KEYS = {
     "prompt_truncated",
     "model",
     "weights",
+    "warnings",
 }
 
 
@@ -56,6 +57,19 @@ def test_generations_answer_the_openai_shape_in_either_format(chain: Chain) -> N
     encoded = b64.json()["data"][0]["b64_json"]
     assert url.json()["data"][0] == {"seed": 4, "url": f"data:image/png;base64,{encoded}"}
     assert set(b64.json()["timings"]["diffusion"]) == {"queue_ms", "compute_ms", "transfer_ms"}
+
+
+def test_generations_warn_of_prompt_words_outside_the_models_vocabulary(chain: Chain) -> None:
+    known, unknown = post_all(
+        chain,
+        {"url": "/v1/images/generations", "json": {"prompt": "a red square", "steps": 1}},
+        {"url": "/v1/images/generations", "json": {"prompt": "a photo of a cat", "steps": 1}},
+    )
+    assert known.status_code == 200 and unknown.status_code == 200, known.text + unknown.text
+    assert known.json()["warnings"] == []
+    (warning,) = unknown.json()["warnings"]
+    assert warning["code"] == "prompt_out_of_domain" and warning["param"] == "prompt"
+    assert warning["words"] == ["photo", "cat"] and "'photo', 'cat'" in warning["message"]
 
 
 def test_an_edit_gives_the_same_pixels_as_multipart_and_as_json(chain: Chain) -> None:
@@ -108,7 +122,21 @@ def test_edits_refuse_other_media_types(chain: Chain) -> None:
         chain,
         {"url": "/v1/images/edits", "content": b"x", "headers": {"content-type": "text/plain"}},
     )
-    assert response.status_code == 415 and response.json()["error"]["param"] == "body"
+    assert response.status_code == 415 and response.json()["error"]["param"] == "Content-Type"
+
+
+@pytest.mark.parametrize("url", ["/v1/images/generations", "/"])
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_json_routes_refuse_bodies_not_sent_as_json(
+    chain: Chain, url: str, content_type: str | None
+) -> None:
+    headers = {} if content_type is None else {"content-type": content_type}
+    body = b'{"prompt": "x", "inputs": "x"}'
+    (response,) = post_all(chain, {"url": url, "content": body, "headers": headers})
+    assert response.status_code == 415
+    error = response.json()["error"]
+    assert error["type"] == "unsupported_media_type" and error["param"] == "Content-Type"
+    assert "Content-Type: application/json" in error["message"]
 
 
 def test_hugging_face_text_to_image_answers_a_png_and_its_seed(chain: Chain) -> None:

@@ -46,6 +46,8 @@ def test_job_result_is_the_generations_response_with_the_same_pixels(chain: Chai
     result = job["result"]
     assert set(result) == set(direct) and result["data"] == direct["data"]
     assert result["model"] == "tiny" and "random" in result["weights"]
+    assert result["warnings"] == direct["warnings"]
+    assert [w["words"] for w in result["warnings"]] == [["lighthouse"]]
 
 
 def test_edit_jobs_inpaint_with_a_white_repaints_mask(chain: Chain) -> None:
@@ -172,6 +174,7 @@ def test_unknown_jobs_are_404_everywhere(chain: Chain) -> None:
         assert response.status_code == 404
         assert response.json()["error"]["type"] == "not_found"
     assert wrong_type.status_code == 415
+    assert wrong_type.json()["error"]["param"] == "Content-Type"
 
 
 def test_events_carry_ids_and_a_reconnect_resumes_after_last_event_id(chain: Chain) -> None:

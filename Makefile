@@ -6,6 +6,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# What `make up` installs (running the stack: TensorFlow for the CPU), and what the
+# tests and tools add (`make test`, lint, benchmarks). On a GPU machine: EXTRAS=gpu,dev
+# (and RUN_EXTRAS=gpu).
+RUN_EXTRAS ?= cpu
 EXTRAS ?= cpu,dev
 
 # The images' locked requirements (deploy/docker/Dockerfile installs them with
@@ -21,14 +25,23 @@ LOCK = $(BIN)/uv pip compile --quiet --generate-hashes \
 
 .PHONY: install up test lint unit integration benchmark clean deploy-tools redis-server lock
 
+$(BIN)/.installed-run: pyproject.toml
+	@echo "make: installing sdserve[$(RUN_EXTRAS)] into $(VENV) (Python packages only; nothing system-wide)"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[$(RUN_EXTRAS)]"
+	touch $@
+
 $(BIN)/.installed: pyproject.toml
+	@echo "make: installing sdserve[$(EXTRAS)] into $(VENV) (with the test and lint tools)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
-	touch $@
+	touch $@ $(BIN)/.installed-run
 
-# The virtual environment only: what `make up` needs. The system servers and tools the
-# tests use come with `make test` (deploy-tools), never with `make up`.
+# The virtual environment with the test and lint tools. `make up` installs less: the
+# package and TensorFlow only. The system servers and tools the tests use come with
+# `make test` (deploy-tools), never with `make up`.
 install: $(BIN)/.installed
 
 # What the tests need from the system, for `make test`, `make unit` and `make integration`;
@@ -69,7 +82,7 @@ redis-server:
 	    echo "redis-server is missing: sudo apt-get install --no-install-recommends redis-server" >&2; \
 	  fi; }
 
-up: $(BIN)/.installed
+up: $(BIN)/.installed-run
 	$(BIN)/sdserve up $(ARGS)
 
 lint: $(BIN)/.installed

@@ -11,17 +11,21 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import importlib.resources
 import inspect
 import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -436,7 +440,15 @@ def create_app(
                     log.exception("shutdown step %s failed", getattr(hook, "__qualname__", hook))
             service.close()
 
-    app = FastAPI(title=title, version=version, lifespan=lifespan, description=description)
+    app = FastAPI(
+        title=title,
+        version=version,
+        lifespan=lifespan,
+        description=description,
+        docs_url=None,  # served below from local assets, not a CDN
+        redoc_url=None,
+    )
+    serve_docs_offline(app, title)
     app.state.service = service
     app.state.settings = settings
     app.state.load_state = state
@@ -532,6 +544,37 @@ def create_app(
         )
 
     return app
+
+
+# Swagger UI and ReDoc as the fastapi-offline package ships them (MIT), so /docs and
+# /redoc work without the network.
+DOCS_ASSETS = "/docs-assets"
+
+
+def serve_docs_offline(app: FastAPI, title: str) -> None:
+    assets = Path(str(importlib.resources.files("fastapi_offline") / "static"))
+    app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
+    openapi_url = app.openapi_url or "/openapi.json"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=openapi_url,
+            title=f"{title} - Swagger UI",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=openapi_url,
+            title=f"{title} - ReDoc",
+            redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
 
 
 def _serve_metrics(app: FastAPI, settings: Settings) -> None:

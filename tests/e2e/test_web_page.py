@@ -423,3 +423,32 @@ def test_the_page_lets_the_user_pick_a_model(browser, two_models):
         assert json.loads(submitted.value.post_data)["model"] == "tiny-random"
         page.wait_for_selector("#status.done", timeout=60_000)
         assert job_of(page, two_models)["result"]["model"] == "tiny-random"
+
+
+def test_the_api_docs_work_with_every_outside_request_blocked(browser, gateway):
+    """/docs and /redoc load Swagger UI and ReDoc from the gateway, not from a CDN."""
+    context = browser.new_context()
+    outside: list[str] = []
+
+    def only_the_gateway(route: Any) -> None:
+        url = route.request.url
+        if url.startswith(gateway.url):
+            route.continue_()
+        else:
+            outside.append(url)
+            route.abort()
+
+    context.route("**/*", only_the_gateway)
+    page = context.new_page()
+    try:
+        page.goto(gateway.url + "/docs")
+        page.wait_for_selector(".opblock-summary-path", timeout=30_000)
+        operations = page.locator(".opblock-summary-path").all_inner_texts()
+        assert "/v1/images/generations" in operations and "/v1/jobs" in operations
+        assert outside == []
+        page.goto(gateway.url + "/redoc")
+        page.get_by_text("/v1/images/generations").first.wait_for(timeout=30_000)
+    finally:
+        context.close()
+    # ReDoc's bundle still asks for its "powered by" logo; nothing it needs.
+    assert all(url.endswith("/redoc/logo-mini.svg") for url in outside), outside

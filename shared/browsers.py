@@ -38,14 +38,14 @@ import ipaddress
 import logging
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.config import Settings
-from shared.errors import Forbidden, HostNotAllowed, SdserveError, error_body, http_status_for
+from shared.errors import Forbidden, HostNotAllowed
+from shared.guards import send_error
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +89,6 @@ def allowed_hosts(settings: Settings, *, public_api: bool) -> list[str]:
     return ["*"]
 
 
-async def _refuse(scope: Scope, receive: Receive, send: Send, error: SdserveError) -> None:
-    response = JSONResponse(
-        error_body(error.error_type, error.message, error.param),
-        status_code=http_status_for(error),
-        headers=error.headers(),
-    )
-    await response(scope, receive, send)
-
-
 class HostGuard:
     """Starlette's `TrustedHostMiddleware`, answering our error body, probes exempt."""
 
@@ -126,12 +117,8 @@ class HostGuard:
         if not scope.get("sdserve.host_allowed"):
             host = Headers(scope=scope).get("host", "")[:100]
             message = f"Host {host!r} is not served here; allowed: {', '.join(self.allowed)}"
-            await _refuse(
-                scope,
-                receive,
-                send,
-                HostNotAllowed(f"{message} (SDSERVE_ALLOWED_HOSTS)", param="Host"),
-            )
+            error = HostNotAllowed(f"{message} (SDSERVE_ALLOWED_HOSTS)", param="Host")
+            await send_error(send, error)
 
 
 def _host_port(netloc: str, scheme: str) -> tuple[str, str]:
@@ -188,7 +175,7 @@ class OriginGuard:
             )
         else:
             message = "stage services answer the gateway only, not browsers"
-        await _refuse(scope, receive, send, Forbidden(message, param="Origin"))
+        await send_error(send, Forbidden(message, param="Origin"))
 
 
 def install_browser_guards(app: FastAPI, settings: Settings, *, public_api: bool) -> None:

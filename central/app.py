@@ -46,8 +46,9 @@ class GatewayService:
 
     name = "central"
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, *, api_key_required: bool) -> None:
         self.catalog = catalog
+        self.api_key_required = api_key_required
 
     def load(self) -> None:
         self.catalog.load()
@@ -60,7 +61,7 @@ class GatewayService:
             "models": list(self.catalog.chains),
             "random_weights": self.catalog.random_weights(),
             "example_prompt": get_family(settings.model).spec.example_prompt,
-            "api_key_required": bool(settings.api_key_list()),
+            "api_key_required": self.api_key_required,
             "topology": self.catalog.topology,
             "job_store": "memory" if settings.job_store == "memory" else "redis",
             "sizes": [format_size(s) for s in settings.sizes],
@@ -99,10 +100,12 @@ def body_limits(settings: Settings) -> tuple[int, dict[str, int]]:
 def create_central_app(settings: Settings, chain: Chain | None = None) -> FastAPI:
     """The gateway of `settings`' models (or of `chain` alone, already built)."""
     settings.check_gateway()
+    # Read once here (SDSERVE_API_KEYS_FILE is a file), not on every /v1/info.
+    api_keys = settings.api_key_list()
     catalog = Catalog(settings, {chain.name: chain} if chain else None)
     store = open_store(settings)
     app = create_app(
-        GatewayService(catalog),
+        GatewayService(catalog, api_key_required=bool(api_keys)),
         settings,
         title="sdserve",
         version=VERSION,
@@ -126,7 +129,7 @@ def create_central_app(settings: Settings, chain: Chain | None = None) -> FastAP
     # need it (ApiKeyGuard checks it, before any body is read).
     bearer = HTTPBearer(auto_error=False, description="An API key (SDSERVE_API_KEYS).")
     secured = [Security(bearer)]
-    guarded = secured if settings.api_key_list() else []
+    guarded = secured if api_keys else []
     app.include_router(stages_router(catalog), dependencies=guarded)
     app.include_router(images_router(catalog, settings), dependencies=guarded)
     app.include_router(jobs_router(jobs), dependencies=guarded)

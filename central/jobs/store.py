@@ -217,8 +217,8 @@ class MemoryJobStore(JobStore):
         entry = self._entry(job_id)
         position = 0
         if after is not None:
-            sequence = int(after.partition("-")[0])
-            position = sum(1 for event_id, _ in entry.events if _sequence(event_id) <= sequence)
+            last = _sequence(after)
+            position = sum(1 for event_id, _ in entry.events if _sequence(event_id) <= last)
         while True:
             while position < len(entry.events):
                 event_id, event = entry.events[position]
@@ -257,16 +257,11 @@ class MemoryJobStore(JobStore):
             entry.owner = None
 
     async def orphans(self) -> list[str]:
-        now = time.monotonic()
-        return [
-            job_id
-            for job_id, entry in self.jobs.items()
-            if not entry.record.done and (entry.owner is None or entry.lease_until <= now)
-        ]
+        return [job_id for job_id, entry in self.jobs.items() if _orphaned(entry)]
 
     async def claim(self, job_id: str, owner: str) -> JobRecord | None:
         entry = self.jobs.get(job_id)
-        if entry is None or entry.record.done or job_id not in await self.orphans():
+        if entry is None or not _orphaned(entry):
             return None
         self._lease(entry, owner)
         return replace(entry.record)
@@ -278,10 +273,7 @@ class MemoryJobStore(JobStore):
     def _holds(self, entry: _Entry, owner: str) -> bool:
         """Whether `owner` may write about the job, (re)taking a lapsed lease: it may
         unless the job is over or another replica holds a live lease on it."""
-        if entry.record.done:
-            return False
-        live = entry.owner is not None and entry.lease_until > time.monotonic()
-        if live and entry.owner != owner:
+        if entry.record.done or (_leased(entry) and entry.owner != owner):
             return False
         self._lease(entry, owner)
         return True
@@ -342,6 +334,16 @@ class MemoryJobStore(JobStore):
         ]
         for job_id in expired:
             del self.jobs[job_id]
+
+
+def _leased(entry: _Entry) -> bool:
+    """Whether a replica holds a live lease on the job."""
+    return entry.owner is not None and entry.lease_until > time.monotonic()
+
+
+def _orphaned(entry: _Entry) -> bool:
+    """Unfinished, and nobody holds a live lease on it."""
+    return not entry.record.done and not _leased(entry)
 
 
 def _sequence(event_id: str) -> int:

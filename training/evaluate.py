@@ -20,6 +20,7 @@ from shared.families import get_family
 from shared.pipeline.chain import Chain, overlay_unmasked
 from shared.pipeline.types import DenoiseParams, EditInputs, GenerationParams
 from training.judge import Verdict, judge
+from training.phrasing import held_out_phrasings
 from training.scenes import COLOURS, IMAGE_SIZE, PLACES, SHAPES, Scene, held_out_scenes, render
 
 STEPS = 25
@@ -74,6 +75,7 @@ class TextToImageResult:
     scenes: list[Scene]
     images: list[np.ndarray]
     verdicts: list[Verdict]
+    prompts: list[str]
 
     def rate(self, attribute: str, shape: str | None = None, size: str | None = None) -> float:
         """Share of verdicts with `attribute` right, over every prompt or those of one
@@ -87,16 +89,25 @@ class TextToImageResult:
 
 
 async def text_to_image(chain: Chain, count: int, seed: int = 0) -> TextToImageResult:
+    """Held-out combinations, captioned in the training captions' grammar."""
     scenes = held_out_scenes(count, seed)
+    return await _judged(chain, scenes, [s.caption() for s in scenes], seed)
+
+
+async def phrasings_to_image(chain: Chain, count: int, seed: int = 0) -> TextToImageResult:
+    """Held-out combinations, captioned in held-out phrasings (training.phrasing)."""
+    phrased = held_out_phrasings(count, seed)
+    return await _judged(chain, [p.scene for p in phrased], [p.prompt for p in phrased], seed)
+
+
+async def _judged(
+    chain: Chain, scenes: list[Scene], prompts: list[str], seed: int
+) -> TextToImageResult:
     images = await _generate(
-        chain,
-        [s.caption() for s in scenes],
-        [seed * 1000 + i for i in range(count)],
-        [None] * count,
+        chain, prompts, [seed * 1000 + i for i in range(len(prompts))], [None] * len(prompts)
     )
-    return TextToImageResult(
-        scenes, images, [judge(i, s) for i, s in zip(images, scenes, strict=True)]
-    )
+    verdicts = [judge(i, s) for i, s in zip(images, scenes, strict=True)]
+    return TextToImageResult(scenes, images, verdicts, prompts)
 
 
 def _grid_distance(a: str, b: str) -> int:

@@ -7,7 +7,9 @@ connected blob of the asked-for colour is the shape, and:
 - shape: the blob's fill of its bounding box (square 1.0, circle pi/4 = 0.785,
   triangle 0.5) is nearest to the asked-for shape's;
 - place: the blob's centroid lies in the named cell of a 3x3 grid;
-- size: the blob's bounding box is nearer the asked-for extent than the other size's.
+- size: the blob's bounding box is nearer the asked-for extent than the other size's;
+- background: the commonest palette colour outside the blob is the asked-for background
+  (for a two-tone background, in each half).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Verdict:
     shape: bool
     place: bool
     size: bool
+    background: bool
     seen_shape: str | None
     fill: float
     blob_pixels: int
@@ -85,8 +88,9 @@ def judge(image: np.ndarray, scene: Scene) -> Verdict:
     scale = width / 64
     extent = SIZES[scene.size] * scale
     expected_area = _NOMINAL_AREA[scene.shape] * extent**2
+    background = _background_right(labels, blob, scene)
     if pixels == 0:
-        return Verdict(False, False, False, False, None, 0.0, 0)
+        return Verdict(False, False, False, False, background, None, 0.0, 0)
     ys, xs = np.nonzero(blob)
     box_h, box_w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
     fill = pixels / float(box_h * box_w)
@@ -100,7 +104,31 @@ def judge(image: np.ndarray, scene: Scene) -> Verdict:
         shape=seen_shape == scene.shape,
         place=PLACES[row * 3 + col] == scene.place,
         size=nearest_size == scene.size,
+        background=background,
         seen_shape=seen_shape,
         fill=fill,
         blob_pixels=pixels,
     )
+
+
+def _background_right(labels: np.ndarray, blob: np.ndarray, scene: Scene) -> bool:
+    """Whether the commonest palette colour outside the blob is the scene's background
+    (each half's, for a two-tone background)."""
+    names = list(COLOURS)
+    height, width = labels.shape
+    if len(scene.background) == 1:
+        halves = [np.ones_like(blob)]
+    elif scene.vertical_split:
+        left = np.zeros_like(blob)
+        left[:, : width // 2] = True
+        halves = [left, ~left]
+    else:
+        upper = np.zeros_like(blob)
+        upper[: height // 2] = True
+        halves = [upper, ~upper]
+    for colour, half in zip(scene.background, halves, strict=True):
+        seen = labels[half & ~blob]
+        seen = seen[seen >= 0]
+        if not len(seen) or int(np.bincount(seen).argmax()) != names.index(colour):
+            return False
+    return True

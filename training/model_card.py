@@ -20,11 +20,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from training import evaluate
+from training.phrasing import held_out_phrasings, templates
 from training.scenes import HELD_OUT_ONE_IN, IMAGE_SIZE, SHAPES, SIZES, held_out_count, render
 
 # Every held-out combination with a plain background, each prompted once.
 EVAL_PROMPTS = held_out_count()
 EDIT_CASES = 24
+ATTRIBUTES = ("colour_and_shape", "colour", "shape", "place", "size", "background")
 GRID_COLUMNS = 8
 GRID_ROWS = 4
 
@@ -55,8 +57,10 @@ def plot_losses(workdir: Path, out: Path) -> None:
         ("diffusion", "mse", "UNet noise-prediction MSE (weighted)"),
         ("diffusion", "layout_mse", "layout map vs the shape's coverage, MSE"),
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(18, 3.6))
-    for axis, (phase, column, title) in zip(axes, panels, strict=True):
+    # A fine-tune trains the diffusion phase only: its VAE's curves are in its base's card.
+    panels = [p for p in panels if (workdir / f"{p[0]}-loss.csv").is_file()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for axis, (phase, column, title) in zip(axes[0], panels, strict=True):
         steps, losses = _read_losses(workdir / f"{phase}-loss.csv")
         axis.plot(steps, losses[column], alpha=0.25, lw=0.6, label="per step")
         smooth = _smooth(losses[column])
@@ -94,6 +98,65 @@ def _training_summary(workdir: Path) -> dict[str, Any]:
     return summary
 
 
+def _text_to_image_scores(result: evaluate.TextToImageResult) -> dict[str, Any]:
+    return {
+        "prompts": len(result.scenes),
+        **{attribute: result.rate(attribute) for attribute in ATTRIBUTES},
+        "shape_by_kind": {kind: result.rate("shape", kind) for kind in SHAPES},
+        "shape_by_kind_and_size": {
+            kind: {size: result.rate("shape", kind, size) for size in SIZES} for kind in SHAPES
+        },
+    }
+
+
+def _phrasing_scores(result: evaluate.TextToImageResult) -> dict[str, Any]:
+    by_template: dict[str, list[bool]] = {}
+    for prompt, template, verdict in zip(
+        result.prompts, _templates(result), result.verdicts, strict=True
+    ):
+        del prompt
+        by_template.setdefault(template, []).append(verdict.colour_and_shape)
+    return {
+        **_text_to_image_scores(result),
+        "colour_and_shape_by_phrasing": {
+            template: float(np.mean(hits)) for template, hits in sorted(by_template.items())
+        },
+    }
+
+
+def _templates(result: evaluate.TextToImageResult) -> list[str]:
+    """The held-out phrasing of each prompt (held_out_phrasings takes them in turn)."""
+    phrased = held_out_phrasings(len(result.prompts))
+    assert [p.prompt for p in phrased] == result.prompts
+    return [p.template for p in phrased]
+
+
+def _evaluate_text(weights: Path) -> tuple[evaluate.TextToImageResult, evaluate.TextToImageResult]:
+    """Held-out combinations in the captions' grammar and in held-out phrasings."""
+    chain = _chain(weights)
+
+    async def run() -> tuple[Any, Any]:
+        grammar = await evaluate.text_to_image(chain, EVAL_PROMPTS)
+        phrased = await evaluate.phrasings_to_image(chain, EVAL_PROMPTS)
+        await chain.aclose()
+        return grammar, phrased
+
+    return asyncio.run(run())
+
+
+def _chain(weights: Path) -> Any:
+    from shared.config import load_settings
+    from shared.pipeline.chain import Chain
+
+    # Every prompt is sent at once: room for all of them, and big running batches.
+    settings = load_settings(
+        model="tiny", weights=str(weights), sizes="64x64", max_batch=64, queue_size=EVAL_PROMPTS
+    )
+    chain = Chain(settings)
+    chain.load()
+    return chain
+
+
 def write_card(
     workdir: Path,
     out: Path,
@@ -101,59 +164,46 @@ def write_card(
     train_scenes: int,
     ema_decay: float,
     text_positions_read: int,
+    base: Path | None = None,
+    learning_rate: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate the weights in `out` and write the card there, from the loss CSVs and
     timings in `workdir` and the run's settings (scene count, EMA decay, positions the
-    text encoder read in training). Returns the scores."""
-    from shared.config import load_settings
+    text encoder read in training). `base`: the exported weights a fine-tune started
+    from, evaluated the same way for comparison. Returns the scores."""
     from shared.families.tiny import TinyFamily
     from shared.families.tiny_model import UNET_CHANNELS
-    from shared.pipeline.chain import Chain
     from shared.sampler import ddim_timesteps
 
     guidance_from = TinyFamily.spec.guidance_from_timestep
     plot_losses(workdir, out)
-    # Every prompt is sent at once: room for all of them, and big running batches.
-    settings = load_settings(
-        model="tiny", weights=str(out), sizes="64x64", max_batch=64, queue_size=EVAL_PROMPTS
-    )
-    chain = Chain(settings)
-    chain.load()
+    started = time.monotonic()
+    t2i, phrased = _evaluate_text(out)
+    chain = _chain(out)
 
-    async def run() -> tuple[Any, Any, Any]:
-        t2i = await evaluate.text_to_image(chain, EVAL_PROMPTS)
+    async def edits() -> tuple[Any, Any]:
         inpainted = await evaluate.inpaint(chain, EDIT_CASES)
         i2i = await evaluate.img2img(chain, EDIT_CASES)
         await chain.aclose()
-        return t2i, inpainted, i2i
+        return inpainted, i2i
 
-    started = time.monotonic()
-    t2i, inpainted, i2i = asyncio.run(run())
+    inpainted, i2i = asyncio.run(edits())
     eval_seconds = time.monotonic() - started
     shown = GRID_COLUMNS * GRID_ROWS
     sample_grid(t2i.images[:shown], out, "samples.png")
+    sample_grid(phrased.images[:shown], out, "phrasings.png")
     pairs: list[np.ndarray] = []
     for case, image in list(zip(inpainted.cases, inpainted.images, strict=True))[
         : GRID_COLUMNS // 2
     ]:
-        base = render(case.base).copy()
-        base[case.mask] = (base[case.mask] * 0.5 + 127).astype(np.uint8)  # mask shown pale
-        pairs += [base, image]
+        base_image = render(case.base).copy()
+        base_image[case.mask] = (base_image[case.mask] * 0.5 + 127).astype(np.uint8)  # pale
+        pairs += [base_image, image]
     sample_grid(pairs, out, "inpainting.png")
 
     scores: dict[str, Any] = {
-        "text_to_image": {
-            "prompts": len(t2i.scenes),
-            "colour_and_shape": t2i.rate("colour_and_shape"),
-            "colour": t2i.rate("colour"),
-            "shape": t2i.rate("shape"),
-            "place": t2i.rate("place"),
-            "size": t2i.rate("size"),
-            "shape_by_kind": {kind: t2i.rate("shape", kind) for kind in SHAPES},
-            "shape_by_kind_and_size": {
-                kind: {size: t2i.rate("shape", kind, size) for size in SIZES} for kind in SHAPES
-            },
-        },
+        "text_to_image": _text_to_image_scores(t2i),
+        "held_out_phrasings": _phrasing_scores(phrased),
         "inpainting": {
             "cases": len(inpainted.cases),
             "colour_and_shape_inside": float(
@@ -180,6 +230,14 @@ def write_card(
         "training": _training_summary(workdir),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
     }
+    if base is not None:
+        base_t2i, base_phrased = _evaluate_text(base)
+        scores["base"] = {
+            "diffusion_model_sha256": _checksums(base)["diffusion_model.weights.h5"],
+            "text_to_image": _text_to_image_scores(base_t2i),
+            "held_out_phrasings": _phrasing_scores(base_phrased),
+            "training": json.loads((base / "evaluation.json").read_text()).get("training", {}),
+        }
     (out / "evaluation.json").write_text(json.dumps(scores, indent=2) + "\n")
     table = "\n".join(
         f"| {i + 1} | {s.caption()} | {'yes' if v.colour else 'no'} | "
@@ -187,6 +245,7 @@ def write_card(
         f"{'yes' if v.place else 'no'} | {'yes' if v.size else 'no'} |"
         for i, (s, v) in enumerate(list(zip(t2i.scenes, t2i.verdicts, strict=True))[:shown])
     )
+    first = scores["base"]["training"] if base is not None else scores["training"]
     (out / "README.md").write_text(
         CARD.format(
             held_out=HELD_OUT_ONE_IN,
@@ -198,10 +257,18 @@ def write_card(
             t2i_colour_and_shape=f"{scores['text_to_image']['colour_and_shape']:.0%}",
             ema=ema_decay,
             ema_window=round(1 / (1 - ema_decay)),
-            vae=scores["training"].get("vae", {}),
-            decoder=scores["training"].get("decoder", {}),
-            diffusion=scores["training"].get("diffusion", {}),
-            pipeline=_pipeline_time(scores["training"].get("all", {})),
+            vae=first.get("vae", {}),
+            decoder=first.get("decoder", {}),
+            diffusion=first.get("diffusion", {}),
+            pipeline=_pipeline_time(first.get("all", {})),
+            fine_tune=_fine_tune_text(scores, learning_rate) if base is not None else "",
+            wording_rows=_wording_rows(scores),
+            phrasing_train=", ".join(f"*{name}*" for name in templates("train")),
+            phrasing_held_out=", ".join(f"*{name}*" for name in templates("held_out")),
+            phrasing_examples="\n".join(
+                f"- {prompt!r}" for prompt in phrased.prompts[: len(templates("held_out")) * 2]
+            ),
+            phrased=scores["held_out_phrasings"],
             guidance_from=guidance_from,
             unguided=int((ddim_timesteps(evaluate.STEPS) < guidance_from).sum()),
             steps=evaluate.STEPS,
@@ -210,6 +277,55 @@ def write_card(
         )
     )
     return scores
+
+
+def _checksums(directory: Path) -> dict[str, str]:
+    lines = (directory / "SHA256SUMS").read_text().splitlines()
+    return {name: digest for digest, name in (line.split() for line in lines)}
+
+
+def _fine_tune_text(scores: dict[str, Any], learning_rate: float | None) -> str:
+    run = scores["training"]
+    tuned = run.get("diffusion", {})
+    whole = _pipeline_time(run.get("all", {}))
+    return (
+        "4. **Fine-tune for wording** (these weights): the text encoder and UNet start from "
+        "the weights phases 1 to 3 made (the earlier embedded weights, `diffusion_model` "
+        f"sha256 `{scores['base']['diffusion_model_sha256'][:16]}…`; their card is in git "
+        "history) and train together from the first step, "
+        f"{tuned.get('steps')} steps, batch {tuned.get('batch')}, learning rate "
+        f"{learning_rate} (cosine), {tuned.get('minutes')} min ({whole} "
+        "with the latents and the export), on captions half in the grammar above and half in "
+        "the training phrasings (`training/phrasing.py`, below); the VAE is theirs, unchanged. "
+        "Command: `python -m training.train_tiny all --from-weights <those weights> "
+        f"--steps {tuned.get('steps')} --lr {learning_rate} --text-encoder-from 0`.\n"
+    )
+
+
+_WORDING_CHECKS = ("colour_and_shape", "colour", "shape", "place", "size", "background")
+
+
+def _wording_rows(scores: dict[str, Any]) -> str:
+    """Per check: grammar and held-out phrasings, for these weights (and the base's)."""
+    base = scores.get("base")
+    rows = []
+    for check in _WORDING_CHECKS:
+        cells = [
+            f"{scores['text_to_image'][check]:.1%}",
+            f"{scores['held_out_phrasings'][check]:.1%}",
+        ]
+        if base is not None:
+            cells += [
+                f"{base['text_to_image'][check]:.1%}",
+                f"{base['held_out_phrasings'][check]:.1%}",
+            ]
+        rows.append(f"| {check.replace('_', ' ')} | {' | '.join(cells)} |")
+    header = "| check | grammar | held-out phrasings |"
+    rule = "|---|---|---|"
+    if base is not None:
+        header += " before: grammar | before: phrasings |"
+        rule += "---|---|"
+    return "\n".join([header, rule, *rows])
 
 
 def _pipeline_time(timing: dict[str, Any]) -> str:
@@ -334,9 +450,9 @@ strength 0.2 measured 26.5 / 30.4 dB min / median, colour and shape 93.0 %).
    Noise prediction hardly rewards telling a square from a circle (they differ in a few
    corner cells), so without it the text encoder learnt to map the shape words alike and
    every shape came out a round blob (colour and shape 34 %, the judge's chance level).
-
-The whole pipeline (`all`: rendering the scenes, the three phases, the latents and the
-export; not this card's evaluation) took {pipeline}.
+{fine_tune}
+The whole pipeline of phases 1 to 3 (`all`: rendering the scenes, the three phases, the
+latents and the export; not this card's evaluation) took {pipeline}.
 
 ![loss curves](loss.png)
 
@@ -347,6 +463,27 @@ bounding box for the shape, its centroid for the place):
 | check | score |
 |---|---|
 {score_rows}
+
+## Wording: held-out phrasings
+People do not word a prompt in the captions' grammar ("a big blue circle in the middle,
+white background", "Red square against white."). `training/phrasing.py` words a scene
+as a *phrasing*: an order of the caption's parts and the form each takes, filled with
+synonyms (big/large, little/small, centre/center/middle, upper/top, lower/bottom, corner
+and edge phrasings, "coloured"/"colored"), articles dropped now and then, capitals and
+closing punctuation. One phrasing in 5 is held out of training by a hash of its name, as
+the attribute combinations are: training phrasings {phrasing_train}; held out
+{phrasing_held_out}. A held-out phrasing uses only words some training phrasing uses
+(so the API's out-of-vocabulary warning never flags it: the family's vocabulary is
+exactly the training phrasings' words). The same {phrased[prompts]} held-out combinations,
+worded in the held-out phrasings in turn, for example:
+
+{phrasing_examples}
+
+{wording_rows}
+
+Background: the commonest palette colour outside the shape is the one asked for.
+
+![held-out phrasings](phrasings.png)
 
 Samples (the first {t2i_shown} held-out prompts, numbered as in the table below):
 

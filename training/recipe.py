@@ -31,7 +31,10 @@ SHAPE_LOSS_WEIGHT = 4.0
 # square from a circle (they differ in a few corner cells); this loss does, directly, and
 # so teaches the text encoder and the layout prior what the shape words mean.
 LAYOUT_LOSS_WEIGHT = 10.0
-# Training captions are at most 16 tokens with start and end; the text encoder reads this
-# many leading positions in training, and its last one stands for the rest of the 77
-# (exact: see HoldEndState), a third of the cost of running all 77.
-TEXT_POSITIONS_READ = 24
+# Training captions are at most 24 tokens with start and end (the longest paraphrases,
+# training.phrasing); the text encoder reads this many leading positions in training, and
+# its last one stands for the rest of the 77 (exact: see HoldEndState), far less than all 77.
+TEXT_POSITIONS_READ = 28
+# Share of training captions worded by training.phrasing's templates (synonyms, other
+# orders and forms) instead of training.scenes' one grammar.
+PARAPHRASE_SHARE = 0.5

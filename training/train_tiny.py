@@ -6,6 +6,8 @@
     python -m training.train_tiny diffusion --steps 4400
     python -m training.train_tiny export         # EMA weights -> shared/families/tiny_weights
     python -m training.train_tiny card           # loss curves, samples, held-out scores
+    python -m training.train_tiny all --from-weights DIR --steps 2000 --text-encoder-from 0
+        # fine-tune: text encoder + UNet start from exported weights, whose VAE is kept
 
 Every phase is seeded and resumable: checkpoints (weights, optimizer state, EMA, step)
 go to `--workdir` every `--checkpoint-every` steps and a rerun carries on from the last
@@ -30,6 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
+from training.phrasing import training_paraphrase
 from training.recipe import (
     CAPTION_DROPOUT,
     DECODER_EDGE_WEIGHT,
@@ -39,6 +42,7 @@ from training.recipe import (
     LATENT_NOISE,
     LAYOUT_LOSS_WEIGHT,
     OFFSET_NOISE,
+    PARAPHRASE_SHARE,
     SHAPE_LOSS_WEIGHT,
     TEXT_LR_SCALE,
     TEXT_POSITIONS_READ,
@@ -316,12 +320,31 @@ def train_vae(args: argparse.Namespace) -> None:
     )
 
 
-def _load_vae(workdir: Path, *, tuned_decoder: bool = True) -> tuple[Any, Any]:
-    """The VAE, with the fine-tuned decoder when that phase has run."""
+def _load_exported(model: Any, directory: Path, component: str) -> None:
+    """Weights of `component` from an exported directory, checked against its SHA256SUMS."""
+    from shared.weights import CHECKSUMS_FILE, sha256_of
+
+    path = directory / f"{component}.weights.h5"
+    lines = (directory / CHECKSUMS_FILE).read_text().splitlines()
+    sums = {name: digest for digest, name in (line.split() for line in lines)}
+    if sums.get(path.name) != sha256_of(path):
+        raise SystemExit(f"{path} does not match {directory / CHECKSUMS_FILE}")
+    model.load_weights(str(path))
+
+
+def _load_vae(
+    workdir: Path, *, tuned_decoder: bool = True, from_weights: Path | None = None
+) -> tuple[Any, Any]:
+    """The VAE, with the fine-tuned decoder when that phase has run; with `from_weights`,
+    the exported one there (a fine-tune keeps its VAE)."""
     from shared.families.tiny import TinyFamily
 
     family = TinyFamily()
     encoder, decoder = family.build_image_encoder(), family.build_decoder(64, 64)
+    if from_weights is not None:
+        _load_exported(encoder, from_weights, "image_encoder")
+        _load_exported(decoder, from_weights, "decoder")
+        return encoder, decoder
     Checkpoint(workdir / "vae-checkpoint").restore(
         {"encoder": encoder.weights, "decoder": decoder.weights}
     )
@@ -389,7 +412,7 @@ def encode_latents(args: argparse.Namespace) -> np.ndarray:
     if cache.is_file():
         return np.load(cache, allow_pickle=False)
     data = Dataset(args.workdir, args.seed, args.scenes)
-    encoder, _ = _load_vae(args.workdir)
+    encoder, _ = _load_vae(args.workdir, from_weights=args.from_weights)
     parts = [
         np.asarray(encoder(data.pixels(np.arange(i, min(i + 512, len(data.scenes))))))
         for i in range(0, len(data.scenes), 512)
@@ -417,6 +440,13 @@ def context_of_all_positions(leading: Any, max_tokens: int) -> Any:
     return tf.concat([leading, padding], axis=1)
 
 
+def _caption(scene: Scene, rng: np.random.Generator) -> str:
+    """A training caption: in the scenes' own grammar, or worded another way people word it."""
+    if rng.random() < PARAPHRASE_SHARE:
+        return training_paraphrase(scene, rng)
+    return training_caption(scene, rng)
+
+
 def train_diffusion(args: argparse.Namespace) -> None:
     import keras
     import tensorflow as tf
@@ -432,6 +462,9 @@ def train_diffusion(args: argparse.Namespace) -> None:
     family = TinyFamily()
     text_encoder = family.build_text_encoder(positions_read=TEXT_POSITIONS_READ)
     unet = family.build_diffusion_model(64, 64)
+    if args.from_weights is not None:  # a fine-tune; a checkpoint of this run still wins
+        _load_exported(text_encoder, args.from_weights, "text_encoder")
+        _load_exported(unet, args.from_weights, "diffusion_model")
     # The same UNet, also answering its layout map (shared layers, nothing new to export).
     unet_and_layout = keras.Model(
         unet.inputs, [unet.output, unet.get_layer("layout_resize").output]
@@ -509,8 +542,7 @@ def train_diffusion(args: argparse.Namespace) -> None:
         rng = _scene_rng(args.seed, 2, k)
         index = rng.integers(len(data.scenes), size=args.batch)
         captions = [
-            "" if rng.random() < CAPTION_DROPOUT else training_caption(data.scenes[i], rng)
-            for i in index
+            "" if rng.random() < CAPTION_DROPOUT else _caption(data.scenes[i], rng) for i in index
         ]
         token_ids = np.array([tokens(c) for c in captions], np.int32)
         token_ids = leading_tokens(token_ids, family.spec.pad_token, TEXT_POSITIONS_READ)
@@ -554,7 +586,7 @@ def export(args: argparse.Namespace) -> None:
     from shared.weights import CHECKSUMS_FILE, sha256_of
 
     family = TinyFamily()
-    encoder, decoder = _load_vae(args.workdir)
+    encoder, decoder = _load_vae(args.workdir, from_weights=args.from_weights)
     text_encoder, unet = family.build_text_encoder(), family.build_diffusion_model(64, 64)
     variables = [*text_encoder.trainable_variables, *unet.trainable_variables]
     ema = [tf.Variable(v.value, trainable=False) for v in variables]
@@ -590,6 +622,8 @@ def _write_card(args: argparse.Namespace) -> None:
         train_scenes=args.scenes,
         ema_decay=args.ema,
         text_positions_read=TEXT_POSITIONS_READ,
+        base=args.from_weights,
+        learning_rate=args.lr,
     )
 
 
@@ -621,6 +655,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--checkpoint-every", type=int, default=250)
+    parser.add_argument(
+        "--from-weights",
+        type=Path,
+        default=None,
+        help="fine-tune: start the text encoder and UNet from this exported weights "
+        "directory and keep its VAE (the vae and decoder phases are skipped)",
+    )
     args = parser.parse_args(argv)
     if args.phase == "all" and args.stop_after is not None:
         parser.error("--stop-after applies to one phase: the next phase needs this one done")
@@ -638,6 +679,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     # The decoder fine-tune is part of the pipeline: export takes the tuned decoder.
     everything = ["vae", "latents", "decoder", "diffusion", "export"]
+    if args.from_weights is not None:
+        if args.from_weights.resolve() == args.out.resolve():
+            parser.error("--from-weights must not be --out: export overwrites it; copy it first")
+        everything = ["latents", "diffusion", "export"]
     started = time.monotonic()
     for name in everything if args.phase == "all" else [args.phase]:
         phases[name](args)

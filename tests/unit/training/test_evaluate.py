@@ -11,7 +11,7 @@ from training.scenes import Scene
 
 
 def _verdict(shape_right: bool) -> Verdict:
-    return Verdict(True, shape_right, True, True, None, 0.0, 1)
+    return Verdict(True, shape_right, True, True, True, None, 0.0, 1)
 
 
 def test_rate_over_every_prompt_or_one_shape_and_size():
@@ -22,7 +22,7 @@ def test_rate_over_every_prompt_or_one_shape_and_size():
         Scene("square", "blue", "small", "left", ("white",)),
     ]
     verdicts = [_verdict(False), _verdict(True), _verdict(True), _verdict(True)]
-    result = TextToImageResult(scenes, [np.zeros((1, 1, 3))] * 4, verdicts)
+    result = TextToImageResult(scenes, [np.zeros((1, 1, 3))] * 4, verdicts, [""] * 4)
     assert result.rate("shape") == 0.75
     assert result.rate("shape", "square") == pytest.approx(2 / 3)
     assert result.rate("shape", "square", "small") == 0.5

@@ -9,7 +9,8 @@ happen, on the same HTTP response (no polling):
     P  progress  JSON {"step": k, "total": n}, after every denoising step
     V  preview   npz {"preview": uint8 (n, h, w, 3), "step": int32 (), "total": int32 ()},
                  every `preview_every` steps when asked for: a cheap RGB approximation
-                 of the current latent, on the latent grid (h = H / 8)
+                 of the current latent (the family's `FamilySpec.preview_map`), on the
+                 latent grid (h = H / f, f the family's downsampling factor)
     R  result    npz: the operation's result tensors as a plain answer carries them
                  (diffusion: "latent" (n, h, w, c), "seeds" (n,)), plus "timing_ms"
                  float64 (2,) = [queue, compute]; the last frame
@@ -23,6 +24,7 @@ here imports FastAPI: the stages call the callbacks, the HTTP layers move the by
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from shared.errors import SdserveError, error_body, http_status_for
+from shared.families.base import SD_VAE_PREVIEW, LatentPreviewMap
 from shared.wire import TensorSpec, decode_npz, encode_npz
 
 STREAM_MEDIA_TYPE = "application/x-sdserve-stream"
@@ -50,18 +53,6 @@ MAX_JSON_FRAME_BYTES = 64 * 1024
 # (step, total) after each step; (step, total, preview) every k steps.
 PreviewCallback = Callable[[int, int, np.ndarray], None]
 
-# A fast linear latent -> RGB approximation for SD's 4-channel VAE latents (the factors
-# ComfyUI uses for SD 1.x previews), applied to the scaled latent keras-cv samples in.
-_LATENT_RGB = np.array(
-    [
-        [0.3512, 0.2297, 0.3227],
-        [0.3250, 0.4974, 0.2350],
-        [-0.2829, 0.1762, 0.2721],
-        [-0.2120, -0.2616, -0.7177],
-    ],
-    dtype=np.float32,
-)
-
 PREVIEW_SPEC = {
     "preview": TensorSpec("uint8", (None, None, None, 3)),
     "step": TensorSpec("int32", ()),
@@ -73,15 +64,24 @@ class StreamError(ValueError):
     """The byte stream is not a valid sequence of frames."""
 
 
-def latent_preview(latent: np.ndarray) -> np.ndarray:
+def latent_preview(latent: np.ndarray, preview_map: LatentPreviewMap | None = None) -> np.ndarray:
     """A cheap uint8 RGB picture of latents (n, h, w, c), on the latent grid.
 
-    Four channels (every family here): the linear approximation above. Others: the
-    first three channels, each image stretched to 0-255.
+    With `preview_map` (the family's, `FamilySpec.preview_map`): its linear map, from the
+    decoder's [-1, 1] to 0-255. Without: SD's VAE factors for four channels (what every
+    family here had before families declared their own), else the first three channels,
+    each image stretched to 0-255.
     """
     latent = np.asarray(latent, dtype=np.float32)
-    if latent.shape[-1] == _LATENT_RGB.shape[0]:
-        rgb = latent @ _LATENT_RGB
+    if preview_map is None and latent.shape[-1] == len(SD_VAE_PREVIEW.matrix):
+        preview_map = SD_VAE_PREVIEW
+    if preview_map is not None:
+        matrix = np.asarray(preview_map.matrix, dtype=np.float32)
+        if matrix.shape != (latent.shape[-1], 3):
+            raise ValueError(
+                f"a preview map of {matrix.shape[0]} channels for latents of {latent.shape[-1]}"
+            )
+        rgb = latent @ matrix + np.asarray(preview_map.bias, dtype=np.float32)
         return (np.clip((rgb + 1.0) / 2.0, 0.0, 1.0) * 255).round().astype(np.uint8)
     channels = latent[..., :3]
     if channels.shape[-1] < 3:
@@ -91,6 +91,16 @@ def latent_preview(latent: np.ndarray) -> np.ndarray:
     high = channels.max(axis=(1, 2, 3), keepdims=True)
     scaled = (channels - low) / np.maximum(high - low, 1e-6)
     return (scaled * 255).round().astype(np.uint8)
+
+
+# A job's event stream (what the web page shows) carries about this many previews,
+# whatever its steps.
+PREVIEWS_PER_JOB = 10
+
+
+def preview_every(total: int) -> int:
+    """The interval, in steps, that gives a job of `total` steps PREVIEWS_PER_JOB previews."""
+    return max(1, math.ceil(total / PREVIEWS_PER_JOB))
 
 
 def should_preview(step: int, total: int, every: int) -> bool:

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from shared.families import get_family
 from shared.pipeline.chain import Chain, overlay_unmasked
+from shared.pipeline.stage import Progress
 from shared.pipeline.types import DenoiseParams, EditInputs, GenerationParams
+from shared.progress import preview_every
 from training.judge import Verdict, judge
 from training.phrasing import held_out_phrasings
 from training.scenes import COLOURS, IMAGE_SIZE, PLACES, SHAPES, Scene, held_out_scenes, render
@@ -40,34 +42,65 @@ def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
+def box_downscale(image: np.ndarray, factor: int) -> np.ndarray:
+    """A uint8 (H, W, 3) image averaged over factor x factor blocks, rounded: the final
+    image at the size of a preview (the latent grid)."""
+    height, width, channels = image.shape
+    blocks = image.astype(np.float64).reshape(
+        height // factor, factor, width // factor, factor, channels
+    )
+    return np.asarray(blocks.mean(axis=(1, 3)).round(), dtype=np.uint8)
+
+
+def mean_abs_error(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference of two uint8 images, in 0-255 levels."""
+    return float(np.mean(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+
+
+# Previews, step -> the (h, w, 3) uint8 preview of one image at that step.
+Previews = dict[int, np.ndarray]
+
+
 async def _generate(
     chain: Chain,
     prompts: Sequence[str],
     seeds: Sequence[int],
     edits: Sequence[EditInputs | None],
     strength: float = 1.0,
-) -> list[np.ndarray]:
-    async def one(prompt: str, seed: int, edit: EditInputs | None) -> np.ndarray:
+    *,
+    steps: int = STEPS,
+    preview_every: int = 0,
+) -> tuple[list[np.ndarray], list[Previews]]:
+    """The images, and each one's previews every `preview_every` steps (0: none)."""
+
+    async def one(prompt: str, seed: int, edit: EditInputs | None) -> tuple[np.ndarray, Previews]:
         params = GenerationParams(
             prompt=prompt,
             negative_prompt=None,
             denoise=DenoiseParams(
                 width=IMAGE_SIZE,
                 height=IMAGE_SIZE,
-                steps=STEPS,
+                steps=steps,
                 guidance_scale=GUIDANCE,
                 seed=seed,
                 n=1,
                 strength=strength,
             ),
         )
-        result = await chain.generate(params, edit)
-        return np.asarray(result.images[0])
+        previews: Previews = {}
+
+        def on_preview(step: int, _total: int, preview: np.ndarray) -> None:
+            previews[step] = preview[0]
+
+        progress = Progress(on_preview=on_preview, preview_every=preview_every)
+        result = await chain.generate(params, edit, progress=progress if preview_every else None)
+        return np.asarray(result.images[0]), previews
 
     # Concurrent requests: the diffusion stage batches their rows step by step.
-    return list(
-        await asyncio.gather(*(one(p, s, e) for p, s, e in zip(prompts, seeds, edits, strict=True)))
+    done = await asyncio.gather(
+        *(one(p, s, e) for p, s, e in zip(prompts, seeds, edits, strict=True))
     )
+    return [image for image, _ in done], [previews for _, previews in done]
 
 
 @dataclass(frozen=True)
@@ -76,6 +109,9 @@ class TextToImageResult:
     images: list[np.ndarray]
     verdicts: list[Verdict]
     prompts: list[str]
+    # Each image's live previews, every shared.progress.preview_every(steps) steps, as a
+    # job's event stream carries them to the web page.
+    previews: list[Previews] = field(default_factory=list)
 
     def rate(self, attribute: str, shape: str | None = None, size: str | None = None) -> float:
         """Share of verdicts with `attribute` right, over every prompt or those of one
@@ -88,26 +124,59 @@ class TextToImageResult:
         return float(np.mean([getattr(v, attribute) for v in picked]))
 
 
-async def text_to_image(chain: Chain, count: int, seed: int = 0) -> TextToImageResult:
-    """Held-out combinations, captioned in the training captions' grammar."""
+async def text_to_image(
+    chain: Chain, count: int, seed: int = 0, *, steps: int = STEPS
+) -> TextToImageResult:
+    """Held-out combinations, captioned in the training captions' grammar, with the
+    previews a job of `steps` steps streams."""
     scenes = held_out_scenes(count, seed)
-    return await _judged(chain, scenes, [s.caption() for s in scenes], seed)
+    return await _judged(chain, scenes, [s.caption() for s in scenes], seed, steps)
 
 
 async def phrasings_to_image(chain: Chain, count: int, seed: int = 0) -> TextToImageResult:
     """Held-out combinations, captioned in held-out phrasings (training.phrasing)."""
     phrased = held_out_phrasings(count, seed)
-    return await _judged(chain, [p.scene for p in phrased], [p.prompt for p in phrased], seed)
+    return await _judged(
+        chain, [p.scene for p in phrased], [p.prompt for p in phrased], seed, STEPS
+    )
 
 
 async def _judged(
-    chain: Chain, scenes: list[Scene], prompts: list[str], seed: int
+    chain: Chain, scenes: list[Scene], prompts: list[str], seed: int, steps: int
 ) -> TextToImageResult:
-    images = await _generate(
-        chain, prompts, [seed * 1000 + i for i in range(len(prompts))], [None] * len(prompts)
+    images, previews = await _generate(
+        chain,
+        prompts,
+        [seed * 1000 + i for i in range(len(prompts))],
+        [None] * len(prompts),
+        steps=steps,
+        preview_every=preview_every(steps),
     )
     verdicts = [judge(i, s) for i, s in zip(images, scenes, strict=True)]
-    return TextToImageResult(scenes, images, verdicts, prompts)
+    return TextToImageResult(scenes, images, verdicts, prompts, previews)
+
+
+@dataclass(frozen=True)
+class PreviewScores:
+    """How close each image's last preview is to the image itself, on the latent grid."""
+
+    step: int  # the last previewed step
+    psnr: list[float]  # dB, preview against the image box-downscaled to the preview's size
+    mean_abs_error: list[float]  # the same pair, 0-255 levels
+
+
+def last_preview_scores(result: TextToImageResult) -> PreviewScores:
+    step = max(result.previews[0])
+    factor = IMAGE_SIZE // result.previews[0][step].shape[0]
+    pairs = [
+        (previews[step], box_downscale(image, factor))
+        for image, previews in zip(result.images, result.previews, strict=True)
+    ]
+    return PreviewScores(
+        step,
+        [psnr(preview, final) for preview, final in pairs],
+        [mean_abs_error(preview, final) for preview, final in pairs],
+    )
 
 
 def _grid_distance(a: str, b: str) -> int:
@@ -172,7 +241,7 @@ async def inpaint(chain: Chain, count: int, seed: int = 0) -> InpaintResult:
         EditInputs(image=image, mask=mask, keep_unmasked=False)
         for image, mask in zip(inputs, masks, strict=True)
     ]
-    raw = await _generate(
+    raw, _ = await _generate(
         chain, [c.target.caption() for c in cases], [seed * 1000 + i for i in range(count)], edits
     )
     # The same call, on the same inputs, that the chain makes when keep_unmasked is on.
@@ -200,7 +269,7 @@ class Img2ImgResult:
 async def img2img(chain: Chain, count: int, seed: int = 0) -> Img2ImgResult:
     scenes = held_out_scenes(count, seed + 2)
     inputs = [render(s) for s in scenes]
-    images = await _generate(
+    images, _ = await _generate(
         chain,
         [s.caption() for s in scenes],
         [seed * 1000 + i for i in range(count)],

@@ -221,6 +221,7 @@ def write_card(
             "psnr_db_min": float(np.min(i2i.psnr)),
             "psnr_db_median": float(np.median(i2i.psnr)),
         },
+        "previews": preview_scores(evaluate.last_preview_scores(t2i)),
         "settings": {
             "steps": evaluate.STEPS,
             "guidance_scale": evaluate.GUIDANCE,
@@ -274,6 +275,7 @@ def write_card(
             steps=evaluate.STEPS,
             text_positions=text_positions_read,
             unet_channels="/".join(str(c) for c in UNET_CHANNELS),
+            previews_section=previews_section(scores),
         )
     )
     return scores
@@ -326,6 +328,27 @@ def _wording_rows(scores: dict[str, Any]) -> str:
         header += " before: grammar | before: phrasings |"
         rule += "---|---|"
     return "\n".join([header, rule, *rows])
+
+
+def preview_scores(last: evaluate.PreviewScores) -> dict[str, Any]:
+    """The last live preview against the final image on the latent grid (as the
+    benchmark's previews.json rounds them)."""
+    return {
+        "step": last.step,
+        "psnr_db_median": round(float(np.median(last.psnr)), 2),
+        "psnr_db_min": round(float(np.min(last.psnr)), 2),
+        "mean_abs_error_median": round(float(np.median(last.mean_abs_error)), 2),
+        "mean_abs_error_max": round(float(np.max(last.mean_abs_error)), 2),
+    }
+
+
+def previews_section(scores: dict[str, Any]) -> str:
+    """The card's section on live previews, from the scores."""
+    return PREVIEWS_SECTION.format(
+        previews=scores["previews"],
+        steps=scores["settings"]["steps"],
+        prompts=scores["text_to_image"]["prompts"],
+    )
 
 
 def _pipeline_time(timing: dict[str, Any]) -> str:
@@ -384,6 +407,23 @@ def _score_rows(scores: dict[str, Any]) -> str:
         ),
     ]
     return "\n".join(f"| {check} | {score} |" for check, score in rows)
+
+
+PREVIEWS_SECTION = """## Live previews
+A job streams a preview of its latent every few steps (the web page shows them as the
+picture forms), one pixel per latent cell, drawn with one linear map per cell,
+`rgb = latent @ matrix + bias` (`preview_map` in `shared/families/tiny.py`), instead of
+the decoder. The map is the least-squares fit against this decoder: encoded training
+scenes, decoded, each 4x4 block averaged (`python -m training.fit_preview`; refit it
+whenever the VAE is retrained: `tests/unit/training/test_fit_preview.py` fails until
+then). On the {prompts} held-out prompts above, the last preview (step {previews[step]} of
+{steps}) is {previews[psnr_db_median]:.1f} dB from the final image box-downscaled to the
+preview's 16x16 (median; min {previews[psnr_db_min]:.1f} dB), and
+{previews[mean_abs_error_median]:.0f} levels of 255 off on average (median). The SD VAE
+factors (ComfyUI's SD 1.x previews) that tiny's previews used before are about 6 dB from
+it: a mosaic of unrelated colours. Earlier previews still carry the sampler's noise;
+`benchmarks/results/previews.md` shows them step by step.
+"""
 
 
 CARD = """# Model card: sdserve `tiny`, trained on synthetic scenes
@@ -502,6 +542,7 @@ Inpainting returns the input's own pixels outside the mask (the default
 been through the VAE, and the repainted latent cells along the mask's edge reach a few
 pixels past it: the row "without the overlay" measures the model alone.
 
+{previews_section}
 ## Limits
 One shape per image, eight colours, 64x64; anything else in a prompt is ignored or
 confuses it. A prompt without a place gets the shape in the centre. Each place and size

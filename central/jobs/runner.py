@@ -16,7 +16,6 @@ import asyncio
 import base64
 import contextlib
 import logging
-import math
 import secrets
 import time
 from collections import deque
@@ -33,11 +32,10 @@ from shared.config import Settings
 from shared.errors import JobStoreUnavailable, SdserveError
 from shared.pipeline.catalog import Catalog
 from shared.pipeline.stage import Progress
+from shared.progress import preview_every
 
 log = logging.getLogger(__name__)
 
-# A job sends about this many previews, whatever its number of steps.
-PREVIEWS_PER_JOB = 10
 # How long DELETE waits for the job to end before it answers.
 CANCEL_WAIT_S = 10.0
 # How long a (re)connected replica waits before it claims orphans, as a share of the
@@ -210,7 +208,7 @@ class JobRunner:
             images = [_data_url(image) for image in preview]
             job.post(preview_event(record.id, step, total, images))
 
-        every = max(1, math.ceil(record.total / PREVIEWS_PER_JOB))
+        every = preview_every(record.total)
         try:
             result = await self.catalog.generate(
                 spec.params, spec.edit, progress=Progress(on_step, on_preview, every)

@@ -43,6 +43,31 @@ class PublishedWeights:
 
 
 @dataclass(frozen=True)
+class LatentPreviewMap:
+    """A cheap latent -> RGB picture: per latent cell, rgb = latent @ matrix + bias.
+
+    The result is in the decoder's range [-1, 1]; the preview is that, mapped to 0-255 on
+    the latent grid (shared.progress.latent_preview). `matrix` has one row per latent
+    channel, each (r, g, b); it applies to the scaled latent the sampler works on.
+    """
+
+    matrix: tuple[tuple[float, float, float], ...]
+    bias: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+# The factors ComfyUI previews SD 1.x latents with (comfy/latent_formats.py, `SD15`: the
+# kl-f8 VAE that SD 1.x and 2.x share; no bias), on the scaled latent.
+SD_VAE_PREVIEW = LatentPreviewMap(
+    matrix=(
+        (0.3512, 0.2297, 0.3227),
+        (0.3250, 0.4974, 0.2350),
+        (-0.2829, 0.1762, 0.2721),
+        (-0.2120, -0.2616, -0.7177),
+    )
+)
+
+
+@dataclass(frozen=True)
 class FamilySpec:
     name: str
     context_dim: int
@@ -71,6 +96,10 @@ class FamilySpec:
     # scenes): a prompt with others gets a warning (shared.families.vocabulary). None: no
     # vocabulary declared, no warnings.
     vocabulary: frozenset[str] | None = None
+    # How a streamed preview draws a latent (shared.progress.latent_preview). None: SD's
+    # VAE factors (SD_VAE_PREVIEW) for 4-channel latents, the first three channels
+    # stretched to 0-255 otherwise.
+    preview_map: LatentPreviewMap | None = None
 
 
 class ModelFamily(ABC):

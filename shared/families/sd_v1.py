@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from shared.families.base import Component, FamilySpec, ModelFamily, PublishedWeights
+from shared.families.base import (
+    SD_VAE_PREVIEW,
+    Component,
+    FamilySpec,
+    ModelFamily,
+    PublishedWeights,
+)
 
 if TYPE_CHECKING:
     import keras
@@ -53,6 +59,8 @@ class StableDiffusionV1(ModelFamily):
         default_guidance_scale=7.5,  # keras-cv's
         example_prompt=LIGHTHOUSE_PROMPT,
         default_weights="pretrained",
+        # ComfyUI's SD 1.x previews: they were made for this VAE (sd-v2 shares it).
+        preview_map=SD_VAE_PREVIEW,
     )
 
     def __init__(self) -> None:

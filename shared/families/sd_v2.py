@@ -28,7 +28,8 @@ V2_WEIGHTS: dict[Component, PublishedWeights] = {
 
 
 class StableDiffusionV2(StableDiffusionV1):
-    # SD 1.x's facts but the name and OpenCLIP's wider context.
+    # SD 1.x's facts but the name and OpenCLIP's wider context; SD 2.x keeps SD 1.x's VAE,
+    # so its previews keep ComfyUI's SD 1.x factors too.
     spec = replace(StableDiffusionV1.spec, name="sd-v2", context_dim=1024)
 
     def __init__(self) -> None:

@@ -10,7 +10,7 @@ from shared.batching import ModelWorker, ProgressCallback, StepScheduler
 from shared.config import Settings
 from shared.errors import InvalidInput, QueueFull
 from shared.families import get_family
-from shared.families.base import ModelFamily
+from shared.families.base import LatentPreviewMap, ModelFamily
 from shared.metrics import BatchingSource
 from shared.models import LoadedModels
 from shared.pipeline.local.base import LocalStage
@@ -219,7 +219,8 @@ class LocalDiffusion(LocalStage):
         Rows run under the step scheduler, sharing UNet calls with other requests;
         `progress.on_step(done, total)` is called after each step this request took part
         in, and `progress.on_preview(done, total, rgb)` every `progress.preview_every`
-        steps with a cheap uint8 picture of the latents (shared.progress.latent_preview).
+        steps with a cheap uint8 picture of the latents (shared.progress.latent_preview, with
+        the family's `FamilySpec.preview_map`).
         """
         params, init_latent, mask = request.params, request.init_latent, request.mask
         check_denoise_params(self.settings, params)
@@ -235,7 +236,13 @@ class LocalDiffusion(LocalStage):
         )
         on_step = progress.on_step if progress else None
         if progress is not None and progress.on_preview is not None and progress.preview_every:
-            on_step = _with_previews(rows, on_step, progress.on_preview, progress.preview_every)
+            on_step = _with_previews(
+                rows,
+                on_step,
+                progress.on_preview,
+                progress.preview_every,
+                self.family.spec.preview_map,
+            )
         timing = await self.scheduler.run(rows, (params.width, params.height), on_step)
         latent = np.concatenate([r.latent for r in rows])
         return DenoiseResult(latent=latent, seeds=seeds, timing=timing)
@@ -246,8 +253,10 @@ def _with_previews(
     on_step: ProgressCallback | None,
     on_preview: PreviewCallback,
     every: int,
+    preview_map: LatentPreviewMap | None,
 ) -> ProgressCallback:
-    """A progress callback that also sends a preview of the rows every `every` steps."""
+    """A progress callback that also sends a preview of the rows every `every` steps,
+    drawn with the family's `preview_map`."""
     previewed: set[int] = set()  # RePaint resamples report a step more than once
 
     def progress(done: int, total: int) -> None:
@@ -255,7 +264,8 @@ def _with_previews(
             on_step(done, total)
         if should_preview(done, total, every) and done not in previewed:
             previewed.add(done)
-            on_preview(done, total, latent_preview(np.concatenate([r.latent for r in rows])))
+            latent = np.concatenate([r.latent for r in rows])
+            on_preview(done, total, latent_preview(latent, preview_map))
 
     return progress
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from shared.errors import QueueFull, error_from_body
+from shared.families.base import SD_VAE_PREVIEW, LatentPreviewMap
 from shared.progress import (
     ERROR,
     PREVIEW,
@@ -19,6 +20,7 @@ from shared.progress import (
     error_frame,
     frame,
     latent_preview,
+    preview_every,
     preview_frame,
     progress_frame,
     read_json_frame,
@@ -106,6 +108,31 @@ def test_latent_preview_is_small_uint8_rgb():
     assert (preview == 128).all()  # a zero latent is mid-grey
     other = latent_preview(np.arange(2 * 2 * 2 * 2, dtype=np.float32).reshape(2, 2, 2, 2))
     assert other.shape == (2, 2, 2, 3) and other.min() == 0 and other.max() == 255
+
+
+def test_a_preview_map_is_a_linear_map_plus_bias_into_the_decoders_range() -> None:
+    identity = LatentPreviewMap(
+        matrix=((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (0.0, 0.0, 0.0)),
+        bias=(0.0, -1.0, 1.0),
+    )
+    latent = np.zeros((1, 2, 3, 4), np.float32)
+    latent[0, 0, 0] = (1.0, 1.0, -1.0, 9.0)  # the fourth channel does not count
+    preview = latent_preview(latent, identity)
+    assert preview.shape == (1, 2, 3, 3) and preview.dtype == np.uint8
+    # [-1, 1] -> 0..255, clipped: r = 1, g = 1 - 1 = 0, b = -1 + 1 = 0.
+    assert preview[0, 0, 0].tolist() == [255, 128, 128]
+    assert preview[0, 1, 2].tolist() == [128, 0, 255]  # zero latent: the bias alone
+    with pytest.raises(ValueError, match="4 channels for latents of 3"):
+        latent_preview(np.zeros((1, 2, 2, 3), np.float32), identity)
+
+
+def test_without_a_map_four_channels_get_the_sd_vae_factors() -> None:
+    latent = np.random.default_rng(0).standard_normal((2, 3, 3, 4)).astype(np.float32)
+    assert (latent_preview(latent) == latent_preview(latent, SD_VAE_PREVIEW)).all()
+
+
+def test_a_job_gets_about_ten_previews_whatever_its_steps() -> None:
+    assert [preview_every(n) for n in (1, 6, 10, 25, 80, 1000)] == [1, 1, 1, 3, 8, 100]
 
 
 def test_previews_every_k_steps_but_not_the_last():

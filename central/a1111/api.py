@@ -218,9 +218,8 @@ class A1111Api:
         run.seeds = [int(posted["seed"]) + i for i in range(int(posted["n"]))]
 
     async def _ended(self, job_id: str) -> JobRecord:
-        async for _, event in self.store.events(job_id):
-            if event.terminal:
-                break
+        async for _ in self.store.events(job_id):
+            pass  # a job's events end with its last one (done, error or cancelled)
         return await self.store.get(job_id)
 
     @staticmethod

@@ -5,10 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fastapi import FastAPI, Security
-from fastapi.security import HTTPBearer
+from fastapi import FastAPI, Request, Security
+from fastapi.security import HTTPBasic, HTTPBearer
 
+from central.a1111.api import A1111Api
+from central.a1111.errors import PREFIX as A1111_PREFIX
+from central.a1111.errors import a1111_error
 from central.jobs import JobRunner, open_store
+from central.routes.a1111 import a1111_router
 from central.routes.images import images_router
 from central.routes.jobs import jobs_router
 from central.routes.stages import stages_router
@@ -38,6 +42,9 @@ Stable Diffusion behind an OpenAI-compatible Images API.
   JSON with base64 `image` and greyscale `mask` (white = repaint): inpainting with a mask,
   image-to-image without one; plus `strength`, `num_resamples`, `mask_blur`.
 * `POST /` — Hugging Face text-to-image (`{"inputs": ..., "parameters": {...}}`) → PNG.
+* `/sdapi/v1/...` — AUTOMATIC1111's web UI API (txt2img, img2img, progress, interrupt,
+  sd-models, options, samplers): its shapes, its errors, the same API keys (bearer or
+  HTTP basic auth).
 """
 
 
@@ -87,7 +94,7 @@ class GatewayService:
 
 
 # The routes whose bodies carry images (a job may be an edit); every other body is JSON.
-IMAGE_BODY_PATHS = ("/v1/images/edits", "/v1/jobs")
+IMAGE_BODY_PATHS = ("/v1/images/edits", "/v1/jobs", "/sdapi/v1/img2img")
 
 
 def body_limits(settings: Settings) -> tuple[int, dict[str, int]]:
@@ -133,8 +140,24 @@ def create_central_app(settings: Settings, chain: Chain | None = None) -> FastAP
     app.include_router(stages_router(catalog), dependencies=guarded)
     app.include_router(images_router(catalog, settings), dependencies=guarded)
     app.include_router(jobs_router(jobs), dependencies=guarded)
+    # AUTOMATIC1111 clients send the key with HTTP basic auth, or as a bearer token.
+    basic = _DocumentedBasic(
+        auto_error=False, scheme_name="HTTPBasic", description="Any user; the password: a key."
+    )
+    app.include_router(
+        a1111_router(A1111Api(jobs, catalog, settings, VERSION)),
+        dependencies=[*secured, Security(basic)] if api_keys else [],
+    )
+    app.state.error_dialects.append((A1111_PREFIX, a1111_error))
     register_web_page(app)
     return app
+
+
+class _DocumentedBasic(HTTPBasic):
+    """HTTP basic auth in the OpenAPI schema only: ApiKeyGuard checks the header."""
+
+    async def __call__(self, request: Request) -> None:  # type: ignore[override]
+        return None
 
 
 def main() -> None:

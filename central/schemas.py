@@ -317,7 +317,7 @@ class GatewayInfo(ServiceInfo):
 
 # ------------------------------------------------------------------ OpenAPI documents
 
-_ERROR_DESCRIPTIONS = {
+ERROR_DESCRIPTIONS = {
     401: "No API key (when the gateway requires one).",
     403: "Unknown API key.",
     404: "No such job (never existed, expired, or the gateway restarted).",
@@ -337,7 +337,7 @@ COMMON_ERRORS = (401, 403, 413, 422, 429, 500, 502, 503, 504)
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` declaring the error body for these statuses."""
     return {
-        status: {"model": ErrorResponse, "description": _ERROR_DESCRIPTIONS[status]}
+        status: {"model": ErrorResponse, "description": ERROR_DESCRIPTIONS[status]}
         for status in sorted(statuses)
     }
 

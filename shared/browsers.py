@@ -118,7 +118,7 @@ class HostGuard:
             host = Headers(scope=scope).get("host", "")[:100]
             message = f"Host {host!r} is not served here; allowed: {', '.join(self.allowed)}"
             error = HostNotAllowed(f"{message} (SDSERVE_ALLOWED_HOSTS)", param="Host")
-            await send_error(send, error)
+            await send_error(send, error, scope)
 
 
 def _host_port(netloc: str, scheme: str) -> tuple[str, str]:
@@ -175,7 +175,7 @@ class OriginGuard:
             )
         else:
             message = "stage services answer the gateway only, not browsers"
-        await send_error(send, Forbidden(message, param="Origin"))
+        await send_error(send, Forbidden(message, param="Origin"), scope)
 
 
 def install_browser_guards(app: FastAPI, settings: Settings, *, public_api: bool) -> None:

@@ -205,6 +205,26 @@ def error_body(error_type: str, message: str, param: str | None = None) -> dict[
     return {"error": inner}
 
 
+def error_of_type(error_type: str, message: str, param: str | None = None) -> SdserveError:
+    """The domain error of this type again (a job's stored error, raised to its waiter);
+    a type no class declares is a 500 that keeps its type."""
+    for cls in _all_error_classes():
+        if cls.error_type == error_type:
+            return cls(message, param=param)
+    error = SdserveError(message, param=param)
+    error.error_type = error_type
+    return error
+
+
+def _all_error_classes() -> list[type[SdserveError]]:
+    found, todo = [], [SdserveError]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
 def error_from_body(status_code: int, body: Any, *, stage: str) -> SdserveError:
     """Rebuild the domain error a stage service sent, naming the stage in the message.
 

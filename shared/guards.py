@@ -4,11 +4,13 @@ handlers in shared.http) answer with."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import hashlib
 import hmac
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -42,7 +44,7 @@ class DrainGuard:
             and self.state.get("draining")
             and scope.get("path") not in ("/healthz", "/readyz", "/metrics")
         ):
-            await send_error(send, ShuttingDown("shutting down; retry on another replica"))
+            await send_error(send, ShuttingDown("shutting down; retry on another replica"), scope)
             return
         await self.app(scope, receive, send)
 
@@ -51,16 +53,38 @@ class DrainGuard:
 _OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json")
 
 
+def presented_keys(header: str) -> list[bytes]:
+    """What an `Authorization` header may carry as an API key: a bearer token, or HTTP
+    basic auth (what AUTOMATIC1111 clients send for `--api-auth user:pass`), whose
+    password may be the key, or "user:password" as a whole. Empty when neither."""
+    scheme, _, value = header.partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer":
+        return [value.encode()] if value else []
+    if scheme.lower() != "basic" or not value:
+        return []
+    try:
+        decoded = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return []
+    _, colon, password = decoded.partition(b":")
+    if not colon:
+        return []
+    return [key for key in (password, decoded) if key]
+
+
 class ApiKeyGuard:
-    """`Authorization: Bearer <key>` on the public API, and what each key may hold at once.
+    """An API key on the public API (`Authorization: Bearer <key>`, or HTTP basic auth
+    with the key as password or as "user:password"), and what each key may hold at once.
 
     Keys are compared in constant time against every configured key; only a digest of
     the key names its slots, so keys never sit in memory as dict keys. A request that
     runs a model holds a `run` slot while it runs, an open job event stream a `stream`
     slot; `POST /v1/jobs` takes none here but hands the digest to the route, and the job
-    then holds a `run` slot until it ends. Slots are counted in `slots` (the job store:
-    across gateway replicas when that is Redis); if it cannot be reached, requests are
-    counted in this process rather than refused.
+    then holds a `run` slot until it ends (so do the AUTOMATIC1111 routes under /sdapi/,
+    which run their work as jobs). Slots are counted in `slots` (the job store: across
+    gateway replicas when that is Redis); if it cannot be reached, requests are counted
+    in this process rather than refused.
     """
 
     def __init__(
@@ -82,9 +106,11 @@ class ApiKeyGuard:
         if path in _OPEN_PATHS or path.startswith("/docs"):
             return False
         # GETs of the page and of /v1/info are harmless; everything that runs a model
-        # (POST), reads someone's job, or shows the stages (internal addresses, weight
-        # paths, and a call to each) does need a key.
-        return scope.get("method") != "GET" or path.startswith(("/v1/jobs", "/v1/stages"))
+        # (POST), reads someone's job or progress, or shows the stages (internal
+        # addresses, weight paths, and a call to each) does need a key.
+        return scope.get("method") != "GET" or path.startswith(
+            ("/v1/jobs", "/v1/stages", "/sdapi/")
+        )
 
     @staticmethod
     def _pool(scope: Scope) -> Pool | None:
@@ -92,8 +118,9 @@ class ApiKeyGuard:
         method, path = scope.get("method"), str(scope.get("path", ""))
         if method == "GET":
             return "stream" if path.endswith("/events") else None
-        # Cancelling must work at the limit; a job takes its slot in the route.
-        if method == "DELETE" or path == "/v1/jobs":
+        # Cancelling (and interrupting) must work at the limit; a job takes its slot in
+        # the route, and the AUTOMATIC1111 routes run theirs as jobs.
+        if method == "DELETE" or path == "/v1/jobs" or path.startswith("/sdapi/"):
             return None
         return "run"
 
@@ -102,17 +129,25 @@ class ApiKeyGuard:
             await self.app(scope, receive, send)
             return
         header = dict(scope.get("headers") or []).get(b"authorization", b"")
-        scheme, _, token = header.decode("latin-1").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            await send_error(send, Unauthorized("an API key is required (Authorization: Bearer)"))
+        presented = presented_keys(header.decode("latin-1"))
+        if not presented:
+            await send_error(
+                send,
+                Unauthorized(
+                    "an API key is required (Authorization: Bearer <key>, or HTTP basic "
+                    "auth with the key as password)"
+                ),
+                scope,
+            )
             return
-        given = token.strip().encode()
         # Check every key (no early exit), so timing does not tell which prefix matched.
-        matches = [hmac.compare_digest(given, key) for key in self.keys]
-        if not any(matches):
-            await send_error(send, Forbidden("unknown API key"))
+        matched = [
+            given for given in presented for key in self.keys if hmac.compare_digest(given, key)
+        ]
+        if not matched:
+            await send_error(send, Forbidden("unknown API key"), scope)
             return
-        slot = hashlib.sha256(given).hexdigest()
+        slot = hashlib.sha256(matched[0]).hexdigest()
         scope.setdefault("state", {})["api_key_slot"] = slot
         pool = self._pool(scope)
         if pool is None:
@@ -121,7 +156,7 @@ class ApiKeyGuard:
         try:
             slots, held = await self._acquire(pool, slot)
         except SdserveError as exc:
-            await send_error(send, exc)
+            await send_error(send, exc, scope)
             return
         try:
             await self.app(scope, receive, send)
@@ -160,7 +195,7 @@ class BodySizeLimit:
         limit = self.by_path.get(str(scope.get("path", "")), self.max_bytes)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            await send_error(send, PayloadTooLarge(self._message(limit), param="body"))
+            await send_error(send, PayloadTooLarge(self._message(limit), param="body"), scope)
             return
         seen = 0
 
@@ -180,9 +215,10 @@ class BodySizeLimit:
         return f"request body exceeds {limit} bytes"
 
 
-async def send_error(send: Send, error: SdserveError) -> None:
-    """Answer `error` in our one body, from ASGI middleware (before any route runs)."""
-    response = error_response(error)
+async def send_error(send: Send, error: SdserveError, scope: Scope | None = None) -> None:
+    """Answer `error` from ASGI middleware (before any route runs), as error_response
+    renders it for the request's path."""
+    response = error_response(error, scope)
     await send(
         {
             "type": "http.response.start",
@@ -193,9 +229,31 @@ async def send_error(send: Send, error: SdserveError) -> None:
     await send({"type": "http.response.body", "body": response.body})
 
 
-def error_response(error: SdserveError) -> JSONResponse:
+# Renders an error in the body shape of another API the app speaks (one per path prefix).
+ErrorDialect = Callable[[SdserveError], JSONResponse]
+
+
+def error_response(error: SdserveError, scope: Scope | None = None) -> JSONResponse:
+    """The one place a domain error becomes an HTTP response: its status and headers
+    (shared.errors), in our body `{"error": {"type", "message", "param"?}}`; or, under a
+    path prefix the app lists in `app.state.error_dialects` (the gateway's /sdapi/, say),
+    in that API's own shape."""
+    dialect = _dialect(scope)
+    if dialect is not None:
+        return dialect(error)
     return JSONResponse(
         error_body(error.error_type, error.message, error.param),
         status_code=http_status_for(error),
         headers=error.headers(),
     )
+
+
+def _dialect(scope: Scope | None) -> ErrorDialect | None:
+    if scope is None:
+        return None
+    state = getattr(scope.get("app"), "state", None)
+    path = str(scope.get("path", ""))
+    for prefix, dialect in getattr(state, "error_dialects", ()):
+        if path.startswith(prefix):
+            return dialect
+    return None

@@ -110,21 +110,22 @@ def install_error_handlers(app: FastAPI) -> None:
     """The one place domain errors and framework errors become HTTP responses."""
 
     @app.exception_handler(SdserveError)
-    async def _domain(_: Request, exc: SdserveError) -> JSONResponse:
-        return error_response(exc)
+    async def _domain(request: Request, exc: SdserveError) -> JSONResponse:
+        return error_response(exc, request.scope)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         param = _validation_param(first)
-        return error_response(InvalidInput(f"{param}: {first.get('msg')}", param=param))
+        error = InvalidInput(f"{param}: {first.get('msg')}", param=param)
+        return error_response(error, request.scope)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # FastAPI wraps errors raised while it reads a JSON body (our 413) in a 400.
         cause = exc.__cause__ or exc.__context__
         if isinstance(cause, SdserveError):
-            return error_response(cause)
+            return error_response(cause, request.scope)
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(
             error_body(kind, str(exc.detail)),
@@ -135,9 +136,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(
-            error_body("internal_error", "internal error; see the server log"), status_code=500
-        )
+        return error_response(SdserveError("internal error; see the server log"), request.scope)
 
 
 def require_internal_token(settings: Settings) -> Callable[[Request], None]:
@@ -277,6 +276,8 @@ def create_app(
     app.state.load_state = state
     # Called on SIGTERM/SIGINT, on the event loop, as draining begins.
     app.state.drain_hooks = []
+    # (path prefix, renderer) of the other APIs' error shapes (shared.guards.error_response).
+    app.state.error_dialects = []
     install_error_handlers(app)
     max_body, by_path = body_limits or (settings.max_body_bytes, {})
     app.add_middleware(BodySizeLimit, max_bytes=max_body, by_path=by_path)

@@ -11,6 +11,7 @@ import re
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 from central.schemas import ErrorDetail, ImagesResponse, JobKind, JobResource, JobStatus
@@ -156,6 +157,10 @@ class JobRecord:
 
 def preview_event(job_id: str, step: int, total: int, images: list[str]) -> JobEvent:
     return JobEvent("preview", {"id": job_id, "step": step, "total": total, "images": images})
+
+
+# The fields of a record as a store keeps it.
+RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclass_fields(JobRecord))
 
 
 def _flat(value: Any) -> str:

@@ -111,6 +111,19 @@ end
 return orphans
 """
 
+# KEYS: index. ARGV: prefix, key, field names -> each unfinished job of that key: its
+# values of those fields (not its request, which may carry images)
+_UNFINISHED = """
+local found = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '+inf', '+inf')) do
+  local job = ARGV[1] .. 'job:' .. id
+  if redis.call('HGET', job, 'key') == ARGV[2] then
+    table.insert(found, redis.call('HMGET', job, unpack(ARGV, 3)))
+  end
+end
+return found
+"""
+
 # KEYS: lease, hash. ARGV: owner, lease_ms -> the record's fields, or false
 _CLAIM = """
 if redis.call('EXISTS', KEYS[2]) == 0 then return false end
@@ -167,6 +180,7 @@ SCRIPTS: dict[str, str] = {
     "finish": _FINISH,
     "renew": _RENEW,
     "orphans": _ORPHANS,
+    "unfinished": _UNFINISHED,
     "claim": _CLAIM,
     "release": _RELEASE,
     "cancel": _CANCEL,

@@ -8,6 +8,7 @@ Keys (prefix `sdserve:`), all of one job under `job:{id}`:
     jobs                sorted set: every job; score = when it finished, +inf until then
     key:{pool}:{slot}   sorted set: what an API key holds; score = when the token lapses
                         (+inf for a job's token, freed when the job finishes)
+    setting:{name}:{slot}  string: a setting an API key's caller chose (no slot: none)
     notices             pub/sub channel: "cancel:{id}", "orphaned"
 
 Every step that must not race another replica (admitting a job within max_jobs and the
@@ -33,7 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from central.jobs.records import JobEvent, JobRecord
+from central.jobs.records import RECORD_FIELDS, JobEvent, JobRecord
 from central.jobs.redis_scripts import SCRIPTS
 from central.jobs.store import JobStore, Notice, jobs_full, not_found
 from shared.errors import JobStoreUnavailable
@@ -45,6 +46,8 @@ PREFIX = "sdserve:"
 NOTICES = PREFIX + "notices"
 # A blocked XREAD wakes this often to see whether its job still exists.
 READ_BLOCK_MS = 2000
+# Events read at a time, newest first, looking for a job's latest event of a kind.
+LAST_EVENT_BATCH = 64
 # While Redis is unreachable, a subscriber's stream waits this long between tries.
 RECONNECT_S = 0.5
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
@@ -224,6 +227,30 @@ class RedisJobStore(JobStore):
                 if feed.task is not None:
                     feed.task.cancel()
 
+    async def last_event(self, job_id: str, name: str) -> JobEvent | None:
+        stream, end = _job_key(job_id) + ":events", "+"
+
+        def at_or_before(end: str) -> Callable[[], Awaitable[Any]]:
+            return lambda: self.redis.xrevrange(stream, end, "-", count=LAST_EVENT_BATCH)
+
+        while True:
+            batch: Any = await self._call(at_or_before(end))
+            for _, fields in batch:
+                if fields["name"] == name:
+                    return JobEvent.decoded(fields["name"], fields["data"])
+            if len(batch) < LAST_EVENT_BATCH:
+                return None
+            end = f"({batch[-1][0]}"
+
+    async def unfinished(self, key: str) -> list[JobRecord]:
+        names = list(RECORD_FIELDS)
+        rows = await self._script("unfinished", [PREFIX + "jobs"], [PREFIX, key, *names])
+        records = [
+            JobRecord.from_fields({n: v for n, v in zip(names, row, strict=True) if v is not None})
+            for row in rows
+        ]
+        return sorted(records, key=lambda record: record.created)
+
     async def _follow(self, job_id: str, feed: _Feed) -> None:
         """One blocking read per followed job in this process, whatever its number of
         subscribers (so open event streams do not each hold a Redis connection)."""
@@ -321,6 +348,15 @@ class RedisJobStore(JobStore):
             pairs = [part for zset, token in held for part in (zset, token)]
             await self._script("renew_slots", [], [self._lease_ms, *pairs])
 
+    # --- what API keys chose ----------------------------------------------------------
+
+    async def setting(self, key: str, name: str) -> str | None:
+        value = await self._call(lambda: self.redis.get(_setting_key(key, name)))
+        return None if value is None else str(value)
+
+    async def set_setting(self, key: str, name: str, value: str) -> None:
+        await self._call(lambda: self.redis.set(_setting_key(key, name), value))
+
 
 @dataclass(eq=False)
 class _Feed:
@@ -345,6 +381,10 @@ def _job_key(job_id: str) -> str:
 
 def _slot_key(pool: Pool, slot: str) -> str:
     return f"{PREFIX}key:{pool}:{slot}"
+
+
+def _setting_key(key: str, name: str) -> str:
+    return f"{PREFIX}setting:{name}:{key}"
 
 
 def _state(record: JobRecord) -> dict[str, str]:

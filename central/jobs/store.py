@@ -94,6 +94,14 @@ class JobStore(ABC):
     def events(self, job_id: str, after: str | None = None) -> AsyncIterator[tuple[str, JobEvent]]:
         """(id, event) from the start (or after the id `after`) until the last event."""
 
+    @abstractmethod
+    async def last_event(self, job_id: str, name: str) -> JobEvent | None:
+        """The job's latest event of this name (its latest preview, say), if any."""
+
+    @abstractmethod
+    async def unfinished(self, key: str) -> list[JobRecord]:
+        """The unfinished jobs counted against `key` ("": those of no key), oldest first."""
+
     # --- leases ---------------------------------------------------------------------
 
     @abstractmethod
@@ -141,6 +149,16 @@ class JobStore(ABC):
     async def renew_slots(self) -> None:
         """Keep the tokens this process holds alive (a dead process's lapse)."""
 
+    # --- what API keys chose ----------------------------------------------------------
+
+    @abstractmethod
+    async def setting(self, key: str, name: str) -> str | None:
+        """A setting the caller of `key` ("": of no key) chose (the AUTOMATIC1111 API's
+        checkpoint, say), seen by every replica; None when never set."""
+
+    @abstractmethod
+    async def set_setting(self, key: str, name: str, value: str) -> None: ...
+
 
 @dataclass
 class _Entry:
@@ -163,6 +181,7 @@ class MemoryJobStore(JobStore):
         super().__init__(max_jobs=max_jobs, ttl_s=ttl_s, lease_s=lease_s)
         self.jobs: dict[str, _Entry] = {}
         self.slots = LocalKeySlots()
+        self.settings: dict[tuple[str, str], str] = {}
         self._sequence = 0
         self._listeners: list[asyncio.Queue[Notice]] = []
 
@@ -228,6 +247,16 @@ class MemoryJobStore(JobStore):
                     return
             appended = entry.appended
             await appended.wait()
+
+    async def last_event(self, job_id: str, name: str) -> JobEvent | None:
+        for _, event in reversed(self._entry(job_id).events):
+            if event.name == name:
+                return event
+        return None
+
+    async def unfinished(self, key: str) -> list[JobRecord]:
+        found = [e.record for e in self.jobs.values() if not e.record.done and e.record.key == key]
+        return [replace(record) for record in sorted(found, key=lambda r: r.created)]
 
     def _append(self, entry: _Entry, event: JobEvent) -> None:
         self._sequence += 1
@@ -314,6 +343,14 @@ class MemoryJobStore(JobStore):
 
     async def renew_slots(self) -> None:
         """Nothing lapses in one process."""
+
+    # --- what API keys chose ----------------------------------------------------------
+
+    async def setting(self, key: str, name: str) -> str | None:
+        return self.settings.get((key, name))
+
+    async def set_setting(self, key: str, name: str, value: str) -> None:
+        self.settings[(key, name)] = value
 
     # --- housekeeping ---------------------------------------------------------------
 

@@ -105,3 +105,33 @@ def test_the_openai_client_picks_a_model(gateway: ServiceProcess) -> None:
     )
     assert result.data and result.data[0].b64_json
     assert result.model_extra is not None and result.model_extra["model"] == "tiny-random"
+
+
+def test_an_a1111_client_selects_a_model_with_options(gateway: ServiceProcess) -> None:
+    webuiapi = pytest.importorskip("webuiapi")
+    api = webuiapi.WebUIApi(baseurl=f"{gateway.url}/sdapi/v1", sampler="DDIM")
+    assert api.util_get_model_names() == ["tiny", "tiny-random"]
+    assert api.util_get_current_model() == "tiny"
+    ours = httpx.post(
+        f"{gateway.url}/v1/images/generations",
+        json={**BODY, "model": "tiny-random", "guidance_scale": 7.5},
+        timeout=120,
+    )
+    api.util_set_model("tiny-random")  # POST /options {"sd_model_checkpoint": ...}
+    try:
+        assert api.util_get_current_model() == "tiny-random"
+        a1111 = dict(prompt=BODY["prompt"], width=64, height=64, steps=6, seed=7, cfg_scale=7.5)
+        selected = api.txt2img(**a1111)
+        # A request's override_settings picks for that request only.
+        overridden = api.txt2img(**a1111, override_settings={"sd_model_checkpoint": "tiny"})
+        unknown = httpx.post(
+            f"{gateway.url}/sdapi/v1/options", json={"sd_model_checkpoint": "x"}, timeout=10
+        )
+    finally:
+        api.set_options({"sd_model_checkpoint": "tiny"})
+    assert selected.info["sd_model_name"] == "tiny-random" and selected.info["substituted"] == {}
+    assert overridden.info["sd_model_name"] == "tiny"
+    assert api.util_get_current_model() == "tiny"
+    same = np.asarray(selected.image.convert("RGB"), dtype=np.int16)
+    assert int(np.abs(same - image(ours)).max()) <= 2  # the model /v1 draws as tiny-random
+    assert unknown.status_code == 404 and "tiny-random" in unknown.json()["detail"]

@@ -252,6 +252,21 @@ def test_a_job_holds_the_keys_slot_and_following_it_takes_none(keyed_gateway):
         assert done.status_code == 200, done.text
 
 
+def test_an_a1111_client_logs_in_with_the_key_as_its_password(keyed_gateway):
+    webuiapi = pytest.importorskip("webuiapi")
+    base = f"{keyed_gateway.url}/sdapi/v1"
+    # `--api-auth user:pass` in A1111; here any user, and an API key as the password.
+    api = webuiapi.WebUIApi(baseurl=base, username="painter", password="key-one")
+    assert api.util_get_current_model() == "tiny"
+    result = api.txt2img(prompt="k", width=64, height=64, steps=2, seed=1)
+    assert len(result.images) == 1 and result.info["all_seeds"] == [1]
+    stranger = webuiapi.WebUIApi(baseurl=base, username="painter", password="nope")
+    refused = stranger.session.get(f"{base}/options")
+    assert refused.status_code == 403 and refused.json()["error"] == "forbidden"
+    with pytest.raises(RuntimeError):  # webuiapi's own report of a refusal
+        stranger.txt2img(prompt="k", width=64, height=64, steps=2)
+
+
 GARBAGE_STAGE = """
 import http.server, os, sys
 

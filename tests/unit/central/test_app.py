@@ -22,6 +22,20 @@ PUBLIC = {
     ("get", "/v1/jobs/{job_id}/events"),
     ("delete", "/v1/jobs/{job_id}"),
 }
+# AUTOMATIC1111's API (central/routes/a1111.py), in its shapes and with its error bodies.
+A1111 = {
+    ("post", "/sdapi/v1/txt2img"),
+    ("post", "/sdapi/v1/img2img"),
+    ("get", "/sdapi/v1/progress"),
+    ("post", "/sdapi/v1/interrupt"),
+    ("get", "/sdapi/v1/options"),
+    ("post", "/sdapi/v1/options"),
+    ("get", "/sdapi/v1/sd-models"),
+    ("get", "/sdapi/v1/samplers"),
+    ("get", "/sdapi/v1/upscalers"),
+    ("get", "/sdapi/v1/loras"),
+    ("get", "/sdapi/v1/scripts"),
+}
 # JSON answers typed as a plain object on purpose: each stage describes itself its way.
 LOOSE = {("get", "/v1/stages"), ("get", "/healthz")}
 
@@ -55,8 +69,10 @@ def test_every_json_success_has_a_schema(openapi: dict[str, Any]) -> None:
             if (method, path) in LOOSE:
                 assert schema.get("type") == "object", f"{method} {path} {status}: {schema}"
             else:
-                # A named model: a route answering an untyped dict shows no fields.
-                assert "$ref" in schema, f"{method} {path} {status}: {schema}"
+                # A named model (or a list of them, as A1111's lists are): a route
+                # answering an untyped dict shows no fields.
+                named = schema.get("items", {}) if schema.get("type") == "array" else schema
+                assert "$ref" in named, f"{method} {path} {status}: {schema}"
             checked.append((method, path))
     # The JSON routes of the gateway are all there (a route lost from the walk fails too).
     assert {
@@ -68,7 +84,26 @@ def test_every_json_success_has_a_schema(openapi: dict[str, Any]) -> None:
         ("post", "/v1/jobs"),
         ("get", "/v1/jobs/{job_id}"),
         ("delete", "/v1/jobs/{job_id}"),
+        *A1111,
     } <= set(checked)
+
+
+def test_a1111_routes_declare_a1111s_error_bodies(openapi: dict[str, Any]) -> None:
+    found = {(m, p): op for m, p, op in operations(openapi) if p.startswith("/sdapi/")}
+    assert set(found) == A1111
+    schemas = openapi["components"]["schemas"]
+    for (method, path), operation in found.items():
+        for status, response in operation["responses"].items():
+            if status[0] not in "45":
+                continue
+            ref = response["content"]["application/json"]["schema"]["$ref"]
+            name = "ValidationErrorBody" if status == "422" else "ErrorBody"
+            assert ref == f"#/components/schemas/{name}", (method, path, status)
+    assert set(schemas["ErrorBody"]["properties"]) == {"error", "detail", "body", "errors"}
+    item = schemas["ValidationItem"]["properties"]
+    assert set(item) == {"loc", "msg", "type"}
+    for method, path in (("post", "/sdapi/v1/txt2img"), ("post", "/sdapi/v1/img2img")):
+        assert {"401", "403", "422", "429", "503"} <= set(found[(method, path)]["responses"])
 
 
 def test_public_routes_declare_the_error_body(openapi: dict[str, Any]) -> None:
@@ -126,6 +161,10 @@ def test_with_api_keys_the_schema_declares_bearer_and_stages_need_a_key(
     assert guarded["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     for method, path in PUBLIC:
         assert guarded["paths"][path][method]["security"] == [{"HTTPBearer": []}]
+    # A1111 clients send the key with HTTP basic auth (or as a bearer token).
+    for method, path in A1111:
+        security = guarded["paths"][path][method]["security"]
+        assert security == [{"HTTPBearer": []}, {"HTTPBasic": []}], (method, path)
 
     async def main() -> list[int]:
         async with client_for(app) as client:

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from central.jobs.records import JobEvent, JobRecord, check_event_id
-from central.jobs.redis_store import RedisJobStore
+from central.jobs.records import JobEvent, JobRecord, check_event_id, preview_event
+from central.jobs.redis_store import LAST_EVENT_BATCH, RedisJobStore
 from central.jobs.store import JobStore, MemoryJobStore, Notice
 from shared.errors import (
     InvalidInput,
@@ -115,6 +115,58 @@ def test_events_replay_from_the_start_or_resume_after_an_id(make_store: StoreFac
         # The saved state follows the writes.
         stored = await store.get(record.id)
         assert (stored.status, stored.step, stored.result) == ("succeeded", 3, {"data": []})
+
+    run(make_store, scenario)
+
+
+def test_the_latest_event_of_a_kind_is_found_however_far_back(make_store: StoreFactory) -> None:
+    async def scenario(store: JobStore) -> None:
+        record = await new_job(store)
+        assert await store.last_event(record.id, "preview") is None  # none yet
+        for n in (1, 2):
+            await store.update(
+                record.id, "A", preview_event(record.id, n, 4, [f"image-{n}"]), record
+            )
+        # More progress events since than a Redis read takes at a time.
+        for n in range(LAST_EVENT_BATCH + 5):
+            assert await step(store, record, n)
+        latest = await store.last_event(record.id, "preview")
+        assert latest is not None and latest.data["images"] == ["image-2"]
+        progress = await store.last_event(record.id, "progress")
+        assert progress is not None and progress.data["step"] == LAST_EVENT_BATCH + 4
+        assert await store.last_event(record.id, "done") is None
+
+    run(make_store, scenario)
+
+
+def test_unfinished_jobs_are_listed_per_key_oldest_first(make_store: StoreFactory) -> None:
+    async def scenario(store: JobStore) -> None:
+        first = await new_job(store, key="key-one")
+        anonymous = await new_job(store)
+        second = await new_job(store, key="key-one")
+        assert await step(store, second, 2)
+        mine = await store.unfinished("key-one")
+        assert [r.id for r in mine] == [first.id, second.id]
+        assert (mine[1].status, mine[1].step, mine[1].total) == ("running", 2, 4)
+        assert mine[0] == await store.get(first.id)
+        assert [r.id for r in await store.unfinished("")] == [anonymous.id]
+        assert await store.unfinished("key-two") == []
+        await finish(store, first)
+        assert [r.id for r in await store.unfinished("key-one")] == [second.id]
+
+    run(make_store, scenario, max_jobs=5)
+
+
+def test_a_keys_settings_are_its_own(make_store: StoreFactory) -> None:
+    async def scenario(store: JobStore) -> None:
+        assert await store.setting("key-one", "sd_model_checkpoint") is None
+        await store.set_setting("key-one", "sd_model_checkpoint", "tiny-alt")
+        await store.set_setting("", "sd_model_checkpoint", "tiny")
+        assert await store.setting("key-one", "sd_model_checkpoint") == "tiny-alt"
+        assert await store.setting("", "sd_model_checkpoint") == "tiny"
+        assert await store.setting("key-two", "sd_model_checkpoint") is None
+        await store.set_setting("key-one", "sd_model_checkpoint", "tiny")
+        assert await store.setting("key-one", "sd_model_checkpoint") == "tiny"
 
     run(make_store, scenario)
 

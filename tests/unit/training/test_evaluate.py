@@ -45,7 +45,7 @@ def test_last_preview_scores_compare_the_last_preview_with_the_downscaled_image(
     scene = Scene("square", "red", "small", "top", ("white",))
     image = np.full((64, 64, 3), 100, np.uint8)
     previews = {3: np.zeros((16, 16, 3), np.uint8), 6: np.full((16, 16, 3), 110, np.uint8)}
-    result = TextToImageResult([scene], [image], [_verdict(True)], [previews])
+    result = TextToImageResult([scene], [image], [_verdict(True)], [""], [previews])
     scores = last_preview_scores(result)
     assert scores.step == 6  # the last one, not the first
     assert scores.mean_abs_error == [10.0]

@@ -166,6 +166,7 @@ def write_card(
     text_positions_read: int,
     base: Path | None = None,
     learning_rate: float | None = None,
+    paraphrase_share: float = 0.5,
 ) -> dict[str, Any]:
     """Evaluate the weights in `out` and write the card there, from the loss CSVs and
     timings in `workdir` and the run's settings (scene count, EMA decay, positions the
@@ -262,7 +263,7 @@ def write_card(
             decoder=first.get("decoder", {}),
             diffusion=first.get("diffusion", {}),
             pipeline=_pipeline_time(first.get("all", {})),
-            fine_tune=_fine_tune_text(scores, learning_rate) if base is not None else "",
+            fine_tune=(_fine_tune_text(scores, learning_rate, paraphrase_share) if base else ""),
             wording_rows=_wording_rows(scores),
             phrasing_train=", ".join(f"*{name}*" for name in templates("train")),
             phrasing_held_out=", ".join(f"*{name}*" for name in templates("held_out")),
@@ -286,7 +287,9 @@ def _checksums(directory: Path) -> dict[str, str]:
     return {name: digest for digest, name in (line.split() for line in lines)}
 
 
-def _fine_tune_text(scores: dict[str, Any], learning_rate: float | None) -> str:
+def _fine_tune_text(
+    scores: dict[str, Any], learning_rate: float | None, paraphrase_share: float
+) -> str:
     run = scores["training"]
     tuned = run.get("diffusion", {})
     whole = _pipeline_time(run.get("all", {}))
@@ -297,10 +300,12 @@ def _fine_tune_text(scores: dict[str, Any], learning_rate: float | None) -> str:
         "history) and train together from the first step, "
         f"{tuned.get('steps')} steps, batch {tuned.get('batch')}, learning rate "
         f"{learning_rate} (cosine), {tuned.get('minutes')} min ({whole} "
-        "with the latents and the export), on captions half in the grammar above and half in "
+        "with the latents and the export), on captions "
+        f"{1 - paraphrase_share:.0%} in the grammar above and {paraphrase_share:.0%} in "
         "the training phrasings (`training/phrasing.py`, below); the VAE is theirs, unchanged. "
         "Command: `python -m training.train_tiny all --from-weights <those weights> "
-        f"--steps {tuned.get('steps')} --lr {learning_rate} --text-encoder-from 0`.\n"
+        f"--steps {tuned.get('steps')} --lr {learning_rate} --text-encoder-from 0 "
+        f"--paraphrase-share {paraphrase_share}`.\n"
     )
 
 

@@ -440,9 +440,9 @@ def context_of_all_positions(leading: Any, max_tokens: int) -> Any:
     return tf.concat([leading, padding], axis=1)
 
 
-def _caption(scene: Scene, rng: np.random.Generator) -> str:
+def _caption(scene: Scene, rng: np.random.Generator, paraphrase_share: float) -> str:
     """A training caption: in the scenes' own grammar, or worded another way people word it."""
-    if rng.random() < PARAPHRASE_SHARE:
+    if rng.random() < paraphrase_share:
         return training_paraphrase(scene, rng)
     return training_caption(scene, rng)
 
@@ -542,7 +542,10 @@ def train_diffusion(args: argparse.Namespace) -> None:
         rng = _scene_rng(args.seed, 2, k)
         index = rng.integers(len(data.scenes), size=args.batch)
         captions = [
-            "" if rng.random() < CAPTION_DROPOUT else _caption(data.scenes[i], rng) for i in index
+            ""
+            if rng.random() < CAPTION_DROPOUT
+            else _caption(data.scenes[i], rng, args.paraphrase_share)
+            for i in index
         ]
         token_ids = np.array([tokens(c) for c in captions], np.int32)
         token_ids = leading_tokens(token_ids, family.spec.pad_token, TEXT_POSITIONS_READ)
@@ -624,6 +627,7 @@ def _write_card(args: argparse.Namespace) -> None:
         text_positions_read=TEXT_POSITIONS_READ,
         base=args.from_weights,
         learning_rate=args.lr,
+        paraphrase_share=args.paraphrase_share,
     )
 
 
@@ -655,6 +659,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--checkpoint-every", type=int, default=250)
+    parser.add_argument(
+        "--paraphrase-share",
+        type=float,
+        default=PARAPHRASE_SHARE,
+        help="share of captions worded by training.phrasing instead of the scenes' grammar",
+    )
     parser.add_argument(
         "--from-weights",
         type=Path,

@@ -27,16 +27,18 @@ if TYPE_CHECKING:
     import keras
 
 
-# The words of the captions tiny was trained on (training/scenes.py; a test keeps the two
-# the same) beyond shared.families.vocabulary.STOP_WORDS: colours, shapes, sizes, places,
-# and "background".
+# The words of the captions tiny was trained on (training/scenes.py's grammar and
+# training/phrasing.py's training phrasings; a test keeps the two the same) beyond
+# shared.families.vocabulary.STOP_WORDS: colours, shapes, sizes, places, and the words
+# people frame them with.
 TINY_VOCABULARY = frozenset(
     {
         *("red", "green", "blue", "yellow", "purple", "orange", "white", "black"),
         *("circle", "square", "triangle"),
-        *("small", "large"),
-        *("top", "bottom", "left", "right", "center"),
-        "background",
+        *("small", "little", "large", "big"),
+        *("top", "upper", "bottom", "lower", "left", "right", "center", "centre", "middle"),
+        *("corner", "edge", "side", "near", "to"),
+        *("background", "against", "coloured", "colored", "picture", "image", "drawing"),
     }
 )
 

@@ -2,25 +2,35 @@
 
 from __future__ import annotations
 
-import itertools
-
 from shared.families import get_family
 from shared.families.vocabulary import STOP_WORDS, prompt_warnings, unknown_words
-from training.scenes import COLOURS, PLACES, SHAPES, SIZES, Scene
+from training.phrasing import held_out_phrasings, words_of
 
 TINY = get_family("tiny").spec
 
 
 def test_tiny_declares_exactly_the_words_of_its_training_captions() -> None:
-    words: set[str] = set()
-    colours = list(COLOURS)
-    for shape, colour, size, place in itertools.product(SHAPES, colours, SIZES, PLACES):
-        scene = Scene(shape, colour, size, place, background=(colours[0], colours[1]))
-        for with_size, with_place in itertools.product((True, False), repeat=2):
-            words.update(scene.caption(with_size=with_size, with_place=with_place).split())
+    """Every word a training caption can have (the scenes' grammar and the training
+    phrasings) is known, and no other: a word the model never saw is always flagged."""
     assert TINY.vocabulary is not None
-    assert set(TINY.vocabulary) == words - STOP_WORDS
+    assert set(TINY.vocabulary) == words_of("train") - STOP_WORDS
     assert unknown_words(TINY.example_prompt, TINY.vocabulary) == ()
+
+
+def test_held_out_phrasings_use_only_known_words() -> None:
+    assert TINY.vocabulary is not None
+    for phrased in held_out_phrasings(200):
+        assert prompt_warnings(TINY, phrased.prompt) == [], phrased.prompt
+
+
+def test_the_issues_wordings_warn_nothing() -> None:
+    for prompt in (
+        "a large red square in the middle of a white background",
+        "a big blue circle in the center, white background",
+        "Red square against white.",
+        "little green triangle, background: black, upper left corner",
+    ):
+        assert prompt_warnings(TINY, prompt) == [], prompt
 
 
 def test_an_in_domain_prompt_warns_nothing() -> None:

@@ -19,6 +19,7 @@ import numpy as np
 from shared.families import get_family
 from shared.pipeline.chain import Chain, overlay_unmasked
 from shared.pipeline.types import DenoiseParams, EditInputs, GenerationParams
+from shared.sampler_names import DEFAULT_SAMPLER, SamplerName
 from training.judge import Verdict, judge
 from training.scenes import COLOURS, IMAGE_SIZE, PLACES, SHAPES, Scene, held_out_scenes, render
 
@@ -45,6 +46,8 @@ async def _generate(
     seeds: Sequence[int],
     edits: Sequence[EditInputs | None],
     strength: float = 1.0,
+    steps: int = STEPS,
+    sampler: SamplerName = DEFAULT_SAMPLER,
 ) -> list[np.ndarray]:
     async def one(prompt: str, seed: int, edit: EditInputs | None) -> np.ndarray:
         params = GenerationParams(
@@ -53,11 +56,12 @@ async def _generate(
             denoise=DenoiseParams(
                 width=IMAGE_SIZE,
                 height=IMAGE_SIZE,
-                steps=STEPS,
+                steps=steps,
                 guidance_scale=GUIDANCE,
                 seed=seed,
                 n=1,
                 strength=strength,
+                sampler=sampler,
             ),
         )
         result = await chain.generate(params, edit)
@@ -86,13 +90,24 @@ class TextToImageResult:
         return float(np.mean([getattr(v, attribute) for v in picked]))
 
 
-async def text_to_image(chain: Chain, count: int, seed: int = 0) -> TextToImageResult:
+async def text_to_image(
+    chain: Chain,
+    count: int,
+    seed: int = 0,
+    *,
+    steps: int = STEPS,
+    sampler: SamplerName = DEFAULT_SAMPLER,
+) -> TextToImageResult:
+    """The first `count` held-out prompts, one image each (the card's settings unless
+    `steps` or `sampler` say otherwise: benchmarks.samplers)."""
     scenes = held_out_scenes(count, seed)
     images = await _generate(
         chain,
         [s.caption() for s in scenes],
         [seed * 1000 + i for i in range(count)],
         [None] * count,
+        steps=steps,
+        sampler=sampler,
     )
     return TextToImageResult(
         scenes, images, [judge(i, s) for i, s in zip(images, scenes, strict=True)]

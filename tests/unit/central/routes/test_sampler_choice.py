@@ -172,3 +172,16 @@ def test_info_lists_the_samplers_and_the_default() -> None:
     }
     assert "k_euler_a" in info["samplers"][3]["aliases"]
     assert info["limits"]["default_sampler"] == "ddim"
+
+
+def test_a_deployments_default_sampler_is_what_a_request_without_one_gets(chain: Chain) -> None:
+    settings = SETTINGS.model_copy(update={"default_sampler": "euler_ancestral"})
+
+    async def main() -> httpx.Response:
+        async with client_for(create_central_app(settings, chain)) as client:
+            return await client.post("/v1/images/generations", json=GENERATE)
+
+    (named,) = run(chain, generate(sampler="euler_ancestral"))
+    response = asyncio.run(main())
+    assert response.json()["sampler"] == "euler_ancestral"
+    assert pixels(response) == pixels(named)

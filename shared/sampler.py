@@ -266,9 +266,10 @@ class Row:
     rng: np.random.Generator | None = None
     sampler: SamplerName = DEFAULT_SAMPLER
     sigmas: np.ndarray | None = None  # float64, per timestep; None: DDIM
-    # DPM++ 2M: the denoised estimate of the last step taken (not of a RePaint rerun).
+    # DPM++ 2M: the denoised estimate of the last step taken (not of a RePaint rerun), and
+    # that of the step being taken, which becomes it when the row moves on.
     old_denoised: np.ndarray | None = field(init=False, default=None)
-    _denoised: np.ndarray | None = field(init=False, default=None, repr=False)
+    step_denoised: np.ndarray | None = field(init=False, default=None, repr=False)
     # Index into `timesteps` of the next step to run; sampling runs from the top down.
     position: int = field(init=False)
     resamples_done: int = field(init=False, default=0)
@@ -352,7 +353,7 @@ class Row:
                 return
         self.resamples_done = 0
         self.position -= 1
-        self.old_denoised = self._denoised
+        self.old_denoised = self.step_denoised
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
@@ -420,7 +421,7 @@ def k_diffusion_update(row: Row, eps: np.ndarray) -> None:
     else:
         sigma_prev = None if row.old_denoised is None else float(row.sigmas[position + 1])
         x = k_diffusion.dpmpp_2m_step(x, denoised, sigma, sigma_next, row.old_denoised, sigma_prev)
-        row._denoised = denoised
+        row.step_denoised = denoised
     row.latent = (np.float32(1 / math.sqrt(1 + sigma_next**2)) * x).astype(np.float32)
     row.after_update(float(row.alphas[position]), float(row.alphas_prev[position]))
 

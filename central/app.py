@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,6 +30,7 @@ from shared.metrics import BatchingSource, StageReplicas
 from shared.pipeline.catalog import Catalog
 from shared.pipeline.chain import Chain
 from shared.pipeline.local.base import LocalStage
+from shared.sampler_names import SAMPLERS
 
 VERSION = "0.1.0"
 DEFAULT_PORT = 8000
@@ -37,7 +39,8 @@ DESCRIPTION = """
 Stable Diffusion behind an OpenAI-compatible Images API.
 
 * `POST /v1/images/generations` — OpenAI `images.generate` shape plus `negative_prompt`,
-  `steps`, `guidance_scale`, `seed`.
+  `steps`, `guidance_scale`, `seed`, `sampler` (DDIM, DPM++ 2M (Karras), Euler a:
+  `/v1/info` lists them and the other names they go by).
 * `POST /v1/images/edits` — OpenAI `images.edit` (multipart; mask alpha 0 = repaint) or
   JSON with base64 `image` and greyscale `mask` (white = repaint): inpainting with a mask,
   image-to-image without one; plus `strength`, `num_resamples`, `mask_blur`.
@@ -72,11 +75,16 @@ class GatewayService:
             "topology": self.catalog.topology,
             "job_store": "memory" if settings.job_store == "memory" else "redis",
             "sizes": [format_size(s) for s in settings.sizes],
+            "samplers": [
+                {**dataclasses.asdict(card), "aliases": list(card.aliases)}
+                for card in SAMPLERS.values()
+            ],
             "limits": {
                 "max_images_per_request": settings.max_images_per_request,
                 "max_steps": settings.max_steps,
                 "default_steps": settings.default_steps,
                 "default_guidance_scale": settings.guidance_scale,
+                "default_sampler": settings.sampler,
             },
         }
 

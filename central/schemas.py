@@ -20,11 +20,14 @@ from shared.http import ServiceInfo
 from shared.pipeline.contract import validated
 from shared.pipeline.types import (
     MAX_RESAMPLES,
+    SAMPLER_DESCRIPTION,
     DenoiseParams,
     GenerationParams,
+    Sampler,
     denoise_defaults,
 )
 from shared.sampler import MAX_SEED
+from shared.sampler_names import SamplerName
 from shared.tokenizer import MAX_PROMPT_CHARS
 
 GUIDANCE_DESCRIPTION = (
@@ -78,6 +81,9 @@ class StableDiffusionFields(BaseModel):
         default=None, ge=0, le=MAX_GUIDANCE_SCALE, description=GUIDANCE_DESCRIPTION
     )
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Image i uses seed+i.")
+    sampler: Sampler | None = Field(
+        default=None, description=SAMPLER_DESCRIPTION + " Omitted: the deployment's default."
+    )
     model: str | None = Field(
         default=None, description="Which model draws it (GET /v1/models); default: the first."
     )
@@ -157,6 +163,11 @@ class HfParameters(BaseModel):
         default=None, ge=0, le=MAX_GUIDANCE_SCALE, description=GUIDANCE_DESCRIPTION
     )
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    scheduler: Sampler | None = Field(
+        default=None,
+        description="The sampler (InferenceClient's `scheduler`): a diffusers scheduler "
+        "class such as DPMSolverMultistepScheduler, or any name `sampler` takes elsewhere.",
+    )
 
     @field_validator("height", "width")
     @classmethod
@@ -190,6 +201,7 @@ class HfTextToImageRequest(BaseModel):
                     "guidance_scale": _or_default(p.guidance_scale, settings),
                     "seed": p.seed,
                     "n": 1,
+                    "sampler": p.scheduler or settings.sampler,
                 }
             ),
         )
@@ -229,6 +241,7 @@ class ImagesResponse(BaseModel):
     prompt_truncated: bool
     model: str
     weights: str
+    sampler: SamplerName = Field(description="The sampler that drew the images.")
     warnings: list[PromptWarningBody] = Field(
         default_factory=list,
         description="Prompt words the model was not trained on (for a family that declares "
@@ -279,6 +292,16 @@ class GatewayLimits(BaseModel):
     max_steps: int
     default_steps: int
     default_guidance_scale: float
+    default_sampler: SamplerName
+
+
+class SamplerBody(BaseModel):
+    """One sampler a request may name (`sampler`), as /v1/info lists it."""
+
+    name: SamplerName
+    label: str = Field(description="What AUTOMATIC1111 calls it.")
+    description: str
+    aliases: list[str] = Field(description="Other names accepted for it (any case).")
 
 
 class ModelCard(BaseModel):
@@ -312,6 +335,7 @@ class GatewayInfo(ServiceInfo):
     topology: str
     job_store: Literal["memory", "redis"]  # where /v1/jobs keeps jobs (SDSERVE_JOB_STORE)
     sizes: list[str]
+    samplers: list[SamplerBody]  # every sampler a request may name; DDIM first
     limits: GatewayLimits
 
 

@@ -251,6 +251,7 @@ def images_response(
         prompt_truncated=result.prompt_truncated,
         model=result.model,
         weights=result.weights,
+        sampler=result.sampler,
         warnings=[
             PromptWarningBody(code=w.code, message=w.message, param=w.param, words=list(w.words))
             for w in result.warnings

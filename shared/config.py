@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # One way only: the families know nothing of settings, so each fact lives in its spec.
 from shared.families import get_family
+from shared.sampler_names import SamplerName, canonical_sampler
 
 ENV_PREFIX = "SDSERVE_"
 # sysexits' EX_CONFIG: a supervisor stops at once instead of restarting a bad config.
@@ -99,6 +100,9 @@ class Settings(BaseSettings):
     default_steps: int = Field(default=25, ge=1, le=1000)
     # Empty: the family's (its spec's default_guidance_scale).
     default_guidance_scale: float | None = Field(default=None, ge=0, le=MAX_GUIDANCE_SCALE)
+    # Any name shared.sampler_names accepts ("dpmpp_2m_karras", "DPM++ 2M Karras", ...).
+    # Empty: the family's (its spec's default_sampler: ddim for every family).
+    default_sampler: SamplerName | None = None
     max_steps: int = Field(default=100, ge=1, le=1000)
     # Rows (images) per model call; the diffusion scheduler's running batch size.
     max_batch: int = Field(default=8, ge=1, le=256)
@@ -234,6 +238,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"{origin!r} is not an origin like https://app.example.com")
         return origins
 
+    @field_validator("default_sampler", mode="before")
+    @classmethod
+    def _parse_sampler(cls, value: object) -> object:
+        return None if value is None or value == "" else canonical_sampler(value)
+
     @field_validator("weights")
     @classmethod
     def _check_weights(cls, value: str) -> str:
@@ -301,6 +310,13 @@ class Settings(BaseSettings):
         if self.default_guidance_scale is None:
             return get_family(self.model).spec.default_guidance_scale
         return self.default_guidance_scale
+
+    @property
+    def sampler(self) -> SamplerName:
+        """The sampler a request gets when it names none (set, or the family's)."""
+        if self.default_sampler is None:
+            return get_family(self.model).spec.default_sampler
+        return self.default_sampler
 
     @property
     def weights_label(self) -> str:

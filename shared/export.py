@@ -32,6 +32,11 @@ and the timestep embedding computed with the very ops keras-cv uses.
 
 What the SavedModels do not do:
 
+* Sample with anything but DDIM. The services' other samplers (DPM++ 2M, with Karras
+  sigmas or not, and Euler ancestral: ``shared.k_diffusion``) are not exported; a
+  deployment whose default sampler (``SDSERVE_DEFAULT_SAMPLER``) is another one is refused,
+  so an export never quietly samples differently from the services it came from.
+
 * Tokenize. Clients send CLIP token ids, padded as :class:`shared.tokenizer.PromptTokenizer`
   pads them (start token, prompt, end token, then the family's pad token up to T).
 * Draw the HTTP services' noise. ``serving_default`` takes the initial latent, so feeding
@@ -79,6 +84,8 @@ log = logging.getLogger(__name__)
 
 METADATA_FILE = "export.json"
 METADATA_FORMAT = "sdserve-savedmodel/1"
+# The one sampler the exported diffusion loop runs.
+EXPORTED_SAMPLER = "ddim"
 # Stage directory -> the family component it exports.
 STAGES: dict[str, Component] = {
     "text_encoder": "text_encoder",
@@ -345,6 +352,12 @@ def export_savedmodels(
 
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ValueError(f"version must be a whole number of at least 1, not {version!r}")
+    if settings.sampler != EXPORTED_SAMPLER:
+        raise ValueError(
+            f"the SavedModel export samples with DDIM only; this deployment's default "
+            f"sampler is {settings.sampler} (SDSERVE_DEFAULT_SAMPLER): unset it, or set "
+            "it to ddim, to export"
+        )
     out = Path(out_dir).expanduser()
     targets = {stage: out / stage / str(version) for stage in STAGES}
     existing = [str(path) for path in targets.values() if path.exists()]
@@ -393,6 +406,7 @@ def export_savedmodels(
         }
         if stage == "diffusion":
             info["cfg"] = "one batched UNet call" if settings.batched_cfg == "on" else "two calls"
+            info["sampler"] = EXPORTED_SAMPLER
             info["guidance_from_timestep"] = family.spec.guidance_from_timestep
             info["noise"] = NOISE_NOTE
         if stage == "text_encoder":

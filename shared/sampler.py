@@ -1,16 +1,24 @@
-"""DDIM exactly as keras-cv's `StableDiffusionBase.generate_image`, one row at a time.
+"""The samplers, one row at a time: DDIM exactly as keras-cv's `generate_image`, and the
+k-diffusion samplers of `shared.k_diffusion` (DPM++ 2M, with Karras sigmas or not, and
+Euler ancestral).
 
 keras-cv runs every image of a batch at the same timestep. Here each row carries its own
-schedule position, context, unconditional context and guidance scale, so rows at
-different steps (and from different requests) can share one UNet call; the arithmetic is
-the same float32 sequence keras-cv performs, so a request served this way matches
-keras-cv's output for the same components, context and initial noise.
+sampler, schedule position, sampler state, context, unconditional context and guidance
+scale, so rows at different steps (and from different requests, with different samplers)
+can share one UNet call. For DDIM the arithmetic is the same float32 sequence keras-cv
+performs, so a request served this way matches keras-cv's output for the same
+components, context and initial noise.
+
+Every row's `latent` is what the UNet sees, sqrt(a) x0 + sqrt(1 - a) noise, whatever the
+sampler: the k-diffusion samplers convert to their x = x0 + sigma noise and back inside
+their update, so img2img's start, inpainting's blending, RePaint's resampling, previews
+and the guidance interval work the same for every sampler.
 
 The DDIM math itself (timestep schedule, alphas, timestep embedding, the guidance
 interval and combination, the update) is written once, backend-neutral: the functions take
 an `ArrayOps` (numpy's by default, TensorFlow's for the traced SavedModel loop in
 `shared.export`) and otherwise use arithmetic operators both kinds of array support, so
-the services and the export cannot drift apart.
+the services and the export cannot drift apart. (The export runs DDIM only.)
 """
 
 from __future__ import annotations
@@ -19,12 +27,14 @@ import math
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 import numpy as np
 
+from shared import k_diffusion
 from shared.families.base import TIMESTEP_EMBEDDING_DIM
+from shared.sampler_names import DEFAULT_SAMPLER, SamplerName
 
 NUM_TRAIN_TIMESTEPS = 1000
 MAX_SEED = 2**32 - 1
@@ -85,6 +95,15 @@ def alphas_cumprod() -> tuple[float, ...]:
     from keras_cv.src.models.stable_diffusion.constants import _ALPHAS_CUMPROD
 
     return tuple(float(a) for a in _ALPHAS_CUMPROD)
+
+
+@cache
+def model_sigmas() -> np.ndarray:
+    """(1000,) float64: the noise level of each timestep in the k-diffusion samplers'
+    terms, from the same table."""
+    sigmas = k_diffusion.sigmas_from_alphas(alphas_cumprod())
+    sigmas.setflags(write=False)
+    return sigmas
 
 
 def ddim_timesteps(num_steps: Any, ops: ArrayOps = NUMPY_OPS) -> Any:
@@ -151,8 +170,10 @@ def ddim_step(latent: Any, eps: Any, alpha: Any, alpha_prev: Any, ops: ArrayOps 
     return eps * coefficient(1.0 - alpha_prev) + coefficient(alpha_prev) * pred_x0
 
 
-@cache
-def _timestep_embedding_row(timestep: int) -> np.ndarray:
+# DDIM's timesteps are whole; the k-diffusion samplers' are fractional and depend on the
+# step count, so the cache is bounded.
+@lru_cache(maxsize=8192)
+def _timestep_embedding_row(timestep: float) -> np.ndarray:
     from keras import ops
 
     row = np.asarray(ops.convert_to_numpy(embed_timestep(timestep)), dtype=np.float32)
@@ -160,17 +181,21 @@ def _timestep_embedding_row(timestep: int) -> np.ndarray:
     return row
 
 
-def timestep_embedding(timesteps: Sequence[int]) -> np.ndarray:
-    """(B, 320) sinusoidal embeddings, one row per (possibly different) timestep."""
-    return np.stack([_timestep_embedding_row(int(t)) for t in timesteps])
+def timestep_embedding(timesteps: Sequence[float]) -> np.ndarray:
+    """(B, 320) sinusoidal embeddings, one row per (possibly different, possibly
+    fractional) timestep. A whole timestep embeds exactly as keras-cv embeds it."""
+    return np.stack([_timestep_embedding_row(float(t)) for t in timesteps])
 
 
 def draw_seed() -> int:
     return secrets.randbelow(MAX_SEED + 1)
 
 
-def initial_noise(seed: int, latent_shape: tuple[int, int, int]) -> np.ndarray:
-    """The starting latent of one image: standard normal from its own seed.
+def initial_noise(
+    seed: int | np.random.Generator, latent_shape: tuple[int, int, int]
+) -> np.ndarray:
+    """The starting latent of one image: standard normal from its own seed (the first
+    draw of `np.random.default_rng(seed)`; given that generator, its next draw).
 
     Image i of a request with seed s uses seed s + i, so an image does not depend on how
     many images were asked for or what it was batched with.
@@ -184,14 +209,43 @@ def img2img_steps(steps: int, strength: float) -> int:
     return round(strength * steps)
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """Where a sampler evaluates the model, ascending as `ddim_timesteps` gives them
+    (sampling walks them from the top down)."""
+
+    timesteps: np.ndarray  # int64 for DDIM; float64, fractional, for the others
+    sigmas: np.ndarray | None = None  # the k-diffusion samplers' noise levels; None: DDIM
+
+
+def sampler_schedule(sampler: SamplerName, steps: int) -> Schedule:
+    """The `steps` model evaluations `sampler` makes: DDIM's keras-cv timesteps, or the
+    k-diffusion schedule's noise levels and their (fractional) timesteps."""
+    if sampler == "ddim":
+        return Schedule(ddim_timesteps(steps))
+    if sampler == "dpmpp_2m_karras":
+        sigmas = k_diffusion.karras_sigmas(steps, model_sigmas())
+    else:
+        sigmas = k_diffusion.default_sigmas(steps, model_sigmas())
+    ascending = sigmas[::-1].copy()
+    return Schedule(k_diffusion.sigma_to_t(ascending, model_sigmas()), ascending)
+
+
 @dataclass
 class Row:
     """One image's sampling state.
 
-    txt2img: `latent` is the initial noise. img2img and inpaint: `known_latent` is the
+    txt2img: `latent` is the initial noise (`start_from_noise` scales it to the first
+    step's level where the sampler needs that). img2img and inpaint: `known_latent` is the
     encoded init image x0 and `start_steps` < len(timesteps) skips the noisiest steps
-    (`start` noises x0 to the first step's level). Inpaint adds `mask` (1 = repaint,
-    0 = keep, on the latent grid) and RePaint resampling.
+    (`noise_known_to_start` noises x0 to the first step's level). Inpaint adds `mask`
+    (1 = repaint, 0 = keep, on the latent grid) and RePaint resampling.
+
+    `sampler` picks the update; `sigmas` (aligned with `timesteps`) are the k-diffusion
+    samplers' noise levels, None for DDIM. The row keeps its own sampler state (DPM++ 2M's
+    previous denoised estimate) and draws its own noise (Euler ancestral's, inpainting's)
+    from `rng`, seeded from its image's seed, so neither depends on what it is batched
+    with.
     """
 
     latent: np.ndarray  # (1, h, w, c) float32, the current x_t
@@ -207,8 +261,15 @@ class Row:
     num_resamples: int = 1
     # Denoising steps to run; fewer than len(timesteps) starts part-way down (img2img).
     start_steps: int | None = None
-    # Noise for inpainting's known region and resampling, from the row's own seed.
+    # Noise for inpainting's known region and resampling, and Euler ancestral's steps,
+    # from the row's own seed.
     rng: np.random.Generator | None = None
+    sampler: SamplerName = DEFAULT_SAMPLER
+    sigmas: np.ndarray | None = None  # float64, per timestep; None: DDIM
+    # DPM++ 2M: the denoised estimate of the last step taken (not of a RePaint rerun), and
+    # that of the step being taken, which becomes it when the row moves on.
+    old_denoised: np.ndarray | None = field(init=False, default=None)
+    step_denoised: np.ndarray | None = field(init=False, default=None, repr=False)
     # Index into `timesteps` of the next step to run; sampling runs from the top down.
     position: int = field(init=False)
     resamples_done: int = field(init=False, default=0)
@@ -216,7 +277,14 @@ class Row:
     alphas_prev: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
-        self.alphas, self.alphas_prev = ddim_alphas(self.timesteps)
+        if (self.sampler == "ddim") != (self.sigmas is None):
+            raise ValueError("DDIM rows have no sigmas; every other sampler's rows need them")
+        if self.sigmas is None:
+            self.alphas, self.alphas_prev = ddim_alphas(self.timesteps)
+        else:
+            # alpha_cumprod = 1 / (1 + sigma^2) at each step and at the next lower one.
+            self.alphas = 1 / (1 + self.sigmas**2)
+            self.alphas_prev = np.concatenate([[1.0], self.alphas[:-1]])
         steps = len(self.timesteps) if self.start_steps is None else self.start_steps
         self.position = steps - 1
         if self.mask is not None and self.known_latent is None:
@@ -231,9 +299,22 @@ class Row:
         total = len(self.timesteps) if self.start_steps is None else self.start_steps
         return total - 1 - self.position
 
-    def _noise(self) -> np.ndarray:
-        assert self.rng is not None, "img2img and inpaint rows need an rng"
+    def noise(self) -> np.ndarray:
+        """Standard normal noise of the latent's shape, the next draw of the row's rng."""
+        assert self.rng is not None, "img2img, inpaint and Euler ancestral rows need an rng"
         return self.rng.standard_normal(self.latent.shape, dtype=np.float32)
+
+    @property
+    def timestep(self) -> float:
+        """The timestep of the next step (fractional for the k-diffusion samplers)."""
+        return float(self.timesteps[self.position])
+
+    def start_from_noise(self) -> None:
+        """txt2img: `latent` holds standard normal noise. DDIM starts from it as it is,
+        as keras-cv does; the k-diffusion samplers start at x = sigma_max noise, which
+        the UNet sees as sqrt(1 - a) noise."""
+        if self.sigmas is not None and not self.done:
+            self.latent = np.float32(math.sqrt(1 - self.alphas[self.position])) * self.latent
 
     def noise_known_to_start(self) -> None:
         """img2img/inpaint: x_t = sqrt(a_t) x0 + sqrt(1 - a_t) noise at the first step."""
@@ -244,7 +325,7 @@ class Row:
         a_t = self.alphas[self.position]
         self.latent = (
             np.float32(math.sqrt(a_t)) * self.known_latent
-            + np.float32(math.sqrt(1 - a_t)) * self._noise()
+            + np.float32(math.sqrt(1 - a_t)) * self.noise()
         )
 
     def after_update(self, a_t: float, a_prev: float) -> None:
@@ -252,7 +333,7 @@ class Row:
         if self.mask is not None:
             assert self.known_latent is not None
             last = self.position == 0
-            noise = np.zeros_like(self.latent) if last else self._noise()
+            noise = np.zeros_like(self.latent) if last else self.noise()
             known = (
                 np.float32(math.sqrt(a_prev)) * self.known_latent
                 + np.float32(math.sqrt(1 - a_prev)) * noise
@@ -266,12 +347,13 @@ class Row:
                 beta = 1 - a_t / a_prev
                 self.latent = (
                     np.float32(math.sqrt(1 - beta)) * self.latent
-                    + np.float32(math.sqrt(beta)) * self._noise()
+                    + np.float32(math.sqrt(beta)) * self.noise()
                 )
                 self.resamples_done += 1
                 return
         self.resamples_done = 0
         self.position -= 1
+        self.old_denoised = self.step_denoised
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
@@ -286,7 +368,7 @@ def guided_noise(predict: NoisePredictor, rows: Sequence[Row], *, batched_cfg: b
     when every row guides at every step, as keras-cv samples: then the calls are keras-cv's).
     """
     latent = np.concatenate([r.latent for r in rows])
-    timesteps = [int(r.timesteps[r.position]) for r in rows]
+    timesteps = [r.timestep for r in rows]
     t_emb = timestep_embedding(timesteps)
     context = np.concatenate([r.context for r in rows])
     guided = guidance_applies(
@@ -324,9 +406,39 @@ def ddim_update(rows: Sequence[Row], eps: np.ndarray) -> None:
         row.after_update(a_t[i], a_prev[i])
 
 
+def k_diffusion_update(row: Row, eps: np.ndarray) -> None:
+    """Advance a DPM++ 2M or Euler ancestral row one step given its guided noise
+    prediction: to k-diffusion's x = x0 + sigma noise, its step, and back."""
+    assert row.sigmas is not None
+    position = row.position
+    sigma = float(row.sigmas[position])
+    sigma_next = float(row.sigmas[position - 1]) if position > 0 else 0.0
+    x = np.float32(math.sqrt(1 + sigma**2)) * row.latent
+    denoised = k_diffusion.denoised_estimate(x, eps.astype(np.float32, copy=False), sigma)
+    if row.sampler == "euler_ancestral":
+        noise = row.noise() if sigma_next > 0 else None
+        x = k_diffusion.euler_ancestral_step(x, denoised, sigma, sigma_next, noise)
+    else:
+        sigma_prev = None if row.old_denoised is None else float(row.sigmas[position + 1])
+        x = k_diffusion.dpmpp_2m_step(x, denoised, sigma, sigma_next, row.old_denoised, sigma_prev)
+        row.step_denoised = denoised
+    row.latent = (np.float32(1 / math.sqrt(1 + sigma_next**2)) * x).astype(np.float32)
+    row.after_update(float(row.alphas[position]), float(row.alphas_prev[position]))
+
+
 def sample_step(predict: NoisePredictor, rows: Sequence[Row], *, batched_cfg: bool) -> None:
-    """One UNet evaluation (two without batched CFG) advancing every row by one step."""
-    ddim_update(rows, guided_noise(predict, rows, batched_cfg=batched_cfg))
+    """One UNet evaluation (two without batched CFG) advancing every row by one step,
+    each with its own sampler."""
+    eps = guided_noise(predict, rows, batched_cfg=batched_cfg)
+    ddim = [i for i, row in enumerate(rows) if row.sigmas is None]
+    if len(ddim) == len(rows):
+        ddim_update(rows, eps)
+        return
+    if ddim:
+        ddim_update([rows[i] for i in ddim], eps[ddim])
+    for i, row in enumerate(rows):
+        if row.sigmas is not None:
+            k_diffusion_update(row, eps[i : i + 1])
 
 
 def _per_row(values: Sequence[float], dtype: type[np.floating[Any]] = np.float32) -> np.ndarray:

@@ -21,6 +21,7 @@ from shared.pipeline.chain import Chain, overlay_unmasked
 from shared.pipeline.stage import Progress
 from shared.pipeline.types import DenoiseParams, EditInputs, GenerationParams
 from shared.progress import preview_every
+from shared.sampler_names import DEFAULT_SAMPLER, SamplerName
 from training.judge import Verdict, judge
 from training.phrasing import held_out_phrasings
 from training.scenes import COLOURS, IMAGE_SIZE, PLACES, SHAPES, Scene, held_out_scenes, render
@@ -70,6 +71,7 @@ async def _generate(
     *,
     steps: int = STEPS,
     preview_every: int = 0,
+    sampler: SamplerName = DEFAULT_SAMPLER,
 ) -> tuple[list[np.ndarray], list[Previews]]:
     """The images, and each one's previews every `preview_every` steps (0: none)."""
 
@@ -85,6 +87,7 @@ async def _generate(
                 seed=seed,
                 n=1,
                 strength=strength,
+                sampler=sampler,
             ),
         )
         previews: Previews = {}
@@ -125,12 +128,18 @@ class TextToImageResult:
 
 
 async def text_to_image(
-    chain: Chain, count: int, seed: int = 0, *, steps: int = STEPS
+    chain: Chain,
+    count: int,
+    seed: int = 0,
+    *,
+    steps: int = STEPS,
+    sampler: SamplerName = DEFAULT_SAMPLER,
 ) -> TextToImageResult:
     """Held-out combinations, captioned in the training captions' grammar, with the
-    previews a job of `steps` steps streams."""
+    previews a job of `steps` steps streams (the card's settings unless `steps` or
+    `sampler` say otherwise: benchmarks.samplers)."""
     scenes = held_out_scenes(count, seed)
-    return await _judged(chain, scenes, [s.caption() for s in scenes], seed, steps)
+    return await _judged(chain, scenes, [s.caption() for s in scenes], seed, steps, sampler)
 
 
 async def phrasings_to_image(chain: Chain, count: int, seed: int = 0) -> TextToImageResult:
@@ -142,7 +151,12 @@ async def phrasings_to_image(chain: Chain, count: int, seed: int = 0) -> TextToI
 
 
 async def _judged(
-    chain: Chain, scenes: list[Scene], prompts: list[str], seed: int, steps: int
+    chain: Chain,
+    scenes: list[Scene],
+    prompts: list[str],
+    seed: int,
+    steps: int,
+    sampler: SamplerName = DEFAULT_SAMPLER,
 ) -> TextToImageResult:
     images, previews = await _generate(
         chain,
@@ -151,6 +165,7 @@ async def _judged(
         [None] * len(prompts),
         steps=steps,
         preview_every=preview_every(steps),
+        sampler=sampler,
     )
     verdicts = [judge(i, s) for i, s in zip(images, scenes, strict=True)]
     return TextToImageResult(scenes, images, verdicts, prompts, previews)

@@ -73,6 +73,14 @@ def add_parser(commands: Any) -> None:
         help="classifier-free guidance scale (server default)",
     )
     gen.add_argument(
+        "--sampler",
+        default=None,
+        metavar="NAME",
+        help="ddim, dpmpp_2m, dpmpp_2m_karras or euler_ancestral, or a name other front ends "
+        'use ("DPM++ 2M Karras", "Euler a", k_euler_a, ...: the gateway\'s /v1/info lists '
+        "them; server default: ddim)",
+    )
+    gen.add_argument(
         "--seed", type=int, default=None, metavar="S", help="seed (server picks one if unset)"
     )
     gen.add_argument(
@@ -163,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
     optional = {
         "steps": args.steps,
         "guidance_scale": args.guidance,
+        "sampler": args.sampler,
         "seed": args.seed,
         "negative_prompt": args.negative_prompt,
         "model": args.model,

@@ -14,6 +14,7 @@ const state = {
   painting: false,
   redoWhole: false, // inpaint with nothing painted: pressed once, warned; again redoes all
   last: null, // last brush point
+  samplerLabels: {}, // sampler id -> what the picker shows ("DPM++ 2M Karras")
 };
 
 // ------------------------------------------------------------------ set-up
@@ -43,6 +44,18 @@ async function loadInfo() {
       $("#guidance").value = limits.default_guidance_scale;
     }
     if (limits.max_images_per_request) $("#n").max = limits.max_images_per_request;
+    const samplers = info.samplers || [];
+    state.samplerLabels = Object.fromEntries(samplers.map((s) => [s.name, s.label]));
+    if (samplers.length) {
+      $("#sampler").replaceChildren(
+        ...samplers.map((s) => {
+          const option = new Option(s.label, s.name);
+          option.title = s.description;
+          return option;
+        }),
+      );
+    }
+    if (limits.default_sampler) $("#sampler").value = limits.default_sampler;
     $("#model-badge").textContent =
       `${info.family} · ${info.topology} · ${info.ready ? "ready" : "loading"}`;
     $("#weights-warning").hidden = !info.random_weights;
@@ -238,6 +251,7 @@ function requestBody() {
     n: Number($("#n").value) || 1,
     steps: Number($("#steps").value) || undefined,
     guidance_scale: Number($("#guidance").value),
+    sampler: $("#sampler").value || undefined,
     response_format: "b64_json",
   };
   const negative = $("#negative-prompt").value.trim();
@@ -553,7 +567,8 @@ async function cancel() {
 function showResult(result) {
   const seconds = ((performance.now() - state.startedAt) / 1000).toFixed(2);
   $("#progress").value = $("#progress").max;
-  setStatus(`Done in ${seconds} s.`, "done");
+  const sampler = state.samplerLabels[result.sampler] || result.sampler;
+  setStatus(sampler ? `Done in ${seconds} s (${sampler}).` : `Done in ${seconds} s.`, "done");
   const figures = result.data.map((item, i) => {
     const url = item.url || `data:image/png;base64,${item.b64_json}`;
     const figure = document.createElement("figure");

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from shared.sampler_names import DEFAULT_SAMPLER, SamplerName
+
 if TYPE_CHECKING:
     import keras
 
@@ -92,6 +94,8 @@ class FamilySpec:
     # predictions disagree by their own errors at low noise gets those errors multiplied
     # by the guidance scale there, as blotches and frayed edges.
     guidance_from_timestep: int = 0
+    # The sampler a request that names none gets (shared.sampler_names).
+    default_sampler: SamplerName = DEFAULT_SAMPLER
     # The words the family's training captions used, when they were few (tiny's synthetic
     # scenes): a prompt with others gets a warning (shared.families.vocabulary). None: no
     # vocabulary declared, no warnings.

@@ -220,6 +220,7 @@ class Chain:
             prompt_tokens=encoded.token_counts[0],
             model=self.name,
             weights=self.settings.weights_label,
+            sampler=denoise_params.sampler,
             warnings=prompt_warnings(self.family.spec, params.prompt, params.negative_prompt),
         )
 

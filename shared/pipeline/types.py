@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 from shared.batching import Timing
 from shared.config import MAX_GUIDANCE_SCALE, Settings, Size, format_size
@@ -14,8 +15,26 @@ from shared.errors import InvalidInput, UnsupportedSize
 from shared.families.vocabulary import PromptWarning
 from shared.pipeline.contract import tensor, wire
 from shared.sampler import MAX_SEED
+from shared.sampler_names import DEFAULT_SAMPLER, SAMPLER_NAMES, SamplerName, canonical_sampler
 
 MAX_RESAMPLES = 20
+SAMPLER_DESCRIPTION = (
+    "The sampler: " + ", ".join(SAMPLER_NAMES) + ", or a name other front ends use for one "
+    '(any case: "DPM++ 2M Karras", "Euler a", "k_euler_a", "DPMSolverMultistepScheduler", '
+    "...; the gateway's /v1/info lists them all)."
+)
+
+
+def _sampler_field(value: object) -> SamplerName:
+    try:
+        return canonical_sampler(value)
+    except ValueError as exc:
+        raise PydanticCustomError("unknown_sampler", str(exc)) from None
+
+
+# A sampler field: any accepted name, validated to its canonical id (422 naming the
+# field otherwise, with the accepted names).
+Sampler = Annotated[SamplerName, BeforeValidator(_sampler_field)]
 MAX_PIXELS_PER_SIDE = 8192
 
 # A context is (batch, max_tokens, context_dim); a latent (batch, h, w, latent_channels).
@@ -72,11 +91,16 @@ class DenoiseParams(BaseModel):
     num_resamples: int = Field(
         default=1, ge=1, le=MAX_RESAMPLES, description="inpaint: RePaint resamples per step."
     )
+    sampler: Sampler = Field(default=DEFAULT_SAMPLER, description=SAMPLER_DESCRIPTION)
 
 
 def denoise_defaults(settings: Settings) -> dict[str, Any]:
     """The diffusion parameters a deployment fills in when a caller leaves them out."""
-    return {"steps": settings.default_steps, "guidance_scale": settings.guidance_scale}
+    return {
+        "steps": settings.default_steps,
+        "guidance_scale": settings.guidance_scale,
+        "sampler": settings.sampler,
+    }
 
 
 @wire(frozen=True)
@@ -178,6 +202,7 @@ class GenerationResult:
     prompt_tokens: int = 0
     model: str = ""  # the model that drew it, and its weights
     weights: str = ""
+    sampler: SamplerName = DEFAULT_SAMPLER  # the sampler that ran
     # Prompt words the model was not trained on (shared.families.vocabulary).
     warnings: list[PromptWarning] = field(default_factory=list)
 

@@ -40,16 +40,21 @@ def _pngs(response: httpx.Response) -> list[bytes]:
     return [base64.b64decode(item["b64_json"]) for item in response.json()["data"]]
 
 
-def test_three_topologies_return_byte_identical_pngs(gateways):
+# DDIM (the default), and Euler ancestral: its fresh noise every step is drawn from each
+# image's seed, so it too must give the same bytes wherever the diffusion stage runs.
+@pytest.mark.parametrize(("sampler", "ran"), [(None, "ddim"), ("Euler a", "euler_ancestral")])
+def test_three_topologies_return_byte_identical_pngs(gateways, sampler, ran):
+    request = REQUEST if sampler is None else {**REQUEST, "sampler": sampler}
     results = {}
     for topology, gateway in gateways.items():
         info = httpx.get(f"{gateway.url}/v1/info").json()
         assert info["topology"] == topology
-        response = httpx.post(f"{gateway.url}/v1/images/generations", json=REQUEST, timeout=120)
+        response = httpx.post(f"{gateway.url}/v1/images/generations", json=request, timeout=120)
         body = response.json()
         assert [item["seed"] for item in body["data"]] == [1234, 1235]
         assert set(body["timings"]) == {"text_encoder", "diffusion", "decoder"}
         assert body["model"] == "tiny" and body["weights"] == "embedded"
+        assert body["sampler"] == ran
         results[topology] = _pngs(response)
     first = results["all-in-one"]
     assert first[0] != first[1]  # different seeds, different images

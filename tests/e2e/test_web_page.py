@@ -145,6 +145,14 @@ def test_generate_inpaint_and_cancel_in_the_browser(page, gateway):
     assert not page.is_visible("#model-field")  # one model: nothing to pick
     assert page.get_attribute("#prompt", "placeholder") == "a red square on a white background"
     assert page.input_value("#guidance") == "5"  # the family's default, from /v1/info
+    # The samplers /v1/info lists, by the names people know; the default chosen.
+    assert page.locator("#sampler option").all_inner_texts() == [
+        "DDIM",
+        "DPM++ 2M",
+        "DPM++ 2M Karras",
+        "Euler a",
+    ]
+    assert page.input_value("#sampler") == "ddim"
     page.evaluate(WATCH_PAGE)
     page.fill("#prompt", "a large yellow circle at the top left on a blue background")
     page.select_option("#size", "64x64")
@@ -181,11 +189,15 @@ def test_generate_inpaint_and_cancel_in_the_browser(page, gateway):
     assert page.inner_text("#status").startswith("Nothing is painted")
     assert page.is_enabled("#generate") and job_of(page, gateway)["kind"] == "generation"
     page.fill("#steps", "5")
+    page.select_option("#sampler", "dpmpp_2m_karras")
     with page.expect_request("**/v1/jobs") as submitted:
         page.click("#generate")  # again: the whole image is redone (image to image)
-    assert "mask" not in json.loads(submitted.value.post_data)
+    sent = json.loads(submitted.value.post_data)
+    assert "mask" not in sent and sent["sampler"] == "dpmpp_2m_karras"
     page.wait_for_selector("#status.done", timeout=60_000)
-    assert job_of(page, gateway)["kind"] == "edit"
+    assert "(DPM++ 2M Karras)" in page.inner_text("#status")
+    edited = job_of(page, gateway)
+    assert edited["kind"] == "edit" and edited["result"]["sampler"] == "dpmpp_2m_karras"
     box = page.locator("#mask-canvas").bounding_box()
     page.mouse.move(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.3)
     page.mouse.down()

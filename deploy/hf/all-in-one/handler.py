@@ -13,8 +13,10 @@ Request, as ``huggingface_hub.InferenceClient(...).text_to_image(...)`` sends it
 Every parameter is optional: height and width default to the first served size
 (SDSERVE_SIZES), num_inference_steps to SDSERVE_DEFAULT_STEPS, guidance_scale to
 SDSERVE_DEFAULT_GUIDANCE_SCALE (the family's: 7.5 for sd-v1/sd-v2, 5 for tiny) and seed to
-a random one. Numbers may be floats when whole (64.0). Other parameters
-(scheduler, ...) are ignored.
+a random one. Numbers may be floats when whole (64.0). ``scheduler`` picks the sampler
+(a diffusers class such as DPMSolverMultistepScheduler or EulerAncestralDiscreteScheduler,
+or any name the gateway's ``sampler`` takes: "DPM++ 2M Karras", "euler_ancestral", ...;
+default SDSERVE_DEFAULT_SAMPLER, else the family's: DDIM). Other parameters are ignored.
 
 Response: a ``PIL.Image.Image``, which the Inference Toolkit sends as image/png (ask for
 it with ``Accept: image/png``; InferenceClient does). Bad input raises ValueError naming
@@ -68,6 +70,7 @@ FIELDS = {
     "prompts": "inputs",
     "negative_prompts": "parameters.negative_prompt",
     "steps": "parameters.num_inference_steps",
+    "sampler": "parameters.scheduler",
     "size": "parameters.width/height",
 }
 
@@ -130,6 +133,7 @@ class EndpointHandler:
             "steps": _whole(parameters, "num_inference_steps", self.settings.default_steps),
             "guidance_scale": _real(parameters, "guidance_scale", self.settings.guidance_scale),
             "seed": None if seed is None else int(seed),
+            "sampler": parameters.get("scheduler") or self.settings.sampler,
         }
         try:
             denoise = validated(DenoiseParams, fields)

@@ -2,8 +2,8 @@
 
 Contexts (and, for image to image and inpainting, an init latent and a mask) in, the
 denoised latent out. It runs `shared.pipeline.local.LocalDiffusion`, the object the sdserve
-diffusion service wraps: DDIM with classifier-free guidance, requests sharing UNet calls
-step by step.
+diffusion service wraps: the request's sampler (DDIM, DPM++ 2M, DPM++ 2M Karras, Euler
+ancestral) with classifier-free guidance, requests sharing UNet calls step by step.
 
 Request (JSON)::
 
@@ -13,6 +13,7 @@ Request (JSON)::
                     "mode": "txt2img",    # or "img2img", "inpaint"
                     "strength": 1.0,      # img2img and inpaint
                     "num_resamples": 1,   # inpaint
+                    "sampler": "ddim",    # or dpmpp_2m, dpmpp_2m_karras, euler_ancestral, aliases
                     "fp16": false}}       # send the latent as float16
 
 The .npz holds ``context`` and ``unconditional_context`` (1 or n, 77, D) float32 (what
@@ -20,7 +21,8 @@ the text encoder handler returns as ``npz``), plus ``init_latent`` (1 or n, h, w
 img2img and inpaint, plus ``mask`` (1 or n, h, w, 1) in [0, 1] on the latent grid
 (1 = repaint) for inpaint. float16 members are accepted. Parameters default to the first
 served size, SDSERVE_DEFAULT_STEPS, SDSERVE_DEFAULT_GUIDANCE_SCALE (the family's: 7.5
-for sd-v1/sd-v2, 5 for tiny), a random seed, n = 1, txt2img; image i uses seed + i.
+for sd-v1/sd-v2, 5 for tiny), SDSERVE_DEFAULT_SAMPLER (else DDIM), a random seed, n = 1,
+txt2img; image i uses seed + i.
 
 Response (JSON)::
 

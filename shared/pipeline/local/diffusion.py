@@ -25,16 +25,17 @@ from shared.pipeline.types import (
 from shared.progress import PreviewCallback, latent_preview, should_preview
 from shared.sampler import (
     Row,
-    ddim_timesteps,
     draw_seed,
     img2img_steps,
     initial_noise,
     sample_step,
+    sampler_schedule,
 )
 
 
 class LocalDiffusion(LocalStage):
-    """Contexts -> denoised latents, DDIM with classifier-free guidance."""
+    """Contexts -> denoised latents: each request's sampler (DDIM, DPM++ 2M, Euler
+    ancestral; shared.sampler) with classifier-free guidance."""
 
     contract = DIFFUSION
     components = ("diffusion_model",)
@@ -159,7 +160,7 @@ class LocalDiffusion(LocalStage):
         mask: np.ndarray | None = None,
     ) -> list[Row]:
         latent_shape = self.family.latent_shape(params.height, params.width)
-        timesteps = ddim_timesteps(params.steps)
+        schedule = sampler_schedule(params.sampler, params.steps)
         guidance_from = self.family.spec.guidance_from_timestep
 
         def pick(array: np.ndarray, i: int) -> np.ndarray:
@@ -168,30 +169,28 @@ class LocalDiffusion(LocalStage):
 
         rows = []
         for i, seed in enumerate(seeds):
-            if init_latent is None:
-                row = Row(
-                    latent=initial_noise(seed, latent_shape),
-                    context=pick(context, i),
-                    unconditional_context=pick(unconditional_context, i),
-                    guidance_scale=params.guidance_scale,
-                    timesteps=timesteps,
-                    guidance_from_timestep=guidance_from,
-                )
+            # One stream per image: its initial noise (or img2img's), then whatever noise
+            # its sampler and inpainting draw, step after step.
+            rng = np.random.default_rng(seed)
+            known = None if init_latent is None else pick(init_latent, i)
+            row = Row(
+                latent=initial_noise(rng, latent_shape) if known is None else known,
+                context=pick(context, i),
+                unconditional_context=pick(unconditional_context, i),
+                guidance_scale=params.guidance_scale,
+                timesteps=schedule.timesteps,
+                guidance_from_timestep=guidance_from,
+                known_latent=known,
+                mask=None if mask is None else pick(mask, i),
+                num_resamples=params.num_resamples,
+                start_steps=None if known is None else img2img_steps(params.steps, params.strength),
+                rng=rng,
+                sampler=params.sampler,
+                sigmas=schedule.sigmas,
+            )
+            if known is None:
+                row.start_from_noise()
             else:
-                known = pick(init_latent, i)
-                row = Row(
-                    latent=known,
-                    context=pick(context, i),
-                    unconditional_context=pick(unconditional_context, i),
-                    guidance_scale=params.guidance_scale,
-                    timesteps=timesteps,
-                    guidance_from_timestep=guidance_from,
-                    known_latent=known,
-                    mask=None if mask is None else pick(mask, i),
-                    num_resamples=params.num_resamples,
-                    start_steps=img2img_steps(params.steps, params.strength),
-                    rng=np.random.default_rng(seed),
-                )
                 row.noise_known_to_start()
             rows.append(row)
         return rows

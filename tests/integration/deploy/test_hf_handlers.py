@@ -158,7 +158,7 @@ def test_all_in_one_ignores_unknown_parameters_and_takes_a_negative_prompt(
 ) -> None:
     handler = handlers["all-in-one"]
     plain = pixels(handler(t2i_payload(seed=3)))
-    extra = pixels(handler(t2i_payload(seed=3, scheduler="DDIM", target_size=None)))
+    extra = pixels(handler(t2i_payload(seed=3, scheduler="DDIMScheduler", target_size=None)))
     negative = pixels(handler(t2i_payload(seed=3, negative_prompt="a dog")))
     as_list = pixels(handler(t2i_payload(seed=3, negative_prompt=["a dog"])))
     np.testing.assert_array_equal(plain, extra)
@@ -166,9 +166,18 @@ def test_all_in_one_ignores_unknown_parameters_and_takes_a_negative_prompt(
     assert not np.array_equal(plain, negative)
 
 
+def test_all_in_one_scheduler_picks_the_sampler(handlers: dict[str, Any]) -> None:
+    handler = handlers["all-in-one"]
+    ddim = pixels(handler(t2i_payload(seed=3)))
+    euler = pixels(handler(t2i_payload(seed=3, scheduler="EulerAncestralDiscreteScheduler")))
+    np.testing.assert_array_equal(euler, pixels(handler(t2i_payload(seed=3, scheduler="Euler a"))))
+    assert not np.array_equal(ddim, euler)
+
+
 @pytest.mark.parametrize(
     ("parameters", "field"),
     [
+        ({"scheduler": "PNDMScheduler"}, "parameters.scheduler"),
         ({"height": 96.0}, "parameters.height"),
         ({"width": 128}, "parameters.width"),
         ({"width": 32, "height": 32}, "parameters.width and parameters.height"),
@@ -214,6 +223,7 @@ def test_all_in_one_defaults_every_parameter(handlers: dict[str, Any]) -> None:
     defaults = handler.parse({"inputs": "a cat"})
     assert defaults.denoise.steps == handler.settings.default_steps
     assert defaults.denoise.guidance_scale == handler.settings.guidance_scale
+    assert defaults.denoise.sampler == "ddim"
 
 
 def test_all_in_one_serves_concurrent_calls_from_toolkit_threads(

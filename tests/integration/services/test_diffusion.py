@@ -188,6 +188,16 @@ def test_guidance_scale_changes_result(client: httpx.Client, service: ServicePro
     assert not np.array_equal(a, b)
 
 
+def test_the_sampler_is_a_query_parameter_by_any_of_its_names(
+    client: httpx.Client, service: ServiceProcess
+) -> None:
+    ddim = latent_of(denoise(client, service, seed=8))
+    assert np.array_equal(ddim, latent_of(denoise(client, service, seed=8, sampler="DDIM")))
+    euler = latent_of(denoise(client, service, seed=8, sampler="Euler a"))
+    assert np.array_equal(euler, latent_of(denoise(client, service, seed=8, sampler="k_euler_a")))
+    assert not np.array_equal(ddim, euler)
+
+
 # --- bad calls ----------------------------------------------------------------------------
 
 
@@ -206,6 +216,7 @@ def test_guidance_scale_changes_result(client: httpx.Client, service: ServicePro
         ({"guidance_scale": -0.5}, "guidance_scale"),
         ({"seed": -1}, "seed"),
         ({"seed": MAX_SEED + 1}, "seed"),
+        ({"sampler": "plms"}, "sampler"),
     ],
 )
 def test_bad_query_is_422(

@@ -142,6 +142,27 @@ def test_img2img_at_low_strength_stays_close_to_the_input(trained):
     assert min(result.psnr) >= 25.0, result.psnr
 
 
+# Fewer prompts and steps than the card: a cheap check that each sampler draws what it is
+# asked, on the embedded weights (benchmarks/results/samplers.md has the full measure).
+SAMPLER_PROMPTS = 16
+SAMPLER_STEPS = 15
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "dpmpp_2m_karras", "euler_ancestral"])
+def test_every_sampler_follows_the_prompt(trained, sampler):
+    result = asyncio.run(
+        evaluate.text_to_image(trained, SAMPLER_PROMPTS, steps=SAMPLER_STEPS, sampler=sampler)
+    )
+    misses = [
+        (s.caption(), v.seen_shape)
+        for s, v in zip(result.scenes, result.verdicts, strict=True)
+        if not v.colour_and_shape
+    ]
+    assert result.rate("colour") >= 0.8, misses
+    assert result.rate("place") >= 0.8
+    assert result.rate("colour_and_shape") >= 0.7, misses
+
+
 def test_random_weights_fail_the_same_checks():
     chain = _chain("random")
     try:

@@ -130,6 +130,7 @@ def test_the_images_and_job_schemas_name_every_field(openapi: dict[str, Any]) ->
         "prompt_truncated",
         "model",
         "weights",
+        "sampler",
         "warnings",
     }
     assert set(schemas["ImageData"]["properties"]) == {"seed", "b64_json", "url"}

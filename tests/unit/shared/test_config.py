@@ -40,6 +40,15 @@ def test_default_guidance_follows_the_family_unless_set(monkeypatch):
     assert load_settings(model="sd-v1", weights="random").guidance_scale == 0.0
 
 
+def test_default_sampler_is_the_familys_unless_set(monkeypatch):
+    monkeypatch.delenv("SDSERVE_DEFAULT_SAMPLER", raising=False)
+    assert load_settings(model="tiny").sampler == "ddim"
+    monkeypatch.setenv("SDSERVE_DEFAULT_SAMPLER", "DPM++ 2M Karras")  # any accepted name
+    assert load_settings(model="tiny").sampler == "dpmpp_2m_karras"
+    monkeypatch.setenv("SDSERVE_DEFAULT_SAMPLER", "")
+    assert load_settings(model="tiny").sampler == "ddim"
+
+
 @pytest.mark.parametrize(
     ("env", "value", "named"),
     [
@@ -51,6 +60,7 @@ def test_default_guidance_follows_the_family_unless_set(monkeypatch):
         ("SDSERVE_QUEUE_SIZE", "many", "SDSERVE_QUEUE_SIZE"),
         ("SDSERVE_XLA", "maybe", "SDSERVE_XLA"),
         ("SDSERVE_DEFAULT_GUIDANCE_SCALE", "51", "SDSERVE_DEFAULT_GUIDANCE_SCALE"),
+        ("SDSERVE_DEFAULT_SAMPLER", "k_lms", "SDSERVE_DEFAULT_SAMPLER"),
         ("SDSERVE_DIFFUSION_WEIGHTS", "/no/unet.h5", "SDSERVE_DIFFUSION_WEIGHTS"),
     ],
 )

@@ -139,6 +139,7 @@ def test_layout_and_metadata(exported: dict[str, Path]) -> None:
     assert signatures["generate_from_seed"]["inputs"]["seed"] == {"dtype": "int64", "shape": []}
     assert "different" in diffusion["versions"]["1"]["noise"]
     assert diffusion["versions"]["1"]["guidance_from_timestep"] == 200  # tiny's
+    assert diffusion["versions"]["1"]["sampler"] == "ddim"
 
 
 def test_signatures_have_named_typed_inputs(loaded: dict[str, Any]) -> None:
@@ -369,6 +370,13 @@ def test_existing_versions_are_not_replaced(settings: Settings, exported: dict[s
         export_savedmodels(settings, out, 1)
     with pytest.raises(ValueError, match="version"):
         export_savedmodels(settings, out, 0)
+
+
+def test_only_ddim_is_exported(settings: Settings, tmp_path: Path) -> None:
+    other = settings.model_copy(update={"default_sampler": "dpmpp_2m_karras"})
+    with pytest.raises(ValueError, match=r"DDIM only.*dpmpp_2m_karras"):
+        export_savedmodels(other, tmp_path, 1)
+    assert not any(tmp_path.iterdir())  # refused before anything is built or written
 
 
 def test_metadata_keeps_other_versions(tmp_path: Path) -> None:

@@ -11,8 +11,10 @@ from shared.sampler import (
     ddim_timesteps,
     initial_noise,
     sample_step,
+    sampler_schedule,
     timestep_embedding,
 )
+from shared.sampler_names import SAMPLER_NAMES, SamplerName
 
 
 def test_timesteps_match_keras_cv_formula() -> None:
@@ -160,40 +162,55 @@ def test_rows_below_their_guidance_interval_skip_the_unconditional_pass(
         assert calls == [2, 2] * guided_steps + [1, 2] * unguided_steps
 
 
+SAMPLERS = list(SAMPLER_NAMES)
+
+
 def _edit_row(
-    seed: int, steps: int, strength: float, mask: np.ndarray | None = None, resamples: int = 1
+    seed: int,
+    steps: int,
+    strength: float,
+    mask: np.ndarray | None = None,
+    resamples: int = 1,
+    sampler: SamplerName = "ddim",
 ) -> Row:
     known = np.linspace(-1, 1, 64, dtype=np.float32).reshape(1, 4, 4, 4)
+    schedule = sampler_schedule(sampler, steps)
     return Row(
         latent=known,
         context=np.ones((1, 77, 8), np.float32),
         unconditional_context=np.zeros((1, 77, 8), np.float32),
         guidance_scale=7.5,
-        timesteps=ddim_timesteps(steps),
+        timesteps=schedule.timesteps,
         known_latent=known,
         mask=mask,
         num_resamples=resamples,
         start_steps=round(strength * steps),
         rng=np.random.default_rng(seed),
+        sampler=sampler,
+        sigmas=schedule.sigmas,
     )
 
 
+@pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize(("strength", "expected_steps"), [(1.0, 10), (0.5, 5), (0.26, 3)])
-def test_img2img_runs_round_strength_times_steps(strength: float, expected_steps: int) -> None:
+def test_img2img_runs_round_strength_times_steps(
+    strength: float, expected_steps: int, sampler: SamplerName
+) -> None:
     calls: list[int] = []
-    row = _edit_row(1, 10, strength)
+    row = _edit_row(1, 10, strength, sampler=sampler)
     row.noise_known_to_start()
     while not row.done:
         sample_step(_linear_predictor(calls), [row], batched_cfg=True)
     assert len(calls) == expected_steps
 
 
-def test_img2img_with_tiny_strength_returns_the_init_latent() -> None:
-    row = _edit_row(1, 10, 0.04)  # round(0.4) = 0 steps
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_img2img_with_tiny_strength_returns_the_init_latent(sampler: SamplerName) -> None:
+    row = _edit_row(1, 10, 0.04, sampler=sampler)  # round(0.4) = 0 steps
     row.noise_known_to_start()
     assert row.done
     np.testing.assert_array_equal(row.latent, row.known_latent)
-    row = _edit_row(1, 50, 0.02)  # one step at the least noisy timestep
+    row = _edit_row(1, 50, 0.02, sampler=sampler)  # one step at the least noisy timestep
     row.noise_known_to_start()
 
     def no_noise_predicted(
@@ -206,12 +223,15 @@ def test_img2img_with_tiny_strength_returns_the_init_latent() -> None:
     assert np.abs(row.latent - row.known_latent).max() < 0.1
 
 
+@pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("resamples", [1, 3])
-def test_inpaint_keeps_the_known_region_exactly_and_changes_the_rest(resamples: int) -> None:
+def test_inpaint_keeps_the_known_region_exactly_and_changes_the_rest(
+    resamples: int, sampler: SamplerName
+) -> None:
     mask = np.zeros((1, 4, 4, 1), np.float32)
     mask[:, 1:3, 1:3] = 1
     calls: list[int] = []
-    row = _edit_row(3, 6, 1.0, mask=mask, resamples=resamples)
+    row = _edit_row(3, 6, 1.0, mask=mask, resamples=resamples, sampler=sampler)
     row.noise_known_to_start()
     while not row.done:
         sample_step(_linear_predictor(calls), [row], batched_cfg=True)
@@ -224,7 +244,8 @@ def test_inpaint_keeps_the_known_region_exactly_and_changes_the_rest(resamples: 
     assert len(calls) == 5 * resamples + 1
 
 
-def test_resampled_latent_is_what_the_next_unet_call_sees() -> None:
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_resampled_latent_is_what_the_next_unet_call_sees(sampler: SamplerName) -> None:
     mask = np.ones((1, 4, 4, 1), np.float32)
     seen: list[np.ndarray] = []
 
@@ -232,7 +253,7 @@ def test_resampled_latent_is_what_the_next_unet_call_sees() -> None:
         seen.append(latent[:1].copy())
         return np.zeros_like(latent)
 
-    row = _edit_row(5, 4, 1.0, mask=mask, resamples=2)
+    row = _edit_row(5, 4, 1.0, mask=mask, resamples=2, sampler=sampler)
     row.noise_known_to_start()
     sample_step(predict, [row], batched_cfg=True)  # step at position 3, first pass
     after_first = row.latent.copy()

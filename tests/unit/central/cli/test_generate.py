@@ -49,6 +49,7 @@ def test_generate_arguments() -> None:
         5,
     )
     assert args.steps is None and args.guidance is None and args.url is None
+    assert args.sampler is None  # the server's default
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +77,7 @@ def test_generate_saves_one_image_and_prints_its_seed(
     out = tmp_path / "cat.png"
     argv = ["generate", "a cat", "-o", str(out), "--url", gateway.url + "/", "--size", "128x128"]
     argv += ["--seed", "42", "--steps", "3", "--guidance", "6.5", "--negative-prompt", "blurry"]
+    argv += ["--sampler", "DPM++ 2M Karras"]
     assert main(argv) == 0
     assert open_png(out).size == (128, 128)
     captured = capsys.readouterr()
@@ -95,6 +97,7 @@ def test_generate_saves_one_image_and_prints_its_seed(
         steps=3,
         guidance_scale=6.5,
         negative_prompt="blurry",
+        sampler="dpmpp_2m_karras",
     )
     assert out.read_bytes() == base64.b64decode(str(expected["b64_json"]))
 

@@ -25,6 +25,7 @@ IMAGES_KEYS = {
     "prompt_truncated",
     "model",
     "weights",
+    "sampler",
     "warnings",
 }
 

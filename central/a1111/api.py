@@ -154,7 +154,7 @@ class A1111Api:
         else:
             model = await self.selected_model(key)
         size = body.size(self.catalog.chain_for(model).settings.sizes)
-        return model, size, choose_sampler(body.requested_sampler)
+        return model, size, choose_sampler(body.requested_sampler, self.settings.sampler)
 
     def _run_info(
         self,

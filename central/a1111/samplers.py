@@ -1,49 +1,47 @@
-"""AUTOMATIC1111 sampler names -> the samplers we run: the one table to extend.
+"""AUTOMATIC1111 sampler names -> the samplers we run.
 
 A1111 clients name a sampler by its web UI name (`sampler_name`, or the older
-`sampler_index`). Each entry here says which of our samplers runs for that name. Until
-the gateway has more samplers than DDIM (the faster-sampling issue adds DPM++ 2M, its
-Karras variant and Euler a, with a per-request `sampler` field), the table knows only
-DDIM: any other name runs DDIM, and the response's info says so (the requested name is
-listed as substituted). When samplers land, add their A1111 names here and pass `ran.id`
-on in the job body (central/a1111/schemas.py, `job_fields`).
+`sampler_index`). The names come from the one table of sampler names
+(`shared.sampler_names`: "DDIM", "DPM++ 2M", "DPM++ 2M Karras", "Euler a" and every
+alias). A name we do not have (A1111 has dozens: "LMS", "DPM++ SDE"...) runs the
+gateway's default sampler instead, and the response's info says so (the requested name is
+listed as substituted): a client written for A1111 keeps working.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shared.sampler_names import ALIASES, SamplerName, canonical_sampler
+from shared.sampler_names import SAMPLERS as CARDS
+
 
 @dataclass(frozen=True)
 class Sampler:
     name: str  # as A1111 names it (GET /sdapi/v1/samplers, the info's sampler_name)
-    id: str  # ours
+    id: SamplerName  # ours
     aliases: tuple[str, ...] = ()
 
 
-SAMPLERS: tuple[Sampler, ...] = (Sampler("DDIM", "ddim", aliases=("ddim",)),)
-DEFAULT = SAMPLERS[0]
-
-_BY_NAME = {
-    spelling.lower(): sampler
-    for sampler in SAMPLERS
-    for spelling in (sampler.name, *sampler.aliases)
-}
+SAMPLERS: tuple[Sampler, ...] = tuple(
+    Sampler(card.label, card.name, aliases=(card.name, *card.aliases)) for card in CARDS.values()
+)
+_BY_ID = {sampler.id: sampler for sampler in SAMPLERS}
 
 
 @dataclass(frozen=True)
 class SamplerChoice:
     requested: str | None  # what the request named (None: nothing)
     ran: Sampler
-
-    @property
-    def substituted(self) -> bool:
-        """Whether the request named a sampler we do not have (and `ran` ran instead)."""
-        return self.requested is not None and self.requested.lower() not in _BY_NAME
+    substituted: bool  # the request named a sampler we do not have (`ran` ran instead)
 
 
-def choose_sampler(requested: str | None) -> SamplerChoice:
-    """The sampler that runs for an A1111 name (case-insensitive; aliases too): ours of
-    that name, else the default."""
+def choose_sampler(requested: str | None, default: SamplerName) -> SamplerChoice:
+    """The sampler that runs for an A1111 name (any accepted spelling, any case): ours of
+    that name, else `default` (the gateway's)."""
     name = requested.strip() if requested else None
-    return SamplerChoice(name or None, _BY_NAME.get((name or "").lower(), DEFAULT))
+    if not name:
+        return SamplerChoice(None, _BY_ID[default], substituted=False)
+    if " ".join(name.split()).lower() in ALIASES:
+        return SamplerChoice(name, _BY_ID[canonical_sampler(name)], substituted=False)
+    return SamplerChoice(name, _BY_ID[default], substituted=True)

@@ -99,8 +99,7 @@ class GenerationFields(BaseModel):
     def job_fields(
         self, settings: Settings, size: Size, model: str, sampler: SamplerChoice
     ) -> dict[str, Any]:
-        """The /v1/jobs body fields of this request (the sampler is DDIM until samplers
-        land: then `sampler.ran.id` goes in here)."""
+        """The /v1/jobs body fields of this request."""
         self.check_n(settings)
         return {
             "prompt": self.prompt or "",
@@ -112,6 +111,7 @@ class GenerationFields(BaseModel):
             "size": format_size(size),
             "model": model,
             "response_format": "b64_json",
+            "sampler": sampler.ran.id,
         }
 
     def parameters(self) -> dict[str, Any]:

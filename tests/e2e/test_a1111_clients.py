@@ -117,7 +117,7 @@ def pixels(image: Image.Image) -> np.ndarray:
 
 
 def test_txt2img_answers_as_a1111_does(api: Any, gateway: str) -> None:
-    # webuiapi asks for "Euler a" unless told otherwise: DDIM runs, and the info says so.
+    # webuiapi asks for "Euler a" unless told otherwise: Euler ancestral runs.
     result = api.txt2img(
         prompt="a red bicycle", width=64, height=64, seed=7, batch_size=1, n_iter=2, cfg_scale=6
     )
@@ -129,12 +129,12 @@ def test_txt2img_answers_as_a1111_does(api: Any, gateway: str) -> None:
     assert info["seed"] == 7 and info["all_seeds"] == [7, 8]  # as A1111 numbers them
     assert info["all_prompts"] == ["a red bicycle"] * 2 and info["batch_size"] == 1
     assert (info["steps"], info["cfg_scale"], info["width"], info["height"]) == (6, 6, 64, 64)
-    assert info["sampler_name"] == "DDIM" and info["sd_model_name"] == "tiny"
-    assert info["substituted"] == {"sampler_name": {"requested": "Euler a", "ran": "DDIM"}}
+    assert info["sampler_name"] == "Euler a" and info["sd_model_name"] == "tiny"
+    assert not info["substituted"]
     assert info["ignored"] == []  # webuiapi's defaults ask for nothing we skip
     assert info["interrupted"] is False
     assert info["infotexts"][1].endswith(
-        "Steps: 6, Sampler: DDIM, CFG scale: 6, Seed: 8, Size: 64x64, Model: tiny, "
+        "Steps: 6, Sampler: Euler a, CFG scale: 6, Seed: 8, Size: 64x64, Model: tiny, "
         "Version: sdserve 0.1.0"
     )
     assert result.parameters["prompt"] == "a red bicycle" and result.parameters["n_iter"] == 2
@@ -148,6 +148,7 @@ def test_txt2img_answers_as_a1111_does(api: Any, gateway: str) -> None:
             "seed": 7,
             "steps": 6,
             "guidance_scale": 6,
+            "sampler": "euler_ancestral",
         },
         timeout=120,
     ).json()
@@ -233,7 +234,7 @@ def test_the_lists_are_in_a1111s_shapes(api: Any) -> None:
     for model in models:
         assert_shape(model, SD_MODEL)
     samplers = api.get_samplers()
-    assert [s["name"] for s in samplers] == ["DDIM"]
+    assert [s["name"] for s in samplers] == ["DDIM", "DPM++ 2M", "DPM++ 2M Karras", "Euler a"]
     for sampler in samplers:
         assert_shape(sampler, SAMPLER)
     assert api.get_upscalers() == [] and api.get_loras() == []

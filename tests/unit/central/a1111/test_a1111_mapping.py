@@ -29,15 +29,24 @@ WEBUIAPI_TXT2IMG: dict[str, Any] = {
 }  # fmt: skip
 
 
-def test_only_ddim_runs_until_samplers_land_and_others_are_substituted() -> None:
-    assert [s.name for s in SAMPLERS] == ["DDIM"]
-    for name in ("DDIM", "ddim", " DDIM "):
-        choice = choose_sampler(name)
-        assert choice.ran.name == "DDIM" and not choice.substituted
-    for name in ("Euler a", "DPM++ 2M Karras"):
-        choice = choose_sampler(name)
-        assert (choice.ran.id, choice.requested, choice.substituted) == ("ddim", name, True)
-    assert not choose_sampler(None).substituted and not choose_sampler("").substituted
+def test_a1111_names_pick_our_samplers_and_others_are_substituted() -> None:
+    assert [s.name for s in SAMPLERS] == ["DDIM", "DPM++ 2M", "DPM++ 2M Karras", "Euler a"]
+    for name, ours in (
+        ("DDIM", "ddim"),
+        (" ddim ", "ddim"),
+        ("Euler a", "euler_ancestral"),
+        ("k_euler_a", "euler_ancestral"),
+        ("DPM++ 2M Karras", "dpmpp_2m_karras"),
+        ("dpm++ 2m", "dpmpp_2m"),
+    ):
+        choice = choose_sampler(name, "ddim")
+        assert (choice.ran.id, choice.substituted) == (ours, False), name
+    for name in ("LMS", "DPM++ SDE"):  # A1111 has them, we do not: the default runs
+        choice = choose_sampler(name, "dpmpp_2m")
+        assert (choice.ran.id, choice.requested, choice.substituted) == ("dpmpp_2m", name, True)
+    for nothing in (None, ""):
+        choice = choose_sampler(nothing, "euler_ancestral")
+        assert choice.ran.id == "euler_ancestral" and not choice.substituted
 
 
 def test_a_clients_defaults_ask_for_nothing_we_skip() -> None:
@@ -90,10 +99,10 @@ def test_sizes_and_counts_map_or_name_the_field() -> None:
         Txt2ImgRequest(width=96, height=64).size(sizes)
     assert (wrong_height.value.param, wrong_width.value.param) == ("height", "width")
     fields = Txt2ImgRequest(prompt="x", seed=-1, batch_size=2, n_iter=2).job_fields(
-        SETTINGS, (64, 64), "tiny", choose_sampler(None)
+        SETTINGS, (64, 64), "tiny", choose_sampler(None, "ddim")
     )
     assert fields["n"] == 4 and fields["seed"] is None and fields["size"] == "64x64"
-    assert fields["steps"] == SETTINGS.default_steps
+    assert fields["steps"] == SETTINGS.default_steps and fields["sampler"] == "ddim"
     assert fields["guidance_scale"] == SETTINGS.guidance_scale
     with pytest.raises(InvalidInput) as too_many:
         Txt2ImgRequest(prompt="x", n_iter=SETTINGS.max_images_per_request + 1).check_n(SETTINGS)

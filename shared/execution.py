@@ -57,9 +57,11 @@ class ExecutionStrategy:
 # (XLA: 5-7x slower), while its text encoder (159 ms vs 227 ms) and decoder (1.34 s vs
 # 2.13 s) are faster with XLA, in float32. Batch buckets (shared.models.ModelRunner) give
 # every model fixed shapes, so XLA compiles each at warm-up only. tiny's UNet is fastest
-# with XLA in the per-step benchmark (4.5 ms vs 12.9 ms) but it stays off in `auto`
-# until an end-to-end measurement with buckets shows it faster (set SDSERVE_XLA=on to
-# try it). Reduced precision changes images, so `auto` keeps float32 on CPUs (the stage
+# with XLA in the per-step benchmark (4.5 ms vs 12.9 ms), and with buckets XLA makes one
+# client's request about 3x faster end to end, but not 8 clients' throughput
+# (benchmarks/results/buckets.md), and it costs a compilation per bucket at start-up, so
+# `auto` keeps it off for tiny (SDSERVE_XLA=on for latency-bound tiny deployments).
+# Reduced precision changes images, so `auto` keeps float32 on CPUs (the stage
 # benchmark measures time only, not PSNR against float32). GPU: the usual result on CUDA
 # devices; re-measure with `python -m benchmarks.stages` on yours.
 AUTO_STRATEGY: dict[DeviceKind, dict[str, dict[str, Any]]] = {

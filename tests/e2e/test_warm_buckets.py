@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+from collections.abc import Iterator
 
 import httpx
 import numpy as np
@@ -33,7 +34,7 @@ BUILDS = re.compile(r'^sdserve_graph_builds_after_ready_total\{kind="(\w+)",stag
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory):
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     logs = tmp_path_factory.mktemp("warm-buckets")
     service = ServiceProcess("central", ENV, log_path=logs / "central.log")
     with run_services(service):
@@ -42,7 +43,7 @@ def gateway(tmp_path_factory):
 
 def _builds(url: str) -> dict[tuple[str, str], float]:
     text = httpx.get(f"{url}/metrics").text
-    found = {}
+    found: dict[tuple[str, str], float] = {}
     for line in text.splitlines():
         if match := BUILDS.match(line):
             found[(match[2], match[1])] = float(match[3])
@@ -57,7 +58,7 @@ def _png(size: int) -> bytes:
     return buffer.getvalue()
 
 
-def test_mixed_load_after_warm_up_builds_no_graph(gateway):
+def test_mixed_load_after_warm_up_builds_no_graph(gateway: ServiceProcess) -> None:
     before = _builds(gateway.url)
     stages = {stage for stage, _ in before}
     assert stages == {"text_encoder", "diffusion", "decoder", "image_encoder"}

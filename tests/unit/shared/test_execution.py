@@ -4,10 +4,10 @@ every component."""
 from __future__ import annotations
 
 from shared.config import Settings
-from shared.execution import ComponentStrategy, resolve_strategy
+from shared.execution import COMPONENTS, ComponentStrategy, resolve_strategy
 
 
-def test_auto_takes_each_components_measured_choice():
+def test_auto_takes_each_components_measured_choice() -> None:
     strategy = resolve_strategy(Settings(model="sd-v1", weights="random"), device="cpu")
     assert strategy.for_component("decoder") == ComponentStrategy(xla=True, precision="float32")
     assert strategy.for_component("text_encoder").xla
@@ -16,11 +16,11 @@ def test_auto_takes_each_components_measured_choice():
     assert strategy.as_dict()["components"]["decoder"] == {"xla": True, "precision": "float32"}
 
 
-def test_explicit_settings_apply_to_every_component():
+def test_explicit_settings_apply_to_every_component() -> None:
     settings = Settings(
         model="sd-v1", weights="random", xla="off", precision="mixed_bfloat16", batch_buckets=False
     )
     strategy = resolve_strategy(settings, device="cpu")
-    for component in ("text_encoder", "diffusion_model", "decoder", "image_encoder"):
+    for component in COMPONENTS:
         assert strategy.for_component(component) == ComponentStrategy(False, "mixed_bfloat16")
     assert not strategy.buckets

@@ -3,13 +3,15 @@ graph after ready (shared.models.ModelRunner)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
 from shared.models import ModelRunner, batch_buckets
 
 
-def _model():
+def _model() -> Any:
     import keras
 
     keras.utils.set_random_seed(0)
@@ -18,7 +20,7 @@ def _model():
     return keras.Model(inputs, keras.layers.Dense(3)(hidden))
 
 
-def test_buckets_are_powers_of_two_up_to_the_largest_call():
+def test_buckets_are_powers_of_two_up_to_the_largest_call() -> None:
     assert batch_buckets(1) == (1,)
     assert batch_buckets(8) == (1, 2, 4, 8)
     assert batch_buckets(6) == (1, 2, 4, 6)
@@ -26,7 +28,7 @@ def test_buckets_are_powers_of_two_up_to_the_largest_call():
 
 
 @pytest.mark.parametrize("xla", [False, True])
-def test_padded_calls_match_solo_and_build_nothing_after_ready(xla):
+def test_padded_calls_match_solo_and_build_nothing_after_ready(xla: bool) -> None:
     x = np.random.default_rng(0).standard_normal((11, 6)).astype(np.float32)
     plain = ModelRunner(_model(), xla=xla)
     bucketed = ModelRunner(_model(), xla=xla, buckets=(1, 2, 4), example=x[:1])
@@ -42,7 +44,7 @@ def test_padded_calls_match_solo_and_build_nothing_after_ready(xla):
     assert bucketed.builds_after_ready == {"trace": 0, "xla_compile": 0}
 
 
-def test_a_shape_first_seen_after_ready_is_counted():
+def test_a_shape_first_seen_after_ready_is_counted() -> None:
     x = np.random.default_rng(1).standard_normal((5, 6)).astype(np.float32)
     runner = ModelRunner(_model(), xla=True)  # no buckets: every batch size is a shape
     runner(x[:1])

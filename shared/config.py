@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     xla: Toggle = "auto"
     batched_cfg: Toggle = "auto"
     precision: Precision = "auto"
+    # Pad every model call's batch to a bucket (1, 2, 4 ... max), so each model sees a
+    # few fixed shapes, all traced (and XLA-compiled) at warm-up. Off: calls run at their
+    # own batch size (the behaviour before buckets, for comparison).
+    batch_buckets: bool = True
 
     # --- limits ---
     max_images_per_request: int = Field(default=4, ge=1, le=64)

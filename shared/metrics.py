@@ -30,6 +30,8 @@ class BatchingSource:
     stage: str
     stats: BatchStats
     depth: Callable[[], int]
+    # Graphs this model traced or XLA-compiled after the part said ready, by kind.
+    builds: Callable[[], Mapping[str, int]] | None = None
 
 
 class _QueueDepth(Collector):
@@ -44,6 +46,24 @@ class _QueueDepth(Collector):
         )
         for source in self.sources():
             family.add_metric([source.stage], source.depth())
+        yield family
+
+
+class _GraphBuilds(Collector):
+    def __init__(self, sources: Callable[[], Iterable[BatchingSource]]) -> None:
+        self.sources = sources
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "sdserve_graph_builds_after_ready",
+            "Graphs a model traced (kind=trace) or XLA-compiled (kind=xla_compile) after "
+            "the part reported ready: zero when warm-up built every batch bucket.",
+            labels=["stage", "kind"],
+        )
+        for source in self.sources():
+            if source.builds is not None:
+                for kind, count in source.builds().items():
+                    family.add_metric([source.stage, kind], count)
         yield family
 
 
@@ -136,6 +156,7 @@ class ServiceMetrics:
             "sdserve_model", "Model family and weights this part serves.", registry=self.registry
         )
         self.registry.register(_QueueDepth(sources))
+        self.registry.register(_GraphBuilds(sources))
         self._hooked: set[int] = set()
         self._sources = sources
 

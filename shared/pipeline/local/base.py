@@ -66,6 +66,10 @@ class LocalStage:
             raise RuntimeError(f"{self.name}: warm() before load()")
         if self.settings.warm_up:
             self.worker.run_blocking(lambda: self.warm_up(models))
+            # Every batch bucket too, so no request traces or compiles a graph.
+            self.worker.run_blocking(models.warm_buckets)
+        # Graphs built from here on are counted (sdserve_graph_builds_after_ready).
+        self.worker.run_blocking(models.mark_ready)
         self.models = models
 
     def warm_up(self, models: LoadedModels) -> None:
@@ -93,6 +97,15 @@ class LocalStage:
 
     def batching_sources(self) -> list[BatchingSource]:
         return []
+
+    def graph_builds(self, component: Component) -> Callable[[], dict[str, int]]:
+        """Graphs `component`'s models traced or compiled since ready (for /metrics)."""
+
+        def builds() -> dict[str, int]:
+            models = self.models
+            return models.builds_after_ready(component) if models is not None else {}
+
+        return builds
 
     def queue_depth(self) -> int:
         """Requests waiting or running in front of this stage's models."""

@@ -55,8 +55,15 @@ class LocalDecoder(LocalStage):
     def batching_sources(self) -> list[BatchingSource]:
         decode, encode = self.decode_batcher, self.encode_batcher
         return [
-            BatchingSource("decoder", decode.stats, lambda: decode.queue_depth),
-            BatchingSource("image_encoder", encode.stats, lambda: encode.queue_depth),
+            BatchingSource(
+                "decoder", decode.stats, lambda: decode.queue_depth, self.graph_builds("decoder")
+            ),
+            BatchingSource(
+                "image_encoder",
+                encode.stats,
+                lambda: encode.queue_depth,
+                self.graph_builds("image_encoder"),
+            ),
         ]
 
     def _decode_rows(self, size: Any, rows: list[np.ndarray]) -> list[np.ndarray]:

@@ -80,7 +80,14 @@ class LocalDiffusion(LocalStage):
 
     def batching_sources(self) -> list[BatchingSource]:
         scheduler = self.scheduler
-        return [BatchingSource("diffusion", scheduler.stats, lambda: scheduler.queue_depth)]
+        return [
+            BatchingSource(
+                "diffusion",
+                scheduler.stats,
+                lambda: scheduler.queue_depth,
+                self.graph_builds("diffusion_model"),
+            )
+        ]
 
     def _step(self, size: Any, rows: list[Row]) -> None:
         """One scheduler step on the model thread: all `rows` share one UNet call."""

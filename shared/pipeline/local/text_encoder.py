@@ -42,7 +42,14 @@ class LocalTextEncoder(LocalStage):
 
     def batching_sources(self) -> list[BatchingSource]:
         batcher = self.batcher
-        return [BatchingSource("text_encoder", batcher.stats, lambda: batcher.queue_depth)]
+        return [
+            BatchingSource(
+                "text_encoder",
+                batcher.stats,
+                lambda: batcher.queue_depth,
+                self.graph_builds("text_encoder"),
+            )
+        ]
 
     def warm_up(self, models: LoadedModels) -> None:
         for batch in (1, 2):

@@ -233,12 +233,19 @@ def write_card(
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
     }
     if base is not None:
+        scores["training"].update(learning_rate=learning_rate, paraphrase_share=paraphrase_share)
         base_t2i, base_phrased = _evaluate_text(base)
+        base_scores = json.loads((base / "evaluation.json").read_text())
         scores["base"] = {
             "diffusion_model_sha256": _checksums(base)["diffusion_model.weights.h5"],
             "text_to_image": _text_to_image_scores(base_t2i),
             "held_out_phrasings": _phrasing_scores(base_phrased),
-            "training": json.loads((base / "evaluation.json").read_text()).get("training", {}),
+            "training": base_scores.get("training", {}),
+        }
+        from_scratch, earlier = _lineage(base_scores)
+        scores["lineage"] = {
+            "from_scratch": from_scratch,
+            "fine_tunes": [*earlier, scores["training"]],
         }
     (out / "evaluation.json").write_text(json.dumps(scores, indent=2) + "\n")
     table = "\n".join(
@@ -247,7 +254,7 @@ def write_card(
         f"{'yes' if v.place else 'no'} | {'yes' if v.size else 'no'} |"
         for i, (s, v) in enumerate(list(zip(t2i.scenes, t2i.verdicts, strict=True))[:shown])
     )
-    first = scores["base"]["training"] if base is not None else scores["training"]
+    first = scores["lineage"]["from_scratch"] if base is not None else scores["training"]
     (out / "README.md").write_text(
         CARD.format(
             held_out=HELD_OUT_ONE_IN,
@@ -263,7 +270,7 @@ def write_card(
             decoder=first.get("decoder", {}),
             diffusion=first.get("diffusion", {}),
             pipeline=_pipeline_time(first.get("all", {})),
-            fine_tune=(_fine_tune_text(scores, learning_rate, paraphrase_share) if base else ""),
+            fine_tune=_fine_tune_text(scores) if base else "",
             wording_rows=_wording_rows(scores),
             phrasing_train=", ".join(f"*{name}*" for name in templates("train")),
             phrasing_held_out=", ".join(f"*{name}*" for name in templates("held_out")),
@@ -287,25 +294,37 @@ def _checksums(directory: Path) -> dict[str, str]:
     return {name: digest for digest, name in (line.split() for line in lines)}
 
 
-def _fine_tune_text(
-    scores: dict[str, Any], learning_rate: float | None, paraphrase_share: float
-) -> str:
-    run = scores["training"]
-    tuned = run.get("diffusion", {})
-    whole = _pipeline_time(run.get("all", {}))
+def _lineage(base_scores: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The base's from-scratch training (phases 1 to 3) and the fine-tunes since, oldest
+    first, from its evaluation.json (a first fine-tune's records its base's training)."""
+    if "lineage" in base_scores:
+        lineage = base_scores["lineage"]
+        return lineage["from_scratch"], list(lineage["fine_tunes"])
+    if "base" in base_scores:
+        return base_scores["base"]["training"], [base_scores["training"]]
+    return base_scores["training"], []
+
+
+def _fine_tune_text(scores: dict[str, Any]) -> str:
+    """Phase 4, the fine-tunes for wording that led from phases 1-3 to these weights."""
+    runs = scores["lineage"]["fine_tunes"]
+    steps = "; then ".join(
+        f"{run['diffusion']['steps']} steps at learning rate {run.get('learning_rate')} "
+        f"(cosine) on captions {run.get('paraphrase_share', 0.5):.0%} in the training "
+        f"phrasings, {run['diffusion']['minutes']} min"
+        for run in runs
+    )
+    last = runs[-1]
     return (
-        "4. **Fine-tune for wording** (these weights): the text encoder and UNet start from "
-        "the weights phases 1 to 3 made (the earlier embedded weights, `diffusion_model` "
-        f"sha256 `{scores['base']['diffusion_model_sha256'][:16]}…`; their card is in git "
-        "history) and train together from the first step, "
-        f"{tuned.get('steps')} steps, batch {tuned.get('batch')}, learning rate "
-        f"{learning_rate} (cosine), {tuned.get('minutes')} min ({whole} "
-        "with the latents and the export), on captions "
-        f"{1 - paraphrase_share:.0%} in the grammar above and {paraphrase_share:.0%} in "
-        "the training phrasings (`training/phrasing.py`, below); the VAE is theirs, unchanged. "
-        "Command: `python -m training.train_tiny all --from-weights <those weights> "
-        f"--steps {tuned.get('steps')} --lr {learning_rate} --text-encoder-from 0 "
-        f"--paraphrase-share {paraphrase_share}`.\n"
+        f"4. **Fine-tunes for wording** ({len(runs)}, the last makes these weights): the "
+        "text encoder and UNet start from the weights before and train together from the "
+        "first step, batch 64, on captions partly in the grammar above and partly in the "
+        "training phrasings (`training/phrasing.py`, below); the VAE is unchanged. "
+        f"{steps}. The last base's `diffusion_model` sha256 "
+        f"`{scores['base']['diffusion_model_sha256'][:16]}…` (its card is in git history). "
+        "Command, each: `python -m training.train_tiny all --from-weights <the weights "
+        f"before> --steps {last['diffusion']['steps']} --lr {last.get('learning_rate')} "
+        f"--text-encoder-from 0 --paraphrase-share {last.get('paraphrase_share')}`.\n"
     )
 
 

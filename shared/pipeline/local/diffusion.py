@@ -161,6 +161,10 @@ class LocalDiffusion(LocalStage):
         latent_shape = self.family.latent_shape(params.height, params.width)
         timesteps = ddim_timesteps(params.steps)
         guidance_from = self.family.spec.guidance_from_timestep
+        # What the loaded UNet predicts (converted SD 2.x 768 models: v); warm-up runs
+        # before `self.models` is set, so fall back to the models just built.
+        models = self.models or self._built
+        prediction_type = "epsilon" if models is None else models.prediction_type
 
         def pick(array: np.ndarray, i: int) -> np.ndarray:
             # Batch 1 is shared by every image of the request.
@@ -176,6 +180,7 @@ class LocalDiffusion(LocalStage):
                     guidance_scale=params.guidance_scale,
                     timesteps=timesteps,
                     guidance_from_timestep=guidance_from,
+                    prediction_type=prediction_type,
                 )
             else:
                 known = pick(init_latent, i)
@@ -186,6 +191,7 @@ class LocalDiffusion(LocalStage):
                     guidance_scale=params.guidance_scale,
                     timesteps=timesteps,
                     guidance_from_timestep=guidance_from,
+                    prediction_type=prediction_type,
                     known_latent=known,
                     mask=None if mask is None else pick(mask, i),
                     num_resamples=params.num_resamples,

@@ -22,7 +22,7 @@ import secrets
 import shutil
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,7 @@ COMPONENT_FILES: dict[PlannedComponent, str] = {c: f"{c}.safetensors" for c in A
 # The UNet tensor whose width says which text encoder a checkpoint was trained with.
 _CONTEXT_PROBE = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
 _CONTEXT_FAMILY = {768: "sd-v1", 1024: "sd-v2"}
-_SHOWN = 5  # errors listed by name; the rest are counted
+_SHOWN = 5  # shape mismatches listed by name; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -68,26 +68,53 @@ class Located:
     ref: Ref
 
 
+@dataclass
+class Problems:
+    """What stops a conversion: shape mismatches, and missing tensors per component."""
+
+    shapes: list[str] = field(default_factory=list)
+    missing: dict[str, list[str]] = field(default_factory=dict)
+    planned: dict[str, int] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.shapes or self.missing)
+
+    def describe(self) -> str:
+        parts = self.shapes[:_SHOWN]
+        if len(self.shapes) > _SHOWN:
+            parts.append(f"{len(self.shapes) - _SHOWN} more shapes differ")
+        for component, keys in self.missing.items():
+            parts.append(
+                f"{component}: {len(keys)} of its {self.planned[component]} tensors are "
+                f"missing, e.g. {', '.join(keys[:2])}"
+            )
+        return "; ".join(parts)
+
+
 def _locate(
-    source: Source, family: str, component: PlannedComponent, errors: list[str]
+    source: Source, family: str, component: PlannedComponent, problems: Problems
 ) -> list[Located]:
     files = source.tensors(component)
+    plan = plan_for(family, component)
+    problems.planned[component] = len(plan)
     found = []
-    for weight in plan_for(family, component):
+    for weight in plan:
         refs = source.refs(family, component, weight.name)
         ref = next((r for r in refs if r.key in files), None)
         if ref is None:
-            errors.append(f"{component}: {refs[0].describe()} is missing")
+            problems.missing.setdefault(component, []).append(refs[0].describe())
             continue
         shape = files.shape(ref.key)
         if ref.rows is not None:
             start, stop = ref.rows
             if shape[0] < stop:
-                errors.append(f"{component}: {ref.key} has {shape[0]} rows, {family} needs {stop}")
+                problems.shapes.append(
+                    f"{component}: {ref.key} has {shape[0]} rows, {family} needs {stop}"
+                )
                 continue
             shape = (stop - start, *shape[1:])
         if shape not in weight.torch_shapes():
-            errors.append(
+            problems.shapes.append(
                 f"{component}: {ref.describe()} has shape {shape}, {family} needs "
                 f"{weight.torch_shapes()[0]}"
             )
@@ -108,9 +135,7 @@ def detect_family(source: Source) -> str | None:
     return None
 
 
-def _failure(source: Source, family: str, errors: list[str]) -> WeightsError:
-    shown = "; ".join(errors[:_SHOWN])
-    more = f" (and {len(errors) - _SHOWN} more)" if len(errors) > _SHOWN else ""
+def _failure(source: Source, family: str, problems: Problems) -> WeightsError:
     hint = ""
     foreign = source.foreign_kind()
     detected = detect_family(source)
@@ -119,8 +144,8 @@ def _failure(source: Source, family: str, errors: list[str]) -> WeightsError:
     elif detected is not None and detected != family:
         hint = f" Its UNet attends to {detected}'s text width: convert with --family {detected}."
     return WeightsError(
-        f"cannot convert {source.name} as {family}: {len(errors)} problems: {shown}{more}."
-        f"{hint} Nothing was written."
+        f"cannot convert {source.name} as {family}: {problems.describe()}.{hint} "
+        "Nothing was written."
     )
 
 
@@ -208,19 +233,16 @@ def convert(
     _prepare_out(out, overwrite)
     with open_source(source_path) as source:
         say(f"checking {source.name} ({source.layout} layout) against {family}")
-        errors: list[str] = []
+        problems = Problems()
         located: dict[PlannedComponent, list[Located]] = {}
         for component in components:
             if not source.has(component):
                 where = DIFFUSERS_FOLDERS[component]
-                errors.append(
-                    f"{component}: no tensors"
-                    + (f" (no {where}/ with .safetensors)" if source.layout == "diffusers" else "")
-                )
+                problems.shapes.append(f"{component}: no {where}/ folder with .safetensors")
                 continue
-            located[component] = _locate(source, family, component, errors)
-        if errors:
-            raise _failure(source, family, errors)
+            located[component] = _locate(source, family, component, problems)
+        if problems:
+            raise _failure(source, family, problems)
         predicted, predicted_from = _prediction_type(source, family, prediction_type)
         say("hashing the source")
         source.hash_files()

@@ -55,6 +55,10 @@ _PARTS = {
     ".lora_down.weight": "down",
     ".lora_up.weight": "up",
     ".alpha": "alpha",
+    # diffusers' attention-processor layout: `...attn1.processor.to_q_lora.down.weight`,
+    # `...self_attn.to_q_lora.down.weight` (last: the suffixes above are more specific).
+    ".down.weight": "down",
+    ".up.weight": "up",
 }
 _UNSUPPORTED = {
     "dora_scale": "DoRA",
@@ -63,7 +67,11 @@ _UNSUPPORTED = {
     "lokr_": "LoKr",
     "lora_mid": "LoCon with Tucker decomposition",
 }
+# Old diffusers layouts name attention projections by processor: UNet
+# `attn1.processor.to_q_lora` is `attn1.to_q`; text encoder `self_attn.to_q_lora` is
+# `self_attn.q_proj`.
 _PROCESSOR_RE = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)_lora$")
+_TEXT_PROCESSOR_RE = re.compile(r"\.self_attn\.to_(q|k|v|out)_lora$")
 _FOREIGN_PREFIXES = ("lora_te1_", "lora_te2_", "text_encoder_2.", "transformer.")
 
 
@@ -88,7 +96,9 @@ def parse_lora_list(text: str) -> list[LoraSpec]:
             continue
         path_text, sep, scale_text = item.rpartition(":")
         scale = 1.0
-        if sep:
+        if not sep:
+            path_text = item
+        else:
             try:
                 scale = float(scale_text)
             except ValueError:
@@ -146,9 +156,12 @@ def _resolve_diffusers(family: str, stem: str) -> tuple[PlannedComponent, str] |
         candidates = [("diffusion_model", stem), ("text_encoder", stem)]
     for component, module in candidates:
         match = _PROCESSOR_RE.search(module)
-        if match:  # attention processors: attn1.processor.to_q_lora -> attn1.to_q
+        if match:
             proj = match.group(1)
             module = module[: match.start()] + "." + ("to_out.0" if proj == "to_out" else proj)
+        match = _TEXT_PROCESSOR_RE.search(module)
+        if match:
+            module = module[: match.start()] + f".self_attn.{match.group(1)}_proj"
         modules = _modules(family, component)
         for name in (module, _TEXT_MODEL + module):
             if name in modules:

@@ -34,6 +34,7 @@ def ours(prediction_type: str, start: np.ndarray) -> np.ndarray:
         timesteps=TIMESTEPS,
         prediction_type=prediction_type,
     )
+
     def predict(latent: np.ndarray, _emb: np.ndarray, _context: np.ndarray) -> np.ndarray:
         return stand_in_unet(latent, int(row.timesteps[row.position]))
 

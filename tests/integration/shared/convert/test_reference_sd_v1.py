@@ -61,7 +61,9 @@ def reference(tmp_path_factory: pytest.TempPathFactory):
     weights = {"unet": unet_w, "vae": vae_w, "text_encoder": text_w}
     configs = {"unet": dict(unet.config), "vae": dict(vae.config), "text_encoder": {}}
     folder = root / "sd15-diffusers"
-    sd_reference.write_diffusers_folder(folder, weights, configs, "epsilon")
+    # An SD 1.x v-prediction fine-tune (they exist): the UNet's outputs do not depend on
+    # it, and the prediction type then travels from the scheduler to the loaded UNet.
+    sd_reference.write_diffusers_folder(folder, weights, configs, "v_prediction")
     out = root / "converted"
     manifest = convert(folder, FAMILY, out)
     yield SimpleNamespace(
@@ -85,7 +87,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory):
 
 def test_manifest_says_what_was_converted(reference):
     manifest = reference.manifest
-    assert manifest["family"] == FAMILY and manifest["prediction_type"] == "epsilon"
+    assert manifest["family"] == FAMILY and manifest["prediction_type"] == "v_prediction"
     assert manifest["prediction_type_from"] == "scheduler/scheduler_config.json"
     source = manifest["source"]
     assert source["name"] == "sd15-diffusers" and source["layout"] == "diffusers"
@@ -101,7 +103,10 @@ def test_manifest_says_what_was_converted(reference):
 @pytest.mark.parametrize("component", COMPONENTS)
 def test_component_matches_diffusers(reference, component):
     model, origin = reference.keras(component)
-    assert origin.source == "directory" and origin.prediction_type == "epsilon"
+    assert origin.source == "directory" and origin.path.endswith(f"{component}.safetensors")
+    # What the sampler will follow (shared.models.LoadedModels.prediction_type).
+    expected = "v_prediction" if component == "diffusion_model" else "epsilon"
+    assert origin.prediction_type == expected
     ours = run_keras(component, model, reference.x)
     theirs = reference_output(reference, component)
     error = relative_error(ours, theirs)
@@ -159,6 +164,7 @@ def test_single_file_converts_to_the_same_weights(reference, single_file):
     out = reference.root / "converted-single"
     manifest = convert(path, FAMILY, out)
     assert manifest["source"]["layout"] == "original"
+    assert manifest["prediction_type"] == "epsilon"  # a single file does not say
     assert manifest["prediction_type_from"].startswith("sd-v1")
     unused = manifest["not_converted"]
     assert unused["count"] == 2 and set(unused["examples"]) == {"alphas_cumprod", "model_ema.decay"}

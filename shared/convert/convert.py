@@ -183,11 +183,10 @@ def _prediction_type(
 def _read(files: TensorFiles, located: Located) -> np.ndarray:
     """The tensor in Keras layout; float16 stays float16, anything else is float32."""
     ref = located.ref
-    keep_half = files.dtype(ref.key) == "F16"
-    array = files.get(ref.key)
+    array = files.get(ref.key, keep_float16=True)
     if ref.rows is not None:
         array = array[ref.rows[0] : ref.rows[1]]
-    return to_keras(array, located.weight).astype(np.float16 if keep_half else np.float32)
+    return to_keras(array, located.weight)
 
 
 def _unused(source: Source, used: dict[str, set[str]]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ CONVERTED_FORMAT = "sdserve-keras-cv/1"
 def to_keras(array: np.ndarray, weight: Weight) -> np.ndarray:
     """A PyTorch-layout tensor in the layout of Keras weight `weight` (see Weight)."""
     if weight.kind != "kernel":
-        return array.reshape(weight.shape)
+        return np.ascontiguousarray(array.reshape(weight.shape))
     if len(weight.shape) == 2:
         if array.ndim == 4:  # a 1x1 convolution where Keras has a Dense
             array = array[:, :, 0, 0]

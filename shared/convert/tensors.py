@@ -91,11 +91,15 @@ class TensorFiles:
         """The stored dtype as safetensors names it: F32, F16, BF16, ..."""
         return str(self._where[key].get_slice(key).get_dtype())
 
-    def get(self, key: str) -> np.ndarray:
-        """The tensor as float32."""
-        if self.dtype(key) == "BF16":
+    def get(self, key: str, *, keep_float16: bool = False) -> np.ndarray:
+        """The tensor as float32 (a float16 one as it is, with `keep_float16`)."""
+        dtype = self.dtype(key)
+        if dtype == "BF16":
             return _read_bf16(self._path_of[key], key)
-        return np.asarray(self._where[key].get_tensor(key), dtype=np.float32)
+        tensor = self._where[key].get_tensor(key)
+        if dtype == "F16" and keep_float16:
+            return np.asarray(tensor)
+        return np.asarray(tensor, dtype=np.float32)
 
 
 def _read_bf16(path: Path, key: str) -> np.ndarray:

@@ -135,11 +135,27 @@ def detect_family(source: Source) -> str | None:
     return None
 
 
+def _input_channels(source: Source) -> int | None:
+    """The UNet's input channels (4; 9 for an inpainting UNet), if it has a conv_in."""
+    if not source.has("diffusion_model"):
+        return None
+    files = source.tensors("diffusion_model")
+    for ref in source.refs("sd-v1", "diffusion_model", "conv_in.weight"):
+        if ref.key in files and len(files.shape(ref.key)) == 4:
+            return files.shape(ref.key)[1]
+    return None
+
+
 def _failure(source: Source, family: str, problems: Problems) -> WeightsError:
     hint = ""
     foreign = source.foreign_kind()
     detected = detect_family(source)
-    if foreign is not None:
+    if _input_channels(source) == 9:
+        hint = (
+            " It is an inpainting UNet (9 input channels); sdserve serves the standard "
+            "4-channel UNet and inpaints with it (RePaint)."
+        )
+    elif foreign is not None:
         hint = f" It looks like {foreign}, which sdserve does not serve."
     elif detected is not None and detected != family:
         hint = f" Its UNet attends to {detected}'s text width: convert with --family {detected}."

@@ -61,6 +61,7 @@ def test_shape_mismatch_and_missing_tensors_are_named(tmp_path):
         in message
     )
     assert "text_encoder: 196 of its 196 tensors are missing" in message
+    assert "It is an inpainting UNet (9 input channels)" in message
     assert message.endswith("Nothing was written.")
 
 

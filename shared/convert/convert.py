@@ -41,12 +41,12 @@ from shared.convert.sources import (
 from shared.convert.tensors import TensorFiles
 from shared.errors import WeightsError
 from shared.sampler import PREDICTION_TYPES
+from shared.weights import CHECKSUMS_FILE
 
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "sdserve-weights.json"
 MANIFEST_FORMAT = "sdserve-weights/1"
-CHECKSUMS_FILE = "SHA256SUMS"
 ALL_COMPONENTS: tuple[PlannedComponent, ...] = (
     "text_encoder",
     "diffusion_model",

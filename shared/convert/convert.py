@@ -38,7 +38,7 @@ from shared.convert.sources import (
     open_source,
     sha256_file,
 )
-from shared.convert.tensors import TensorFiles
+from shared.convert.tensors import TensorFiles, write_tensors
 from shared.errors import WeightsError
 from shared.sampler import PREDICTION_TYPES
 from shared.weights import CHECKSUMS_FILE
@@ -274,8 +274,6 @@ def _write(
     predicted_from: str,
     say: Callable[[str], None],
 ) -> dict[str, Any]:
-    from safetensors.numpy import save_file
-
     out.parent.mkdir(parents=True, exist_ok=True)
     # Beside `out` (so the final rename stays on one file system), with the umask's mode.
     staging = out.parent / f".{out.name}.partial-{secrets.token_hex(4)}"
@@ -287,8 +285,16 @@ def _write(
             say(f"writing {COMPONENT_FILES[component]} ({len(entries)} tensors)")
             folder = DIFFUSERS_FOLDERS[component] if source.layout == "diffusers" else ""
             files = source.tensors(component)
-            tensors = {entry.weight.name: _read(files, entry) for entry in entries}
             used.setdefault(folder, set()).update(entry.ref.key for entry in entries)
+            # float16 stays float16; float32, bfloat16 (and anything else) become float32.
+            specs = [
+                (
+                    entry.weight.name,
+                    entry.weight.shape,
+                    np.dtype(np.float16 if files.dtype(entry.ref.key) == "F16" else np.float32),
+                )
+                for entry in entries
+            ]
             metadata = {
                 "format": CONVERTED_FORMAT,
                 "family": family,
@@ -297,9 +303,8 @@ def _write(
                 "source_sha256": source.sha256,
             }
             path = staging / COMPONENT_FILES[component]
-            save_file(tensors, str(path), metadata=metadata)
-            dtypes = Counter(str(t.dtype) for t in tensors.values())
-            del tensors
+            write_tensors(path, specs, (_read(files, entry) for entry in entries), metadata)
+            dtypes = Counter(str(dtype) for _, _, dtype in specs)
             described[component] = {
                 "file": path.name,
                 "sha256": sha256_file(path),

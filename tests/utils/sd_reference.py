@@ -100,23 +100,54 @@ def _slice(pool: Any, start: int, size: int) -> Any:
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
-def build(kind: str, family: str, seed: int) -> tuple[Any, dict[str, np.ndarray]]:
-    """(PyTorch model in eval mode, its float16 weights by diffusers / transformers name)."""
+def random_state(kind: str, family: str, seed: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(the model's diffusers config, its float16 random weights by state-dict name),
+    without building the model (its shapes come from the meta device)."""
     import torch
 
     with torch.device("meta"):
         model = _construct(kind, family)
     shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    weights = random_weights(shapes, seed)
-    model.load_state_dict(
-        {name: torch.from_numpy(w).float() for name, w in weights.items()}, assign=True
-    )
+    config = dict(getattr(model, "config", {})) if kind != "text_encoder" else {}
+    return config, random_weights(shapes, seed)
+
+
+def with_weights(kind: str, family: str, weights: dict[str, Any]) -> Any:
+    """The PyTorch model (eval mode, float32) holding `weights` (numpy or torch tensors)."""
+    import torch
+
+    with torch.device("meta"):
+        model = _construct(kind, family)
+    tensors = {
+        name: (torch.from_numpy(w) if isinstance(w, np.ndarray) else w).float()
+        for name, w in weights.items()
+    }  # .float() of a float32 tensor is the tensor itself, not a copy
+    model.load_state_dict(tensors, assign=True)
     for module in model.modules():  # buffers outside the state dict (CLIP's position ids)
         for name, buffer in list(module.named_buffers(recurse=False)):
             if buffer.is_meta:
                 assert name == "position_ids", name
                 module.register_buffer(name, torch.arange(buffer.shape[-1])[None], False)
-    return model.eval(), weights
+    return model.eval()
+
+
+def build(kind: str, family: str, seed: int) -> tuple[Any, dict[str, np.ndarray]]:
+    """(PyTorch model in eval mode, its float16 weights by diffusers / transformers name)."""
+    _, weights = random_state(kind, family, seed)
+    return with_weights(kind, family, weights), weights
+
+
+def from_folder(kind: str, family: str, folder: Path) -> Any:
+    """The PyTorch model of one part of a diffusers folder (`write_diffusers_folder`)."""
+    from safetensors import safe_open
+
+    weights: dict[str, Any] = {}
+    for path in sorted((folder / PART_FOLDERS[kind]).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
+                # float32 one tensor at a time: never the whole float16 file besides
+                weights[key] = handle.get_tensor(key).float()
+    return with_weights(kind, family, weights)
 
 
 def _construct(kind: str, family: str) -> Any:
@@ -133,26 +164,27 @@ def _construct(kind: str, family: str) -> Any:
     return CLIPTextModel(CLIPTextConfig(**TEXT_CONFIGS[family]))
 
 
-def write_diffusers_folder(
-    root: Path,
-    weights: dict[str, dict[str, np.ndarray]],
-    configs: dict[str, Any],
-    prediction_type: str,
-) -> None:
-    """A diffusers folder: <part>/<weights file>.safetensors + config.json per part, and
-    scheduler/scheduler_config.json saying what the UNet predicts."""
+PART_FOLDERS = {"unet": "unet", "vae": "vae", "text_encoder": "text_encoder"}
+PART_FILES = {
+    "unet": "diffusion_pytorch_model",
+    "vae": "diffusion_pytorch_model",
+    "text_encoder": "model",
+}
+
+
+def write_part(root: Path, part: str, weights: dict[str, np.ndarray], config: Any) -> None:
+    """One part of a diffusers folder: <part>/<file>.fp16.safetensors and config.json
+    (written with the safetensors package, as diffusers writes them)."""
     from safetensors.numpy import save_file
 
-    files = {
-        "unet": "diffusion_pytorch_model",
-        "vae": "diffusion_pytorch_model",
-        "text_encoder": "model",
-    }
-    for part, tensors in weights.items():
-        (root / part).mkdir(parents=True)
-        save_file(tensors, str(root / part / f"{files[part]}.fp16.safetensors"))
-        (root / part / "config.json").write_text(json.dumps(configs[part]))
-    (root / "scheduler").mkdir()
+    (root / part).mkdir(parents=True)
+    save_file(weights, str(root / part / f"{PART_FILES[part]}.fp16.safetensors"))
+    (root / part / "config.json").write_text(json.dumps(config, default=str))
+
+
+def write_scheduler(root: Path, prediction_type: str) -> None:
+    """scheduler/scheduler_config.json saying what the UNet predicts, and model_index.json."""
+    (root / "scheduler").mkdir(parents=True)
     scheduler = {"_class_name": "DDIMScheduler", "prediction_type": prediction_type}
     (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
     (root / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))

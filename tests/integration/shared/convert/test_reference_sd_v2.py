@@ -56,9 +56,9 @@ def reference(tmp_path_factory: pytest.TempPathFactory):
     vae, vae_w = sd_reference.build("vae", FAMILY, seed=12)
     folder = root / "sd21-diffusers"
     weights = {"text_encoder": text_w, "vae": vae_w}
-    sd_reference.write_diffusers_folder(
-        folder, weights, {"text_encoder": {}, "vae": dict(vae.config)}, "v_prediction"
-    )
+    sd_reference.write_part(folder, "text_encoder", text_w, {})
+    sd_reference.write_part(folder, "vae", vae_w, dict(vae.config))
+    sd_reference.write_scheduler(folder, "v_prediction")
     out = root / "converted"
     manifest = convert(folder, FAMILY, out, components=["text_encoder"])
     yield SimpleNamespace(

@@ -5,7 +5,6 @@ tests/integration/shared/convert/; these sources are a few tensors each.)
 """
 
 import json
-import struct
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ from safetensors.numpy import save_file
 
 from shared.convert.convert import convert
 from shared.convert.sources import open_source
-from shared.convert.tensors import TensorFiles
 from shared.errors import WeightsError
 
 UNET = "model.diffusion_model."
@@ -156,16 +154,3 @@ def test_the_scheduler_says_the_prediction_type(tmp_path):
     (root / "scheduler" / "scheduler_config.json").write_text('{"prediction_type": "sample"}')
     with pytest.raises(WeightsError, match="'sample' is not one sdserve samples"):
         open_source(root)
-
-
-def test_bfloat16_tensors_are_read_as_float32(tmp_path):
-    values = np.asarray([[1.5, -2.0], [0.15625, 3e38]], dtype=np.float32)
-    raw = (values.view(np.uint32) >> 16).astype("<u2").tobytes()  # exact in bfloat16
-    header = json.dumps({"w": {"dtype": "BF16", "shape": [2, 2], "data_offsets": [0, 8]}})
-    path = tmp_path / "bf16.safetensors"
-    path.write_bytes(struct.pack("<Q", len(header)) + header.encode() + raw)
-    with TensorFiles([path]) as files:
-        assert files.dtype("w") == "BF16"
-        read = files.get("w")
-    expected = (values.view(np.uint32) & 0xFFFF0000).view(np.float32)
-    assert read.dtype == np.float32 and np.array_equal(read, expected)

@@ -7,10 +7,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # What `make up` installs (running the stack: TensorFlow for the CPU), and what the
-# tests and tools add (`make test`, lint, benchmarks). On a GPU machine: EXTRAS=gpu,dev
-# (and RUN_EXTRAS=gpu).
+# tests and tools add (`make test`, lint, benchmarks; `reference`: the PyTorch diffusers /
+# transformers models `sdserve convert` is tested against, gigabytes with torch's CUDA
+# libraries). On a GPU machine: EXTRAS=gpu,dev,reference (and RUN_EXTRAS=gpu).
 RUN_EXTRAS ?= cpu
-EXTRAS ?= cpu,dev
+EXTRAS ?= cpu,dev,reference
 
 # The images' locked requirements (deploy/docker/Dockerfile installs them with
 # --require-hashes --no-deps), resolved for the images' Python and platform (the

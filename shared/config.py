@@ -14,6 +14,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # One way only: the families know nothing of settings, so each fact lives in its spec.
+from shared.convert.lora import LoraSpec, parse_lora_list
+from shared.convert.plan import PLANNED_FAMILIES
 from shared.families import get_family
 from shared.sampler_names import SamplerName, canonical_sampler
 
@@ -86,6 +88,9 @@ class Settings(BaseSettings):
     diffusion_weights: Path | None = None
     decoder_weights: Path | None = None
     image_encoder_weights: Path | None = None
+    # LoRA files merged into the UNet and text encoder at load, each at its scale:
+    # "a.safetensors:0.8,b.safetensors" (sd-v1 / sd-v2; see shared.convert.lora).
+    lora: Annotated[list[LoraSpec], NoDecode] = Field(default_factory=list)
     # Where the CLIP BPE vocabulary is; by default the copy packaged in shared/clip_vocab/.
     clip_vocab: Path | None = None
     sizes: Annotated[list[Size], NoDecode] = Field(default_factory=list)
@@ -214,6 +219,13 @@ class Settings(BaseSettings):
             return [parse_size(p) for p in parts]
         return value
 
+    @field_validator("lora", mode="before")
+    @classmethod
+    def _parse_lora(cls, value: object) -> object:
+        if isinstance(value, str):
+            return parse_lora_list(value)
+        return value
+
     @field_validator("allowed_hosts", mode="before")
     @classmethod
     def _parse_hosts(cls, value: object) -> object:
@@ -287,6 +299,8 @@ class Settings(BaseSettings):
             self.sizes = list(spec.default_sizes)
         if not self.weights:
             self.weights = spec.default_weights
+        if self.lora and self.model not in PLANNED_FAMILIES:
+            raise ValueError(f"lora: LoRA merges into sd-v1 and sd-v2 models, not {self.model}")
         if self.weights == "embedded" and self.model != "tiny":
             raise ValueError(
                 f"weights: only the tiny family has embedded weights; for {self.model} use "
@@ -327,10 +341,12 @@ class Settings(BaseSettings):
         """How the weights are described to clients (/v1/info, responses): a directory
         by its name only, never its path on the server."""
         if self.weights == "random":
-            return f"random (seed {self.weights_seed}, not trained)"
-        if self.weights in ("embedded", "pretrained"):
-            return self.weights
-        return f"directory {Path(self.weights).name}"
+            label = f"random (seed {self.weights_seed}, not trained)"
+        elif self.weights in ("embedded", "pretrained"):
+            label = self.weights
+        else:
+            label = f"directory {Path(self.weights).name}"
+        return label + "".join(f" + LoRA {spec.label}" for spec in self.lora)
 
     def api_key_list(self) -> list[str]:
         """Every configured API key: SDSERVE_API_KEYS and SDSERVE_API_KEYS_FILE's."""

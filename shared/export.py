@@ -25,7 +25,8 @@ functions :mod:`shared.sampler` runs in numpy for the services (``ddim_timesteps
 ``ddim_step``, given TensorFlow's ``ArrayOps``), so it is the same float32 sequence as the
 services (and keras-cv's ``generate_image``): timesteps ``round(arange(n) * 999 / (n - 1))``
 walked from the top, keras-cv's ``_ALPHAS_CUMPROD`` in float64, DDIM coefficients
-computed in float64 and rounded to float32, eps-prediction, classifier-free guidance as two
+computed in float64 and rounded to float32, eps-prediction (a v-predicting UNet's guided
+output is converted to noise first, as ``to_epsilon``), classifier-free guidance as two
 UNet calls (unconditional first) at the timesteps the family guides (all for sd-v1/sd-v2;
 ``tiny`` uses the prompted prediction alone below ``FamilySpec.guidance_from_timestep``),
 and the timestep embedding computed with the very ops keras-cv uses.
@@ -60,6 +61,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +77,7 @@ from shared.sampler import (
     guidance_applies,
     guided_eps,
     tensorflow_ops,
+    v_to_epsilon,
 )
 
 if TYPE_CHECKING:
@@ -164,7 +167,11 @@ def _decoder_module(model: keras.Model, family: ModelFamily, settings: Settings,
 
 
 def _diffusion_module(
-    model: keras.Model, family: ModelFamily, settings: Settings, size: Size
+    model: keras.Model,
+    family: ModelFamily,
+    settings: Settings,
+    size: Size,
+    prediction_type: str = "epsilon",
 ) -> Any:
     tf = _tf()
     width, height = size
@@ -238,6 +245,8 @@ def _diffusion_module(
                 guided_eps(eps_cond, eps_uncond, guidance_scale),
                 eps_cond,
             )
+            if prediction_type == "v_prediction":  # as shared.sampler.to_epsilon
+                eps = v_to_epsilon(eps, x, alphas[i], ops)
             return i - 1, ddim_step(x, eps, alphas[i], alphas_prev[i], ops)
 
         # From the noisiest timestep down, as keras-cv walks them.
@@ -384,7 +393,10 @@ def export_savedmodels(
     }
     for stage, component in STAGES.items():
         model, origin = build_component(family, component, size, settings, precision)
-        module, signatures = _EXPORTERS[stage](model, family, settings, size)
+        exporter = _EXPORTERS[stage]
+        if stage == "diffusion":
+            exporter = partial(_diffusion_module, prediction_type=origin.prediction_type)
+        module, signatures = exporter(model, family, settings, size)
         stage_dir = out / stage
         stage_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".tmp", dir=stage_dir))
@@ -408,6 +420,7 @@ def export_savedmodels(
             info["cfg"] = "one batched UNet call" if settings.batched_cfg == "on" else "two calls"
             info["sampler"] = EXPORTED_SAMPLER
             info["guidance_from_timestep"] = family.spec.guidance_from_timestep
+            info["prediction_type"] = origin.prediction_type
             info["noise"] = NOISE_NOTE
         if stage == "text_encoder":
             info["pad_token"] = family.spec.pad_token

@@ -12,12 +12,13 @@ import os
 import time
 from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from shared.config import Settings, Size
+from shared.convert.lora import LORA_COMPONENTS, merge_loras
 from shared.execution import ExecutionStrategy
 from shared.families.base import TIMESTEP_EMBEDDING_DIM, Component, ModelFamily
 from shared.weights import WeightsOrigin, load_component_weights
@@ -274,6 +275,12 @@ class LoadedModels:
     def random_weights(self) -> bool:
         return any(o.source == "random" for o in self.origins.values())
 
+    @property
+    def prediction_type(self) -> str:
+        """What the loaded UNet outputs (its weights say; "epsilon" without a UNet)."""
+        origin = self.origins.get("diffusion_model")
+        return "epsilon" if origin is None else origin.prediction_type
+
 
 def build_component(
     family: ModelFamily, component: Component, size: Size, settings: Settings, precision: str
@@ -294,6 +301,9 @@ def build_component(
         cache_dir=settings.cache_dir,
         seed=seed,
     )
+    if settings.lora and component in LORA_COMPONENTS:
+        merged = merge_loras(model, family.spec.name, component, settings.lora)
+        origin = replace(origin, loras=merged)
     if origin.source == "random":
         log.warning(
             "%s %s has RANDOM weights (seed %d): outputs are noise, for tests and smoke runs",

@@ -38,6 +38,8 @@ from shared.sampler_names import DEFAULT_SAMPLER, SamplerName
 
 NUM_TRAIN_TIMESTEPS = 1000
 MAX_SEED = 2**32 - 1
+# What a UNet's output can be (diffusers' names): noise, or v (SD 2.x 768x768 models).
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 # (latent, timestep_embedding, context) -> predicted noise, all batched on axis 0.
 NoisePredictor = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -170,6 +172,19 @@ def ddim_step(latent: Any, eps: Any, alpha: Any, alpha_prev: Any, ops: ArrayOps 
     return eps * coefficient(1.0 - alpha_prev) + coefficient(alpha_prev) * pred_x0
 
 
+def v_to_epsilon(v: Any, latent: Any, alpha: Any, ops: ArrayOps = NUMPY_OPS) -> Any:
+    """The noise a v-prediction stands for: eps = sqrt(a) v + sqrt(1 - a) x_t.
+
+    A v-predicting UNet (SD 2.x's 768x768 models) outputs v = sqrt(a) eps - sqrt(1 - a) x0
+    (Salimans & Ho 2022); with x_t = sqrt(a) x0 + sqrt(1 - a) eps this is its noise.
+    `alpha` is float64 like `ddim_step`'s, its square roots rounded to float32 the same way.
+    """
+    return (
+        ops.astype(ops.sqrt(alpha), "float32") * v
+        + ops.astype(ops.sqrt(1 - alpha), "float32") * latent
+    )
+
+
 # DDIM's timesteps are whole; the k-diffusion samplers' are fractional and depend on the
 # step count, so the cache is bounded.
 @lru_cache(maxsize=8192)
@@ -270,6 +285,8 @@ class Row:
     # that of the step being taken, which becomes it when the row moves on.
     old_denoised: np.ndarray | None = field(init=False, default=None)
     step_denoised: np.ndarray | None = field(init=False, default=None, repr=False)
+    # What the UNet outputs for this row: "epsilon" (noise) or "v_prediction" (to_epsilon).
+    prediction_type: str = "epsilon"
     # Index into `timesteps` of the next step to run; sampling runs from the top down.
     position: int = field(init=False)
     resamples_done: int = field(init=False, default=0)
@@ -289,6 +306,8 @@ class Row:
         self.position = steps - 1
         if self.mask is not None and self.known_latent is None:
             raise ValueError("inpainting needs the known (init) latent")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}")
 
     @property
     def done(self) -> bool:
@@ -426,10 +445,29 @@ def k_diffusion_update(row: Row, eps: np.ndarray) -> None:
     row.after_update(float(row.alphas[position]), float(row.alphas_prev[position]))
 
 
+def to_epsilon(rows: Sequence[Row], output: np.ndarray) -> np.ndarray:
+    """Each row's (guided) model output as the noise it stands for.
+
+    Rows whose UNet predicts noise pass through untouched (the same array, so sampling
+    them stays byte-equal to keras-cv); v-prediction rows are converted at their own
+    timestep. Guidance combines v as it combines noise (the conversion is affine in the
+    output, with the same x_t for both passes), so converting after guidance is exact and
+    is the order diffusers' schedulers use.
+    """
+    converted = [i for i, row in enumerate(rows) if row.prediction_type == "v_prediction"]
+    if not converted:
+        return output
+    eps = output.copy()
+    for i in converted:
+        row = rows[i]
+        eps[i] = v_to_epsilon(output[i], row.latent[0], float(row.alphas[row.position]))
+    return eps
+
+
 def sample_step(predict: NoisePredictor, rows: Sequence[Row], *, batched_cfg: bool) -> None:
     """One UNet evaluation (two without batched CFG) advancing every row by one step,
-    each with its own sampler."""
-    eps = guided_noise(predict, rows, batched_cfg=batched_cfg)
+    each with its own sampler (a v-predicting UNet's output read as noise first)."""
+    eps = to_epsilon(rows, guided_noise(predict, rows, batched_cfg=batched_cfg))
     ddim = [i for i, row in enumerate(rows) if row.sigmas is None]
     if len(ddim) == len(rows):
         ddim_update(rows, eps)

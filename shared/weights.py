@@ -4,10 +4,16 @@ Sources, in order of precedence for one component:
 1. a single file for that component (`SDSERVE_DIFFUSION_WEIGHTS=...`, a fine-tuned UNet);
 2. `random`: the seeded initialisation the model was built with (tests, offline smoke);
 3. `embedded`: the directory shipped inside the package (tiny), like 4 below;
-4. a local directory holding keras-cv's published files (sha256-checked, never downloads);
+4. a local directory (sha256-checked, never downloads): `<component>.safetensors` or
+   `<component>.weights.h5` listed in its SHA256SUMS (what `sdserve convert` writes, and
+   tiny's layout), else keras-cv's published file names checked against keras-cv's hashes;
 5. `pretrained`: keras-cv's published files, downloaded once into the cache, sha256-checked.
 
-Only `.h5`, `.weights.h5` and `.safetensors` files are read; nothing is ever unpickled.
+Only `.h5`, `.weights.h5` and `.safetensors` files are read; nothing is ever unpickled. A
+`.safetensors` file written by `sdserve convert` (shared.convert) is keyed by diffusers
+names and loaded through the family's conversion plan; any other is keyed by Keras
+variable paths (`save_safetensors`). LoRA files (SDSERVE_LORA) are merged afterwards, by
+shared.models, with shared.convert.lora.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import logging
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +31,7 @@ import httpx
 
 from shared.errors import WeightsError
 from shared.families.base import Component, ModelFamily, PublishedWeights
+from shared.sampler import PREDICTION_TYPES
 
 if TYPE_CHECKING:
     import keras
@@ -45,12 +52,22 @@ class WeightsOrigin:
     path: str | None = None
     sha256: str | None = None
     seed: int | None = None
+    # What a UNet's output is: "epsilon" (noise) or "v_prediction" (sdserve convert's
+    # metadata says; every other source predicts noise).
+    prediction_type: str = "epsilon"
+    # LoRA merged on top, as "file.safetensors (scale 0.8)" (file names only).
+    loras: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
+        """What /v1/info shows: the file's name, never its path on this machine."""
         if self.source == "random":
-            return f"random (seed {self.seed}, not trained)"
-        return f"{self.source}:{self.path} (sha256 {str(self.sha256)[:12]}…)"
+            text = f"random (seed {self.seed}, not trained)"
+        else:
+            text = f"{self.source}:{Path(str(self.path)).name} (sha256 {str(self.sha256)[:12]}…)"
+        if self.prediction_type != "epsilon":
+            text += f", predicts {self.prediction_type}"
+        return text + "".join(f" + LoRA {lora}" for lora in self.loras)
 
 
 def sha256_of(path: Path) -> str:
@@ -83,25 +100,36 @@ def _verify(path: Path, expected: str, how_to_fix: str) -> str:
 def resolve_directory_file(
     family: ModelFamily, component: Component, directory: Path
 ) -> tuple[Path, str]:
-    """The file for `component` in a weights directory, with its checked sha256."""
+    """The file for `component` in a weights directory, with its checked sha256.
+
+    A `<component>.safetensors` or `<component>.weights.h5` listed in the directory's
+    SHA256SUMS wins (converted checkpoints, tiny); otherwise keras-cv's published file.
+    """
+    sums = _read_checksums(directory)
+    own_names = (f"{component}.safetensors", f"{component}.weights.h5")
+    for filename in own_names:
+        if filename in sums:
+            path = directory / filename
+            if not path.is_file():
+                raise WeightsError(
+                    f"{family.spec.name} {component}: {filename} is listed in "
+                    f"{CHECKSUMS_FILE} but missing from {directory}"
+                )
+            return path, _verify(path, sums[filename], f"check {directory / CHECKSUMS_FILE}")
     published = family.published_weights.get(component)
     if published is not None:
         path = directory / published.filename
         if not path.is_file():
             raise WeightsError(
                 f"{family.spec.name} {component}: {published.filename} is missing from "
-                f"{directory}; download it from {published.url}"
+                f"{directory}; download it from {published.url}, or convert a checkpoint "
+                f"there with `sdserve convert`"
             )
         return path, _verify(path, published.sha256, "the file is corrupt or not keras-cv's")
-    filename = f"{component}.weights.h5"
-    path = directory / filename
-    expected = _read_checksums(directory).get(filename)
-    if not path.is_file() or expected is None:
-        raise WeightsError(
-            f"{family.spec.name} {component}: need {filename} and its line in "
-            f"{CHECKSUMS_FILE} in {directory}"
-        )
-    return path, _verify(path, expected, f"check {directory / CHECKSUMS_FILE}")
+    raise WeightsError(
+        f"{family.spec.name} {component}: need {own_names[1]} (or {own_names[0]}) and its "
+        f"line in {CHECKSUMS_FILE} in {directory}"
+    )
 
 
 def fetch_published(published: PublishedWeights, cache_dir: Path) -> tuple[Path, str]:
@@ -144,29 +172,42 @@ def fetch_published(published: PublishedWeights, cache_dir: Path) -> tuple[Path,
     return target, actual
 
 
-def load_weights_file(model: keras.Model, path: Path, *, what: str) -> None:
-    """Load `.h5` (keras-cv/legacy), `.weights.h5` (Keras 3) or `.safetensors` weights."""
+def load_weights_file(
+    model: keras.Model, path: Path, family: ModelFamily, component: Component
+) -> dict[str, str]:
+    """Load `.h5` (keras-cv/legacy), `.weights.h5` (Keras 3) or `.safetensors` weights.
+
+    Returns a converted file's metadata (family, component, prediction type), else {}.
+    """
+    what = f"{family.spec.name} {component}"
     name = path.name
     try:
         if name.endswith(".safetensors"):
-            _load_safetensors(model, path)
-        elif name.endswith(".h5"):
+            return _load_safetensors(model, path, family, component)
+        if name.endswith(".h5"):
             with warnings.catch_warnings():
                 # Keras only warns when parts of a file do not match the model and keeps
                 # those layers randomly initialised; a partial load must not pass as a load.
                 warnings.filterwarnings("error", message=".*(Skipping|retain).*")
                 model.load_weights(str(path))
-        else:
-            raise WeightsError(f"{what}: {path} is not .h5, .weights.h5 or .safetensors")
+            return {}
+        raise WeightsError(f"{what}: {path} is not .h5, .weights.h5 or .safetensors")
     except WeightsError:
         raise
     except Exception as exc:  # Keras raises bare ValueErrors for mismatched files.
         raise WeightsError(f"{what}: cannot load {path}: {exc}") from None
 
 
-def _load_safetensors(model: keras.Model, path: Path) -> None:
+def _load_safetensors(
+    model: keras.Model, path: Path, family: ModelFamily, component: Component
+) -> dict[str, str]:
     from safetensors.numpy import load_file
 
+    from shared.convert.keras_weights import CONVERTED_FORMAT, load_converted, read_metadata
+
+    metadata = read_metadata(path)
+    if metadata.get("format") == CONVERTED_FORMAT:
+        return load_converted(model, path, family.spec.name, component)
     tensors = load_file(str(path))
     variables = {v.path: v for v in model.weights}
     missing = sorted(set(variables) - set(tensors))
@@ -183,6 +224,7 @@ def _load_safetensors(model: keras.Model, path: Path) -> None:
                 f"{path}: {key} has shape {value.shape}, model needs {tuple(variable.shape)}"
             )
         variable.assign(value)
+    return {}
 
 
 def save_safetensors(model: keras.Model, path: Path) -> None:
@@ -203,10 +245,10 @@ def load_component_weights(
     seed: int = 0,
 ) -> WeightsOrigin:
     """Put the configured weights into a freshly built (randomly initialised) model."""
-    what = f"{family.spec.name} {component}"
     if override is not None:
-        load_weights_file(model, override, what=what)
-        return WeightsOrigin("file", str(override), sha256_of(override))
+        metadata = load_weights_file(model, override, family, component)
+        origin = WeightsOrigin("file", str(override), sha256_of(override))
+        return _with_metadata(origin, metadata, component)
     if source == "random":
         return WeightsOrigin("random", seed=seed)
     if source == "pretrained":
@@ -226,5 +268,42 @@ def load_component_weights(
     else:
         path, digest = resolve_directory_file(family, component, Path(source))
         origin = WeightsOrigin("directory", str(path), digest)
-    load_weights_file(model, path, what=what)
-    return origin
+    metadata = load_weights_file(model, path, family, component)
+    if origin.source == "directory":
+        _check_manifest(Path(source), metadata, family, component)
+    return _with_metadata(origin, metadata, component)
+
+
+def _with_metadata(
+    origin: WeightsOrigin, metadata: dict[str, str], component: Component
+) -> WeightsOrigin:
+    """The origin with what a converted UNet's metadata says it predicts."""
+    if component != "diffusion_model":
+        return origin
+    predicted = metadata.get("prediction_type", "epsilon")
+    if predicted not in PREDICTION_TYPES:
+        raise WeightsError(
+            f"{Path(str(origin.path)).name}: prediction_type {predicted!r} is not one of "
+            f"{', '.join(PREDICTION_TYPES)}"
+        )
+    return replace(origin, prediction_type=predicted)
+
+
+def _check_manifest(
+    directory: Path, metadata: dict[str, str], family: ModelFamily, component: Component
+) -> None:
+    """A converted directory's manifest and the file loaded from it must agree."""
+    from shared.convert.convert import read_manifest
+
+    manifest = read_manifest(directory)
+    if manifest is None or not metadata:
+        return
+    for key, expected in (
+        ("family", family.spec.name),
+        ("prediction_type", metadata.get("prediction_type")),
+    ):
+        if manifest.get(key) != expected:
+            raise WeightsError(
+                f"{directory}: the manifest says {key} {manifest.get(key)!r} but "
+                f"{component}'s file says {expected!r}; convert the checkpoint again"
+            )

@@ -8,6 +8,9 @@
   saves the images as PNG files; Ctrl-C cancels the job on the gateway.
 * ``sdserve export-savedmodel`` (:mod:`central.cli.export_savedmodel`) writes the three
   stages as TF Serving SavedModels.
+* ``sdserve convert SOURCE --family sd-v1|sd-v2 --out DIR`` (:mod:`central.cli.convert`)
+  converts a diffusers folder or a single-file SD checkpoint into weights the families
+  load (:mod:`shared.convert`).
 
 The parser is in :mod:`central.cli.parser`, the shared argument types in
 :mod:`central.cli.arguments`. Nothing heavy is imported at import time (no TensorFlow,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from central.cli import export_savedmodel, generate, up
+from central.cli import convert, export_savedmodel, generate, up
 
 
 def _version() -> str:
@@ -28,4 +28,5 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_parser(commands)
     generate.add_parser(commands)
     export_savedmodel.add_parser(commands)
+    convert.add_parser(commands)
     return parser

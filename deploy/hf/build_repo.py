@@ -13,8 +13,10 @@ receives:
 * for the handlers that tokenize (all-in-one, text-encoder), the CLIP BPE vocabulary
   ``bpe_simple_vocab_16e6.txt.gz``, from ``--clip-vocab`` or the copy packaged in
   ``shared/clip_vocab/`` (the handler finds it in the repository);
-* with ``--weights DIR``, the weights files of DIR (``*.h5``, ``*.safetensors`` and
-  ``SHA256SUMS``), which the handler then loads (sha256-checked) instead of random ones.
+* with ``--weights DIR``, the weights files of DIR (``*.h5``, ``*.safetensors``,
+  ``SHA256SUMS`` and, for a directory ``sdserve convert`` wrote, its manifest
+  ``sdserve-weights.json``), which the handler then loads (sha256-checked) instead of
+  random ones.
 
 Then push OUT_DIR to the Hub (weights through git-lfs) and create the endpoint; see
 deploy/hf/README.md.
@@ -34,7 +36,7 @@ HANDLERS = ("all-in-one", "text-encoder", "diffusion", "decoder")
 TOKENIZING = frozenset({"all-in-one", "text-encoder"})
 PACKAGES = ("shared",)
 CLIP_VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
-WEIGHTS_PATTERNS = ("*.h5", "*.safetensors", "SHA256SUMS")
+WEIGHTS_PATTERNS = ("*.h5", "*.safetensors", "SHA256SUMS", "sdserve-weights.json")
 
 
 def _find_clip_vocab(explicit: Path | None) -> Path:

@@ -169,6 +169,10 @@ class LocalDiffusion(LocalStage):
         latent_shape = self.family.latent_shape(params.height, params.width)
         schedule = sampler_schedule(params.sampler, params.steps)
         guidance_from = self.family.spec.guidance_from_timestep
+        # What the loaded UNet predicts (converted SD 2.x 768 models: v); warm-up runs
+        # before `self.models` is set, so fall back to the models just built.
+        models = self.models or self._built
+        prediction_type = "epsilon" if models is None else models.prediction_type
 
         def pick(array: np.ndarray, i: int) -> np.ndarray:
             # Batch 1 is shared by every image of the request.
@@ -194,6 +198,7 @@ class LocalDiffusion(LocalStage):
                 rng=rng,
                 sampler=params.sampler,
                 sigmas=schedule.sigmas,
+                prediction_type=prediction_type,
             )
             if known is None:
                 row.start_from_noise()

@@ -125,3 +125,18 @@ def test_parse_size():
     with pytest.raises(ValueError):
         parse_size("512")
     assert isinstance(Settings().sizes, list)
+
+
+def test_lora_setting(monkeypatch, tmp_path):
+    style = tmp_path / "style.safetensors"
+    style.write_bytes(b"")
+    monkeypatch.setenv("SDSERVE_LORA", f"{style}:0.8")
+    settings = load_settings(model="sd-v1", weights="random")
+    assert [(spec.path, spec.scale) for spec in settings.lora] == [(style, 0.8)]
+    assert settings.weights_label.endswith("+ LoRA style.safetensors (scale 0.8)")
+    assert str(tmp_path) not in settings.weights_label
+    with pytest.raises(ConfigError, match="SDSERVE_LORA: LoRA merges into sd-v1 and sd-v2"):
+        load_settings(model="tiny")
+    monkeypatch.setenv("SDSERVE_LORA", str(tmp_path / "style.ckpt"))
+    with pytest.raises(ConfigError, match=r"SDSERVE_LORA: .*pickle"):
+        load_settings(model="sd-v1", weights="random")

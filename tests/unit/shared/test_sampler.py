@@ -13,6 +13,7 @@ from shared.sampler import (
     sample_step,
     sampler_schedule,
     timestep_embedding,
+    to_epsilon,
 )
 from shared.sampler_names import SAMPLER_NAMES, SamplerName
 
@@ -273,3 +274,38 @@ def test_mask_goes_to_the_latent_grid_by_any_pixel() -> None:
     blurred = mask_to_latent_grid(pixels, 8, blur=1)
     assert blurred[0, 1, 2, 0] == 1
     assert 0 < blurred[0, 1, 1, 0] < 1 and blurred[0, 3, 0, 0] == 0
+
+
+def test_noise_predictions_pass_through_to_epsilon_untouched() -> None:
+    rows = [_row(1, 5), _row(2, 3)]
+    output = np.random.default_rng(0).standard_normal((2, 4, 4, 4)).astype(np.float32)
+    assert to_epsilon(rows, output) is output  # same array: DDIM stays keras-cv's
+
+
+def test_v_predictions_become_noise_at_each_rows_own_timestep() -> None:
+    """v = sqrt(a) eps - sqrt(1 - a) x0 and x_t = sqrt(a) x0 + sqrt(1 - a) eps give back
+    eps, in a batch mixing a v row, at its own timestep, with a noise row."""
+    rng = np.random.default_rng(1)
+    eps, x0 = rng.standard_normal((2, 1, 4, 4, 4))
+    v_row, eps_row = _row(1, 5), _row(2, 3)
+    v_row.prediction_type = "v_prediction"
+    v_row.position = 2  # a mid-schedule step; the noise row is at its first
+    a = float(v_row.alphas[2])
+    v_row.latent = (math.sqrt(a) * x0 + math.sqrt(1 - a) * eps).astype(np.float32)
+    v = (math.sqrt(a) * eps - math.sqrt(1 - a) * x0).astype(np.float32)
+    noise_out = rng.standard_normal((1, 4, 4, 4)).astype(np.float32)
+    converted = to_epsilon([v_row, eps_row], np.concatenate([v, noise_out]))
+    np.testing.assert_allclose(converted[0:1], eps, atol=1e-5)
+    np.testing.assert_array_equal(converted[1:], noise_out)
+
+
+def test_rows_take_only_known_prediction_types() -> None:
+    with pytest.raises(ValueError, match="prediction_type"):
+        Row(
+            latent=initial_noise(0, (4, 4, 4)),
+            context=np.zeros((1, 77, 8), np.float32),
+            unconditional_context=np.zeros((1, 77, 8), np.float32),
+            guidance_scale=1.0,
+            timesteps=ddim_timesteps(2),
+            prediction_type="sample",
+        )

@@ -155,3 +155,39 @@ def test_sd_v1_published_file_layout_from_directory_and_cache(tmp_path):
     origin = _load(cached, family, "decoder", source="pretrained", cache_dir=weights_dir)
     assert origin.source == "pretrained"
     assert _same_weights(cached, reference)
+
+
+def test_converted_files_listed_in_checksums_win_over_published_names(tmp_path):
+    """What `sdserve convert` writes (<component>.safetensors + SHA256SUMS) is read for
+    sd-v1 instead of keras-cv's file names and hashes."""
+    from shared.weights import resolve_directory_file
+
+    family = get_family("sd-v1")
+    (tmp_path / "diffusion_model.safetensors").write_bytes(b"weights")
+    digest = sha256_of(tmp_path / "diffusion_model.safetensors")
+    (tmp_path / CHECKSUMS_FILE).write_text(f"{digest}  diffusion_model.safetensors\n")
+    path, checked = resolve_directory_file(family, "diffusion_model", tmp_path)
+    assert path.name == "diffusion_model.safetensors" and checked == digest
+    # Not listed: keras-cv's published name is what is looked for.
+    with pytest.raises(WeightsError, match=r"kcv_decoder\.h5 is missing.*sdserve convert"):
+        resolve_directory_file(family, "decoder", tmp_path)
+    (tmp_path / CHECKSUMS_FILE).write_text(f"{'0' * 64}  diffusion_model.safetensors\n")
+    with pytest.raises(WeightsError, match="sha256"):
+        resolve_directory_file(family, "diffusion_model", tmp_path)
+
+
+def test_labels_name_files_never_their_paths():
+    from shared.weights import WeightsOrigin
+
+    origin = WeightsOrigin(
+        "directory",
+        "/srv/secret/sd15/diffusion_model.safetensors",
+        "ab" * 32,
+        prediction_type="v_prediction",
+        loras=("style.safetensors (scale 0.8)",),
+    )
+    assert origin.label == (
+        "directory:diffusion_model.safetensors (sha256 abababababab…), predicts "
+        "v_prediction + LoRA style.safetensors (scale 0.8)"
+    )
+    assert "/srv" not in origin.label

@@ -36,12 +36,11 @@ from shared.convert.sources import (
     PredictionType,
     Source,
     open_source,
-    sha256_file,
 )
 from shared.convert.tensors import TensorFiles, write_tensors
 from shared.errors import WeightsError
 from shared.sampler import PREDICTION_TYPES
-from shared.weights import CHECKSUMS_FILE
+from shared.weights import CHECKSUMS_FILE, sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +306,7 @@ def _write(
             dtypes = Counter(str(dtype) for _, _, dtype in specs)
             described[component] = {
                 "file": path.name,
-                "sha256": sha256_file(path),
+                "sha256": sha256_of(path),
                 "tensors": len(entries),
                 "dtypes": dict(sorted(dtypes.items())),
             }

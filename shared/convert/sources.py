@@ -27,6 +27,7 @@ from shared.convert.plan import PlannedComponent
 from shared.convert.tensors import PICKLE_ADVICE, PICKLE_SUFFIXES, TensorFiles, refuse_pickle
 from shared.errors import WeightsError
 from shared.sampler import PREDICTION_TYPES
+from shared.weights import sha256_of
 
 Layout = Literal["diffusers", "original"]
 PredictionType = Literal["epsilon", "v_prediction"]
@@ -47,14 +48,6 @@ _FOREIGN_MARKERS = {
 }
 _SHARD_RE = re.compile(r"-\d{5}-of-\d{5}$")
 _MODELSPEC_PREDICTION = {"epsilon": "epsilon", "v": "v_prediction", "v_prediction": "v_prediction"}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -124,7 +117,7 @@ class Source:
         """sha256 of every file read (the manifest records them)."""
         for rel in self.files:
             path = self.root if self.layout == "original" else self.root / rel
-            self.files[rel] = sha256_file(path)
+            self.files[rel] = sha256_of(path)
 
 
 def open_source(path: Path) -> Source:

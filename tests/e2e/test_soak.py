@@ -12,7 +12,7 @@ from shared.service_process import ServiceProcess, run_services
 
 TINY = {"SDSERVE_MODEL": "tiny", "SDSERVE_SIZES": "64x64"}  # embedded weights
 WARM_UP = int(os.environ.get("SDSERVE_SOAK_WARMUP", "40"))
-REQUESTS = int(os.environ.get("SDSERVE_SOAK_REQUESTS", "300"))
+REQUESTS = int(os.environ.get("SDSERVE_SOAK_REQUESTS", "200"))
 CONCURRENCY = 4
 
 

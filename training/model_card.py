@@ -111,10 +111,7 @@ def _text_to_image_scores(result: evaluate.TextToImageResult) -> dict[str, Any]:
 
 def _phrasing_scores(result: evaluate.TextToImageResult) -> dict[str, Any]:
     by_template: dict[str, list[bool]] = {}
-    for prompt, template, verdict in zip(
-        result.prompts, _templates(result), result.verdicts, strict=True
-    ):
-        del prompt
+    for template, verdict in zip(_templates(result), result.verdicts, strict=True):
         by_template.setdefault(template, []).append(verdict.colour_and_shape)
     return {
         **_text_to_image_scores(result),

@@ -82,7 +82,7 @@ class GatewayService:
             "limits": {
                 "max_images_per_request": settings.max_images_per_request,
                 "max_steps": settings.max_steps,
-                "default_steps": settings.default_steps,
+                "default_steps": settings.steps,
                 "default_guidance_scale": settings.guidance_scale,
                 "default_sampler": settings.sampler,
             },

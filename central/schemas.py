@@ -197,7 +197,7 @@ class HfTextToImageRequest(BaseModel):
                 {
                     "width": int(p.width) if p.width else default_width,
                     "height": int(p.height) if p.height else default_height,
-                    "steps": p.num_inference_steps or settings.default_steps,
+                    "steps": p.num_inference_steps or settings.steps,
                     "guidance_scale": _or_default(p.guidance_scale, settings),
                     "seed": p.seed,
                     "n": 1,

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import io
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -154,12 +155,18 @@ def decode_edit(
     )
 
 
+# The settings of the model a request names (Catalog.settings_for): its family's
+# defaults and sizes apply.
+SettingsOf = Callable[[str | None], Settings]
+
+
 async def edit_from_json(
-    payload: Any, settings: Settings
+    payload: Any, settings_of: SettingsOf
 ) -> tuple[ImageEditJson, GenerationParams, EditInputs]:
     """An edit's JSON form (base64 image, greyscale mask: white = repaint; no mask: the
     image's own transparency)."""
     body = validated(ImageEditJson, payload)
+    settings = settings_of(body.model)
 
     def decode() -> tuple[GenerationParams, EditInputs]:
         image = b64_bytes(body.image, param="image")
@@ -171,7 +178,7 @@ async def edit_from_json(
 
 
 async def edit_from_form(
-    request: Request, settings: Settings
+    request: Request, settings_of: SettingsOf
 ) -> tuple[ImageEditFields, GenerationParams, EditInputs]:
     """An edit's OpenAI multipart form (image and mask files; mask alpha 0 = repaint; no
     mask: the image's own alpha 0)."""
@@ -185,6 +192,7 @@ async def edit_from_form(
         ImageEditFields,
         {k: v for k, v in form.items() if k not in ("image", "mask") and isinstance(v, str)},
     )
+    settings = settings_of(fields.model)
     image_bytes = await image.read()
     mask_bytes = await mask.read() if mask is not None else None
     params, edit = await off_loop(
@@ -194,14 +202,14 @@ async def edit_from_form(
 
 
 async def read_edit(
-    request: Request, settings: Settings
+    request: Request, settings_of: SettingsOf
 ) -> tuple[ImageEditFields, GenerationParams, EditInputs]:
     """An edit in either form the edits route takes, by its media type."""
     kind = media_type(request)
     if kind == "application/json":
-        return await edit_from_json(await read_json(request), settings)
+        return await edit_from_json(await read_json(request), settings_of)
     if kind == "multipart/form-data":
-        return await edit_from_form(request, settings)
+        return await edit_from_form(request, settings_of)
     raise UnsupportedMediaType(
         "send the header Content-Type: multipart/form-data (OpenAI) or application/json",
         param="Content-Type",

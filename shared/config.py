@@ -106,7 +106,8 @@ class Settings(BaseSettings):
 
     # --- limits ---
     max_images_per_request: int = Field(default=4, ge=1, le=64)
-    default_steps: int = Field(default=25, ge=1, le=1000)
+    # Empty: the family's (its spec's default_steps).
+    default_steps: int | None = Field(default=None, ge=1, le=1000)
     # Empty: the family's (its spec's default_guidance_scale).
     default_guidance_scale: float | None = Field(default=None, ge=0, le=MAX_GUIDANCE_SCALE)
     # Any name shared.sampler_names accepts ("dpmpp_2m_karras", "DPM++ 2M Karras", ...).
@@ -254,6 +255,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"{origin!r} is not an origin like https://app.example.com")
         return origins
 
+    @field_validator("default_steps", "default_guidance_scale", mode="before")
+    @classmethod
+    def _empty_is_the_familys(cls, value: object) -> object:
+        return None if value == "" else value
+
     @field_validator("default_sampler", mode="before")
     @classmethod
     def _parse_sampler(cls, value: object) -> object:
@@ -313,14 +319,21 @@ class Settings(BaseSettings):
                     f"sizes: {width}x{height} is not a multiple of {multiple}, "
                     f"which the {self.model} family needs"
                 )
-        if self.default_steps > self.max_steps:
-            raise ValueError("default_steps: must not exceed max_steps")
+        if self.steps > self.max_steps:
+            raise ValueError(f"default_steps: {self.steps} must not exceed max_steps")
         if self.environment == "production":
             if self.weights == "random":
                 raise ValueError("weights: random weights are refused in production")
             if not self.internal_tokens:
                 raise ValueError("internal_token: must be set in production")
         return self
+
+    @property
+    def steps(self) -> int:
+        """The steps a request gets when it names none (set, or the family's)."""
+        if self.default_steps is None:
+            return get_family(self.model).spec.default_steps
+        return self.default_steps
 
     @property
     def guidance_scale(self) -> float:

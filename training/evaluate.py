@@ -142,11 +142,18 @@ async def text_to_image(
     return await _judged(chain, scenes, [s.caption() for s in scenes], seed, steps, sampler)
 
 
-async def phrasings_to_image(chain: Chain, count: int, seed: int = 0) -> TextToImageResult:
+async def phrasings_to_image(
+    chain: Chain,
+    count: int,
+    seed: int = 0,
+    *,
+    steps: int = STEPS,
+    sampler: SamplerName = DEFAULT_SAMPLER,
+) -> TextToImageResult:
     """Held-out combinations, captioned in held-out phrasings (training.phrasing)."""
     phrased = held_out_phrasings(count, seed)
     return await _judged(
-        chain, [p.scene for p in phrased], [p.prompt for p in phrased], seed, STEPS
+        chain, [p.scene for p in phrased], [p.prompt for p in phrased], seed, steps, sampler
     )
 
 
@@ -243,7 +250,14 @@ class InpaintResult:
     raw_outside_psnr: list[float]  # the model alone, before that overlay
 
 
-async def inpaint(chain: Chain, count: int, seed: int = 0) -> InpaintResult:
+async def inpaint(
+    chain: Chain,
+    count: int,
+    seed: int = 0,
+    *,
+    steps: int = STEPS,
+    sampler: SamplerName = DEFAULT_SAMPLER,
+) -> InpaintResult:
     """One generation per case, measured as served and as the model alone.
 
     The default overlay (`keep_unmasked`) is pure post-processing of the decoded image,
@@ -257,7 +271,12 @@ async def inpaint(chain: Chain, count: int, seed: int = 0) -> InpaintResult:
         for image, mask in zip(inputs, masks, strict=True)
     ]
     raw, _ = await _generate(
-        chain, [c.target.caption() for c in cases], [seed * 1000 + i for i in range(count)], edits
+        chain,
+        [c.target.caption() for c in cases],
+        [seed * 1000 + i for i in range(count)],
+        edits,
+        steps=steps,
+        sampler=sampler,
     )
     # The same call, on the same inputs, that the chain makes when keep_unmasked is on.
     images = [
@@ -281,7 +300,14 @@ class Img2ImgResult:
     psnr: list[float]
 
 
-async def img2img(chain: Chain, count: int, seed: int = 0) -> Img2ImgResult:
+async def img2img(
+    chain: Chain,
+    count: int,
+    seed: int = 0,
+    *,
+    steps: int = STEPS,
+    sampler: SamplerName = DEFAULT_SAMPLER,
+) -> Img2ImgResult:
     scenes = held_out_scenes(count, seed + 2)
     inputs = [render(s) for s in scenes]
     images, _ = await _generate(
@@ -290,6 +316,8 @@ async def img2img(chain: Chain, count: int, seed: int = 0) -> Img2ImgResult:
         [seed * 1000 + i for i in range(count)],
         [EditInputs(image=i) for i in inputs],
         strength=IMG2IMG_STRENGTH,
+        steps=steps,
+        sampler=sampler,
     )
     return Img2ImgResult(
         scenes, inputs, images, [psnr(o, i) for o, i in zip(images, inputs, strict=True)]

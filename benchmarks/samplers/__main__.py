@@ -7,6 +7,8 @@ benchmarks/README.md.
     python -m benchmarks.samplers --quick                # 32 prompts: a rough, preliminary look
     python -m benchmarks.samplers --only euler_ancestral # one sampler again, keeping the others
     python -m benchmarks.samplers --render-only          # re-render from samplers.json
+    python -m benchmarks.samplers --only card --card-settings ddim:8,ddim:10
+                                      # the model card's scores there and at DDIM 25
 """
 
 from __future__ import annotations
@@ -25,13 +27,15 @@ from benchmarks.harness import (
     section_parser,
 )
 from benchmarks.host import cpu_and_memory, package_version
-from benchmarks.samplers.measure import section_sampler, weights_description
-from benchmarks.samplers.report import derive, render_markdown, write_chart
-from shared.sampler_names import SAMPLER_NAMES
+from benchmarks.samplers.measure import section_card, section_sampler, weights_description
+from benchmarks.samplers.report import CARD_SECTION, derive, render_markdown, write_chart
+from shared.families import get_family
+from shared.sampler_names import SAMPLER_NAMES, SamplerName, canonical_sampler
 from training.scenes import held_out_count
 
 DEFAULT_STEPS = (5, 10, 15, 25)
 QUICK_PROMPTS = 32
+SECTIONS = (*SAMPLER_NAMES, CARD_SECTION)
 
 
 def _steps(text: str) -> list[int]:
@@ -44,11 +48,26 @@ def _steps(text: str) -> list[int]:
     return steps
 
 
+def _card_settings(text: str) -> list[tuple[SamplerName, int]]:
+    settings = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        sampler, _, steps = item.partition(":")
+        try:
+            settings.append((canonical_sampler(sampler), int(steps)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is not SAMPLER:STEPS (e.g. ddim:10)"
+            ) from None
+    if not settings or min(steps for _, steps in settings) < 1:
+        raise argparse.ArgumentTypeError("give at least one SAMPLER:STEPS, steps at least 1")
+    return settings
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = section_parser(
         "samplers",
         __doc__,
-        SAMPLER_NAMES,
+        SECTIONS,
         quick_help=f"{QUICK_PROMPTS} prompts instead of every held-out one (preliminary)",
         render_help="re-render samplers.md and samplers.png from samplers.json, measuring nothing",
     )
@@ -66,10 +85,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma list of step counts (default: 5,10,15,25; DDIM's 25 is the reference)",
     )
     parser.add_argument("--weights", default="embedded", help="tiny's weights (default: embedded)")
+    spec = get_family("tiny").spec
+    parser.add_argument(
+        "--card-settings",
+        type=_card_settings,
+        default=[(spec.default_sampler, spec.default_steps)],
+        help="the card section: comma list of SAMPLER:STEPS to score beside the card's own "
+        f"(ddim:25); default: tiny's served default, {spec.default_sampler}:{spec.default_steps}",
+    )
     parser.add_argument(
         "--note", default="", help="a line for the report's head (marks the results preliminary)"
     )
-    args = parse_section_args(parser, SAMPLER_NAMES, argv)
+    args = parse_section_args(parser, SECTIONS, argv)
     if args.prompts is None:
         args.prompts = QUICK_PROMPTS if args.quick else held_out_count()
     if not 1 <= args.prompts <= held_out_count():
@@ -100,7 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         write_chart(report, outputs.out_dir)
         log(f"re-rendered {outputs.md_path} and the chart from samplers.json")
         return 0
-    plan = {"prompts": args.prompts, "steps": args.steps, "samplers": args.sections}
+    plan = {
+        "prompts": args.prompts,
+        "steps": args.steps,
+        "sections": args.sections,
+        "card_settings": [f"{sampler}:{steps}" for sampler, steps in args.card_settings],
+    }
     run = SectionRun(
         outputs,
         args,
@@ -111,7 +143,14 @@ def main(argv: list[str] | None = None) -> int:
         derive=derive,
     )
     log(f"{args.mode} run of {args.sections}: {args.prompts} prompts at {args.steps} steps")
-    run.run({name: functools.partial(section_sampler, name, args) for name in args.sections})
+    run.run(
+        {
+            name: functools.partial(section_card, args)
+            if name == CARD_SECTION
+            else functools.partial(section_sampler, name, args)
+            for name in args.sections
+        }
+    )
     run.save()
     write_chart(run.report, outputs.out_dir)
     log(

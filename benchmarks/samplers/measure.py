@@ -83,3 +83,57 @@ def section_sampler(sampler: SamplerName, args: argparse.Namespace) -> Record:
         accuracy = scores["colour_and_shape"]
         log(f"{sampler} {steps} steps: colour+shape {accuracy} % ({seconds:.1f} s)")
     return {"sampler": sampler, "by_steps": by_steps}
+
+
+# ----------------------------------------------------------------- the card's measures
+
+# The model card's own settings (training.evaluate.STEPS when it was scored) and case count.
+CARD_SAMPLER: SamplerName = "ddim"
+CARD_STEPS = 25
+EDIT_CASES = 24
+
+
+def card_setting_label(sampler: SamplerName, steps: int) -> str:
+    return f"{sampler}:{steps}"
+
+
+def section_card(args: argparse.Namespace) -> Record:
+    """Every score of tiny's model card (held-out prompts in the grammar and in held-out
+    phrasings, inpainting, image to image, the last preview) at the card's settings and at
+    each of `args.card_settings`, so a new default is shown to keep the card's scores."""
+    chain = _chain(args.weights, args.prompts)
+    settings = [(CARD_SAMPLER, CARD_STEPS), *args.card_settings]
+    measured: Record = {}
+    for sampler, steps in dict.fromkeys(settings):
+        started = time.perf_counter()
+        scores = asyncio.run(_card_scores(chain, args.prompts, sampler, steps))
+        scores["seconds"] = round(time.perf_counter() - started, 1)
+        measured[card_setting_label(sampler, steps)] = scores
+        log(
+            f"card at {sampler} {steps} steps: colour+shape "
+            f"{scores['text_to_image']['colour_and_shape']} %, phrasings "
+            f"{scores['held_out_phrasings']['colour_and_shape']} % ({scores['seconds']} s)"
+        )
+    return {"reference": card_setting_label(CARD_SAMPLER, CARD_STEPS), "settings": measured}
+
+
+async def _card_scores(chain: Chain, prompts: int, sampler: SamplerName, steps: int) -> Record:
+    import numpy as np
+
+    grammar = await evaluate.text_to_image(chain, prompts, steps=steps, sampler=sampler)
+    phrased = await evaluate.phrasings_to_image(chain, prompts, steps=steps, sampler=sampler)
+    inpainted = await evaluate.inpaint(chain, EDIT_CASES, steps=steps, sampler=sampler)
+    i2i = await evaluate.img2img(chain, EDIT_CASES, steps=steps, sampler=sampler)
+    preview = evaluate.last_preview_scores(grammar)
+    return {
+        "text_to_image": {name: round(100 * grammar.rate(name), 2) for name in ATTRIBUTES},
+        "held_out_phrasings": {name: round(100 * phrased.rate(name), 2) for name in ATTRIBUTES},
+        "inpainting_colour_and_shape_inside": round(
+            100 * float(np.mean([v.colour_and_shape for v in inpainted.verdicts])), 2
+        ),
+        "img2img_psnr_db_min": round(float(np.min(i2i.psnr)), 2),
+        "img2img_psnr_db_median": round(float(np.median(i2i.psnr)), 2),
+        "last_preview_psnr_db_median": round(float(np.median(preview.psnr)), 2),
+        "prompts": prompts,
+        "edit_cases": EDIT_CASES,
+    }

@@ -13,6 +13,23 @@ REFERENCE_SAMPLER: SamplerName = "ddim"
 REFERENCE_STEPS = 25
 TOLERANCE_POINTS = 2.0
 CHART = "samplers.png"
+CARD_SECTION = "card"
+# What "the card's scores hold" means for a new default, measure by measure: (path into a
+# setting's scores, label, unit, the most it may fall below the card's own settings; None:
+# shown, not judged). Accuracies may fall 2 points, as the samplers' verdicts allow;
+# inpainting one case of 24; image to image 1 dB. The last preview is taken one step
+# before the end, so fewer steps change what it shows: reported only.
+CARD_MEASURES: tuple[tuple[str, str, str, float | None], ...] = (
+    ("text_to_image.colour_and_shape", "held-out prompts, colour + shape", "%", 2.0),
+    ("text_to_image.place", "held-out prompts, place", "%", 2.0),
+    ("held_out_phrasings.colour", "held-out phrasings, colour", "%", 2.0),
+    ("held_out_phrasings.shape", "held-out phrasings, shape", "%", 2.0),
+    ("held_out_phrasings.colour_and_shape", "held-out phrasings, colour + shape", "%", 2.0),
+    ("inpainting_colour_and_shape_inside", "inpainting, colour + shape inside", "%", 100 / 24),
+    ("img2img_psnr_db_min", "image to image at 0.2, PSNR min", "dB", 1.0),
+    ("img2img_psnr_db_median", "image to image at 0.2, PSNR median", "dB", 1.0),
+    ("last_preview_psnr_db_median", "last preview vs image, PSNR median", "dB", None),
+)
 
 
 def _measured(report: Record) -> dict[SamplerName, Record]:
@@ -25,8 +42,35 @@ def _measured(report: Record) -> dict[SamplerName, Record]:
     }
 
 
+def _card_value(scores: Record, path: str) -> float | None:
+    value: Any = scores
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def card_verdicts(section: Record) -> dict[str, list[str]]:
+    """For each setting beside the card's own: the measures that fell further than
+    CARD_MEASURES allows (empty: the card's scores hold there)."""
+    settings = section.get("settings", {})
+    reference = settings.get(section.get("reference"), {})
+    failing: dict[str, list[str]] = {}
+    for label, scores in settings.items():
+        if label == section.get("reference"):
+            continue
+        failing[label] = []
+        for path, name, _unit, allowed in CARD_MEASURES:
+            ours, card = _card_value(scores, path), _card_value(reference, path)
+            if allowed is not None and (ours is None or card is None or ours < card - allowed):
+                failing[label].append(name)
+    return failing
+
+
 def derive(report: Record) -> None:
     """Add the reference (DDIM at 25 steps) and each sampler's verdict to the report."""
+    card = report.get("sections", {}).get(CARD_SECTION)
+    if card and not card.get("_error"):
+        report["card_verdicts"] = card_verdicts(card)
     measured = _measured(report)
     reference_run = measured.get(REFERENCE_SAMPLER, {}).get("by_steps", {})
     reference = reference_run.get(str(REFERENCE_STEPS), {}).get("colour_and_shape")
@@ -152,6 +196,37 @@ def reading(report: Record) -> str | None:
     )
 
 
+def _card(section: Record) -> list[str]:
+    settings = section["settings"]
+    reference = section["reference"]
+    labels = [reference, *(label for label in settings if label != reference)]
+    failing = card_verdicts(section)
+    lines = [
+        "The model card's scores at its own settings (DDIM, 25 steps) and at each candidate "
+        "default: the same prompts, seeds and cases. A candidate keeps the card's scores when "
+        "no judged measure falls further than allowed.",
+        "",
+        "| measure | allowed fall | "
+        + " | ".join(f"`{label}`" + (" (card)" if label == reference else "") for label in labels)
+        + " |",
+        "|---|---:|" + "---:|" * len(labels),
+    ]
+    for path, name, unit, allowed in CARD_MEASURES:
+        cells = []
+        for label in labels:
+            value = _card_value(settings[label], path)
+            mark = " ✗" if name in failing.get(label, []) else ""
+            cells.append(("—" if value is None else f"{value:.1f} {unit}") + mark)
+        shown = "shown only" if allowed is None else f"{allowed:.1f} {unit}"
+        lines.append(f"| {name} | {shown} | " + " | ".join(cells) + " |")
+    seconds = " | ".join(fmt(settings[label].get("seconds")) for label in labels)
+    lines += [f"| seconds (all of the above) | | {seconds} |", ""]
+    for label, fails in failing.items():
+        verdict = "**hold**" if not fails else "do not hold: " + ", ".join(fails)
+        lines.append(f"- At `{label}` the card's scores {verdict}.")
+    return lines
+
+
 def _notes(report: Record) -> list[str]:
     notes = [
         "Accuracy is the model card's measure (training.judge): the largest blob of the "
@@ -206,6 +281,9 @@ def render_markdown(report: Record) -> str:
             lines += section_block(
                 f"{SAMPLERS[name].label} (`{name}`)", report["sections"][name], _detail
             )
+    card = report.get("sections", {}).get(CARD_SECTION)
+    if card:
+        lines += section_block("The model card's scores at a new default", card, _card)
     machine = report.get("machine", {})
     lines += [
         "## Machine",

@@ -118,7 +118,7 @@ class A1111Api:
     ) -> TextToImageResponse:
         with a1111_names():
             model, size, sampler = await self._plan(body, key)
-            fields = body.job_fields(self.settings, size, model, sampler)
+            fields = body.job_fields(self.catalog.settings_for(model), size, model, sampler)
             if isinstance(body, Img2ImgRequest):
                 fields.update(await self._edit_fields(body, model))
             record = await self.runner.submit(fields, key)
@@ -153,8 +153,12 @@ class A1111Api:
             model = self.find_model(body.checkpoint, param=f"override_settings.{CHECKPOINT}")
         else:
             model = await self.selected_model(key)
-        size = body.size(self.catalog.chain_for(model).settings.sizes)
-        return model, size, choose_sampler(body.requested_sampler, self.settings.sampler)
+        settings = self.catalog.settings_for(model)
+        return (
+            model,
+            body.size(settings.sizes),
+            choose_sampler(body.requested_sampler, settings.sampler),
+        )
 
     def _run_info(
         self,

@@ -105,7 +105,7 @@ class GenerationFields(BaseModel):
             "prompt": self.prompt or "",
             "negative_prompt": self.negative_prompt or None,
             "n": self.n,
-            "steps": self.steps or settings.default_steps,
+            "steps": self.steps or settings.steps,
             "guidance_scale": settings.guidance_scale if self.cfg_scale is None else self.cfg_scale,
             "seed": None if self.seed in (None, -1) else self.seed,
             "size": format_size(size),

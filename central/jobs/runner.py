@@ -144,7 +144,7 @@ class JobRunner:
 
     async def submit(self, body: Any, key: str | None = None) -> JobRecord:
         """Validate and start a job (bad parameters are a 422, not a failed job)."""
-        spec = await parse_job(body, self.settings)
+        spec = await parse_job(body, self.catalog.settings_for)
         self.catalog.check(spec.params)
         record = JobRecord.new(spec.kind, spec.total, key)
         await self.store.create(
@@ -316,7 +316,7 @@ class JobRunner:
             await self._end_claimed(record, "failed")
             return
         try:
-            spec = await stored_job(await self.store.request(job_id), self.settings)
+            spec = await stored_job(await self.store.request(job_id), self.catalog.settings_for)
         except SdserveError as exc:  # the deployment changed under it (a model removed)
             record.error = _error(exc.error_type, exc.message, exc.param)
             await self._end_claimed(record, "failed")

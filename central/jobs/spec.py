@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from central.schemas import ImageGenerationRequest, JobKind
-from central.serving import edit_from_json
-from shared.config import Settings
+from central.serving import SettingsOf, edit_from_json
 from shared.errors import InvalidInput
 from shared.pipeline.contract import validated
 from shared.pipeline.types import EditInputs, GenerationParams
@@ -36,7 +35,7 @@ class JobSpec:
         return json.dumps(self.body, separators=(",", ":"))
 
 
-async def parse_job(body: Any, settings: Settings) -> JobSpec:
+async def parse_job(body: Any, settings_of: SettingsOf) -> JobSpec:
     """A POST /v1/jobs body: a generations body, or an edits JSON body with kind "edit"
     (422 naming the field when it is wrong). A body without a seed gets one now."""
     if not isinstance(body, dict):
@@ -46,13 +45,19 @@ async def parse_job(body: Any, settings: Settings) -> JobSpec:
     kind = body.get("kind", "generation")
     if kind == "generation":
         generation = validated(ImageGenerationRequest, body)
-        return JobSpec(kind, generation.to_params(settings), None, generation.response_format, body)
+        return JobSpec(
+            kind,
+            generation.to_params(settings_of(generation.model)),
+            None,
+            generation.response_format,
+            body,
+        )
     if kind == "edit":
-        edit_body, params, edit = await edit_from_json(body, settings)
+        edit_body, params, edit = await edit_from_json(body, settings_of)
         return JobSpec(kind, params, edit, edit_body.response_format, body)
     raise InvalidInput('kind must be "generation" or "edit"', param="kind")
 
 
-async def stored_job(encoded: str, settings: Settings) -> JobSpec:
+async def stored_job(encoded: str, settings_of: SettingsOf) -> JobSpec:
     """A job's stored body, parsed again on the replica that takes it over."""
-    return await parse_job(json.loads(encoded), settings)
+    return await parse_job(json.loads(encoded), settings_of)

@@ -31,7 +31,9 @@ def images_router(catalog: Catalog, settings: Settings) -> APIRouter:
     )
     async def generations(body: ImageGenerationRequest, request: Request) -> ImagesResponse:
         """Text to image, in the OpenAI Images API shape (plus per-image seeds and timings)."""
-        result, pngs = await generate_pngs(request, catalog, body.to_params(settings))
+        result, pngs = await generate_pngs(
+            request, catalog, body.to_params(catalog.settings_for(body.model))
+        )
         return images_response(result, pngs, body.response_format)
 
     @router.post(
@@ -43,7 +45,7 @@ def images_router(catalog: Catalog, settings: Settings) -> APIRouter:
     )
     async def edits(request: Request) -> ImagesResponse:
         """Inpainting (with a mask) or image to image (without), OpenAI `images.edit` shape."""
-        fields, params, edit = await read_edit(request, settings)
+        fields, params, edit = await read_edit(request, catalog.settings_for)
         result, pngs = await generate_pngs(request, catalog, params, edit)
         return images_response(result, pngs, fields.response_format)
 

@@ -96,6 +96,8 @@ class FamilySpec:
     guidance_from_timestep: int = 0
     # The sampler a request that names none gets (shared.sampler_names).
     default_sampler: SamplerName = DEFAULT_SAMPLER
+    # The denoising steps a request that names none gets (keras-cv's text_to_image: 50).
+    default_steps: int = 25
     # The words the family's training captions used, when they were few (tiny's synthetic
     # scenes): a prompt with others gets a warning (shared.families.vocabulary). None: no
     # vocabulary declared, no warnings.

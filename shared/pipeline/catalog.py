@@ -127,6 +127,14 @@ class Catalog:
             )
         return chain
 
+    def settings_for(self, name: str | None) -> Settings:
+        """The settings of the model a request names (its family's default steps,
+        guidance, sampler and sizes fill in what the request leaves out)."""
+        chain = self.chain_for(name)
+        # Without a models file, the one model is the gateway's own settings' (a chain
+        # given already built may have been built with other limits: the gateway's count).
+        return chain.settings if self.settings.models_file is not None else self.settings
+
     def check(self, params: GenerationParams) -> DenoiseParams:
         return self.chain_for(params.model).check(params)
 

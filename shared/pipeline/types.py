@@ -97,7 +97,7 @@ class DenoiseParams(BaseModel):
 def denoise_defaults(settings: Settings) -> dict[str, Any]:
     """The diffusion parameters a deployment fills in when a caller leaves them out."""
     return {
-        "steps": settings.default_steps,
+        "steps": settings.steps,
         "guidance_scale": settings.guidance_scale,
         "sampler": settings.sampler,
     }

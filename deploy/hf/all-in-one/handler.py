@@ -130,7 +130,7 @@ class EndpointHandler:
         fields = {
             "width": width,
             "height": height,
-            "steps": _whole(parameters, "num_inference_steps", self.settings.default_steps),
+            "steps": _whole(parameters, "num_inference_steps", self.settings.steps),
             "guidance_scale": _real(parameters, "guidance_scale", self.settings.guidance_scale),
             "seed": None if seed is None else int(seed),
             "sampler": parameters.get("scheduler") or self.settings.sampler,

@@ -221,7 +221,7 @@ def test_all_in_one_defaults_every_parameter(handlers: dict[str, Any]) -> None:
     image = handler({"inputs": "a cat", "parameters": {"num_inference_steps": 2}})
     assert image.size == (SIZE, SIZE)
     defaults = handler.parse({"inputs": "a cat"})
-    assert defaults.denoise.steps == handler.settings.default_steps
+    assert defaults.denoise.steps == handler.settings.steps
     assert defaults.denoise.guidance_scale == handler.settings.guidance_scale
     assert defaults.denoise.sampler == "ddim"
 

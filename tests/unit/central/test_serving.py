@@ -123,7 +123,7 @@ def test_uploads_are_decoded_and_pngs_encoded_off_the_event_loop(
     payload = {"prompt": "x", "image": base64.b64encode(RED).decode()}
 
     async def main() -> int:
-        await edit_from_json(payload, SETTINGS)
+        await edit_from_json(payload, lambda _model: SETTINGS)
         await encode_pngs(np.zeros((2, 8, 8, 3), np.uint8))
         return threading.get_ident()
 

@@ -10,7 +10,13 @@ from typing import Any
 import pytest
 
 from benchmarks.samplers.__main__ import parse_args
-from benchmarks.samplers.report import derive, reading, render_markdown, write_chart
+from benchmarks.samplers.report import (
+    card_verdicts,
+    derive,
+    reading,
+    render_markdown,
+    write_chart,
+)
 
 RESULTS = Path(__file__).resolve().parents[4] / "benchmarks" / "results"
 
@@ -97,3 +103,46 @@ def test_options() -> None:
         parse_args(["--steps", "0,5"])
     with pytest.raises(SystemExit):
         parse_args(["--prompts", "1000"])
+    card = parse_args(["--only", "card", "--card-settings", "DDIM:8, Euler a:12"])
+    assert card.sections == ["card"]
+    assert card.card_settings == [("ddim", 8), ("euler_ancestral", 12)]
+    for wrong in ("ddim", "ddim:0", "plms:10", ""):
+        with pytest.raises(SystemExit):
+            parse_args(["--card-settings", wrong])
+
+
+def _card_scores(accuracy: float, inpainting: float, img2img: float) -> dict[str, Any]:
+    accuracies = {"colour_and_shape": accuracy, "place": 100.0, "colour": 99.0, "shape": accuracy}
+    return {
+        "text_to_image": accuracies,
+        "held_out_phrasings": accuracies,
+        "inpainting_colour_and_shape_inside": inpainting,
+        "img2img_psnr_db_min": img2img,
+        "img2img_psnr_db_median": img2img + 3,
+        "last_preview_psnr_db_median": 5.0,  # shown, never judged
+        "seconds": 10.0,
+    }
+
+
+def test_the_cards_scores_hold_unless_a_measure_falls_further_than_allowed() -> None:
+    section = {
+        "reference": "ddim:25",
+        "settings": {
+            "ddim:25": _card_scores(96.0, 95.8, 27.0),
+            "ddim:10": _card_scores(94.0, 91.7, 26.0),  # each exactly at its limit
+            "ddim:8": _card_scores(93.9, 87.5, 25.9),  # each just past it
+        },
+    }
+    failing = card_verdicts(section)
+    assert failing["ddim:10"] == []
+    assert "held-out prompts, colour + shape" in failing["ddim:8"]
+    assert "inpainting, colour + shape inside" in failing["ddim:8"]
+    assert "image to image at 0.2, PSNR min" in failing["ddim:8"]
+    assert "image to image at 0.2, PSNR median" in failing["ddim:8"]
+    report = {**_report({"ddim": {25: 96.0}}), "mode": "full", "machine": {}}
+    report["sections"]["card"] = {**section, "_finished_utc": "now", "_seconds": 1}
+    derive(report)
+    assert report["card_verdicts"] == failing
+    text = render_markdown(report)
+    assert "At `ddim:10` the card's scores **hold**." in text
+    assert "| `ddim:25` (card) | `ddim:10` | `ddim:8` |" in text

@@ -102,7 +102,7 @@ def test_sizes_and_counts_map_or_name_the_field() -> None:
         SETTINGS, (64, 64), "tiny", choose_sampler(None, "ddim")
     )
     assert fields["n"] == 4 and fields["seed"] is None and fields["size"] == "64x64"
-    assert fields["steps"] == SETTINGS.default_steps and fields["sampler"] == "ddim"
+    assert fields["steps"] == SETTINGS.steps and fields["sampler"] == "ddim"
     assert fields["guidance_scale"] == SETTINGS.guidance_scale
     with pytest.raises(InvalidInput) as too_many:
         Txt2ImgRequest(prompt="x", n_iter=SETTINGS.max_images_per_request + 1).check_n(SETTINGS)

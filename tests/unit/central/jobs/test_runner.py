@@ -25,6 +25,7 @@ from central.jobs.records import JobEvent
 from central.jobs.store import MemoryJobStore
 from shared.config import Settings
 from shared.errors import UpstreamUnavailable
+from shared.pipeline.catalog import Catalog
 from shared.pipeline.chain import Chain
 from tests.utils.gateway import SETTINGS, collect, wait_for_step, wait_until_done
 from tests.utils.redis_server import RedisServer
@@ -56,11 +57,11 @@ async def runners(
 ) -> AsyncIterator[list[JobRunner]]:
     """`count` runners (gateway replicas) sharing one store, heartbeats running."""
     store = open_store(settings)
-    started = [JobRunner(chain, settings, store)]  # type: ignore[arg-type]
+    started = [JobRunner(Catalog(settings, chains={"tiny": chain}), settings, store)]
     # Replicas of a Redis store each have their own client, as separate processes do.
     for _ in range(count - 1):
         other = store if store.kind == "memory" else open_store(settings)
-        started.append(JobRunner(chain, settings, other))  # type: ignore[arg-type]
+        started.append(JobRunner(Catalog(settings, chains={"tiny": chain}), settings, other))
     for runner in started:
         await runner.start()
     try:
@@ -346,7 +347,7 @@ def test_a_writer_lagging_behind_the_model_still_writes_every_event_and_the_end(
 
     async def main() -> tuple[list[JobEvent], dict[str, Any]]:
         store = SlowStore(max_jobs=4, ttl_s=60, lease_s=10)
-        runner = JobRunner(chain, settings, store)  # type: ignore[arg-type]
+        runner = JobRunner(Catalog(settings, chains={"tiny": chain}), settings, store)
         await runner.start()
         try:
             record = await runner.submit({**BODY, "steps": 20})

@@ -11,12 +11,13 @@ Request, as ``huggingface_hub.InferenceClient(...).text_to_image(...)`` sends it
                     "num_inference_steps": 25, "guidance_scale": 7.5, "seed": 42}}
 
 Every parameter is optional: height and width default to the first served size
-(SDSERVE_SIZES), num_inference_steps to SDSERVE_DEFAULT_STEPS, guidance_scale to
-SDSERVE_DEFAULT_GUIDANCE_SCALE (the family's: 7.5 for sd-v1/sd-v2, 5 for tiny) and seed to
-a random one. Numbers may be floats when whole (64.0). ``scheduler`` picks the sampler
-(a diffusers class such as DPMSolverMultistepScheduler or EulerAncestralDiscreteScheduler,
-or any name the gateway's ``sampler`` takes: "DPM++ 2M Karras", "euler_ancestral", ...;
-default SDSERVE_DEFAULT_SAMPLER, else the family's: DDIM). Other parameters are ignored.
+(SDSERVE_SIZES), num_inference_steps to SDSERVE_DEFAULT_STEPS (the family's: 25, 8 for
+tiny), guidance_scale to SDSERVE_DEFAULT_GUIDANCE_SCALE (the family's: 7.5 for sd-v1/sd-v2,
+5 for tiny) and seed to a random one. Numbers may be floats when whole (64.0).
+``scheduler`` picks the sampler (a diffusers class such as DPMSolverMultistepScheduler or
+EulerAncestralDiscreteScheduler, or any name the gateway's ``sampler`` takes: "DPM++ 2M
+Karras", "euler_ancestral", ...; default SDSERVE_DEFAULT_SAMPLER, else the family's: DDIM).
+Other parameters are ignored.
 
 Response: a ``PIL.Image.Image``, which the Inference Toolkit sends as image/png (ask for
 it with ``Accept: image/png``; InferenceClient does). Bad input raises ValueError naming

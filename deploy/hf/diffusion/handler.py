@@ -20,9 +20,9 @@ The .npz holds ``context`` and ``unconditional_context`` (1 or n, 77, D) float32
 the text encoder handler returns as ``npz``), plus ``init_latent`` (1 or n, h, w, C) for
 img2img and inpaint, plus ``mask`` (1 or n, h, w, 1) in [0, 1] on the latent grid
 (1 = repaint) for inpaint. float16 members are accepted. Parameters default to the first
-served size, SDSERVE_DEFAULT_STEPS, SDSERVE_DEFAULT_GUIDANCE_SCALE (the family's: 7.5
-for sd-v1/sd-v2, 5 for tiny), SDSERVE_DEFAULT_SAMPLER (else DDIM), a random seed, n = 1,
-txt2img; image i uses seed + i.
+served size, SDSERVE_DEFAULT_STEPS (the family's: 25, 8 for tiny),
+SDSERVE_DEFAULT_GUIDANCE_SCALE (the family's: 7.5 for sd-v1/sd-v2, 5 for tiny),
+SDSERVE_DEFAULT_SAMPLER (else DDIM), a random seed, n = 1, txt2img; image i uses seed + i.
 
 Response (JSON)::
 

@@ -26,6 +26,7 @@ from PIL import Image
 from central.cli import main
 from central.cli.generate import output_paths
 from central.cli.parser import build_parser
+from shared.families import get_family
 from shared.service_process import ServiceProcess
 
 REPO = Path(__file__).resolve().parents[4]
@@ -115,7 +116,8 @@ def test_generate_leaves_unset_fields_to_the_server(
     captured = capsys.readouterr()
     seed = int(captured.out.split("(seed ")[1].rstrip(")\n"))  # drawn by the server
     assert seed >= 0
-    assert "25/25" in captured.err  # the server's default steps
+    steps = get_family("tiny").spec.default_steps
+    assert f"{steps}/{steps}" in captured.err  # the server's default steps
 
 
 def test_generate_numbers_several_images(

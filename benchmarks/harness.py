@@ -191,6 +191,8 @@ class SectionRun:
             section["_load_after"] = load_average()
             section["_finished_utc"] = utc_now()
             section["_mode"] = self.mode
+            # Sections kept from earlier runs were measured by other commands.
+            section["_command"] = self.report["command"]
             self.report["sections"][name] = section
             self.save()
             log(f"=== {name} done in {section['_seconds']} s")
@@ -226,10 +228,11 @@ def section_block(
 ) -> list[str]:
     """A measured section: its heading, when and under what load it was measured, then
     its tables, or the error it failed with."""
+    command = f" by `{section['_command']}`" if section.get("_command") else ""
     lines = [
         f"## {heading}",
         "",
-        f"Measured {section.get('_finished_utc')}, {section.get('_seconds')} s; load "
+        f"Measured {section.get('_finished_utc')}{command}, {section.get('_seconds')} s; load "
         f"average before {section.get('_load_before')}, after {section.get('_load_after')}.",
         "",
     ]

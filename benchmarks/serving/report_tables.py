@@ -104,13 +104,20 @@ def render_keras_cv(section: Record) -> list[str]:
     ]
     lines = [
         f"sd-v1 at {s['size']}, {s['steps']} steps, batch 1, guidance 7.5, in one child "
-        "process. keras-cv's `StableDiffusion` object is given the very Keras models our "
-        "stages built (same random weights) through its `_tokenizer`, `_text_encoder`, "
+        "process. keras-cv's `StableDiffusion` object is given Keras models with our stages' "
+        "weights (same random weights) through its `_tokenizer`, `_text_encoder`, "
         "`_diffusion_model` and `_decoder` attributes; for its default the models are "
         "compiled with `jit_compile=True`, as keras-cv's own properties do. Ours is the "
         "in-process `shared.pipeline.chain.Chain` (all-in-one, no HTTP, no PNG encoding; keras-cv "
         "returns arrays too) with the `auto` execution strategy "
-        f"{section.get('ours_execution')}. Ours and keras-cv jit_compile=False alternate; "
+        f"{section.get('ours_execution')}"
+        + (
+            f", XLA per model {section['ours_components']} (keras-cv gets its own text "
+            "encoder and decoder, so its setting decides theirs)"
+            if section.get("ours_components")
+            else ""
+        )
+        + ". Ours and keras-cv jit_compile=False alternate; "
         "jit_compile=True runs last (its first call compiles).",
         "",
         "| run | first call ms | steady median ms | p10-p90 ms | n | vs ours |",
@@ -128,7 +135,8 @@ def render_keras_cv(section: Record) -> list[str]:
         "",
         f"Ours / keras-cv default: **{fmt(ratios['ours_vs_keras_cv_default'], 3)}**; ours / "
         f"keras-cv jit_compile=False: **{fmt(ratios['ours_vs_keras_cv_jit_false'], 3)}**; "
-        f"keras-cv's best setting here: {ratios['keras_cv_best']}. XLA in effect per model: "
+        f"keras-cv's best setting here: {ratios['keras_cv_best']}. XLA in effect per model "
+        "(keras-cv's, in its jit_compile=True run): "
         f"{section.get('xla_effective')}. Building and warming our stages took "
         f"{section.get('ours_build_and_warm_s')} s.",
         "",

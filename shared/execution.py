@@ -58,12 +58,18 @@ class ExecutionStrategy:
 # 2.13 s) are faster with XLA, in float32. Batch buckets (shared.models.ModelRunner) give
 # every model fixed shapes, so XLA compiles each at warm-up only. tiny's UNet is fastest
 # with XLA in the per-step benchmark (4.5 ms vs 12.9 ms), and with buckets XLA makes one
-# client's request about 3x faster end to end, but not 8 clients' throughput
+# client's request faster end to end, but not 8 clients' throughput
 # (benchmarks/results/buckets.md), and it costs a compilation per bucket at start-up, so
 # `auto` keeps it off for tiny (SDSERVE_XLA=on for latency-bound tiny deployments).
-# Reduced precision changes images, so `auto` keeps float32 on CPUs (the stage
-# benchmark measures time only, not PSNR against float32). GPU: the usual result on CUDA
-# devices; re-measure with `python -m benchmarks.stages` on yours.
+# Reduced precision: on these CPUs no component is faster in it than in float32 with the
+# choices above (stages.md), so float32 throughout. GPU: XLA and batched CFG, the usual
+# result on CUDA devices (re-measure with `python -m benchmarks.stages` on yours), and
+# float16 only where the image stays close to float32's (benchmarks/results/precision.md):
+# tiny's trained weights, 61 dB median PSNR and the same held-out accuracy; SD 1.x, which
+# keras-cv's own Stable Diffusion guide runs in mixed_float16; SD 2.x's text encoder and
+# decoder likewise, but not its UNet: SD 2.1's attention overflows float16 into black images
+# unless computed in float32 (diffusers' `upcast_attention`, A1111's --upcast-attn);
+# keras-cv's forms q·kᵀ in the compute dtype and scales it after.
 AUTO_STRATEGY: dict[DeviceKind, dict[str, dict[str, Any]]] = {
     "cpu": {
         "tiny": {"xla": False, "batched_cfg": True, "precision": "float32"},
@@ -76,8 +82,14 @@ AUTO_STRATEGY: dict[DeviceKind, dict[str, dict[str, Any]]] = {
         "sd-v2": {"xla": False, "batched_cfg": False, "precision": "float32"},
     },
     "gpu": {
-        family: {"xla": True, "batched_cfg": True, "precision": "mixed_float16"}
-        for family in ("tiny", "sd-v1", "sd-v2")
+        "tiny": {"xla": True, "batched_cfg": True, "precision": "mixed_float16"},
+        "sd-v1": {"xla": True, "batched_cfg": True, "precision": "mixed_float16"},
+        "sd-v2": {
+            "xla": True,
+            "batched_cfg": True,
+            "precision": "mixed_float16",
+            "components": {"diffusion_model": {"precision": "float32"}},
+        },
     },
 }
 

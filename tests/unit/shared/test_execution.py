@@ -24,3 +24,17 @@ def test_explicit_settings_apply_to_every_component() -> None:
     for component in COMPONENTS:
         assert strategy.for_component(component) == ComponentStrategy(False, "mixed_bfloat16")
     assert not strategy.buckets
+
+
+def test_on_a_gpu_sd_v2_keeps_its_unet_in_float32() -> None:
+    """SD 2.x's attention overflows float16; its text encoder and decoder do not."""
+    strategy = resolve_strategy(Settings(model="sd-v2", weights="random"), device="gpu")
+    assert strategy.for_component("diffusion_model") == ComponentStrategy(True, "float32")
+    assert strategy.for_component("text_encoder") == ComponentStrategy(True, "mixed_float16")
+    assert strategy.for_component("decoder").precision == "mixed_float16"
+    sd_v1 = resolve_strategy(Settings(model="sd-v1", weights="random"), device="gpu")
+    assert sd_v1.for_component("diffusion_model").precision == "mixed_float16"
+    forced = Settings(model="sd-v2", weights="random", precision="mixed_float16")
+    assert resolve_strategy(forced, device="gpu").for_component("diffusion_model").precision == (
+        "mixed_float16"
+    )

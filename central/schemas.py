@@ -17,6 +17,7 @@ from shared.config import MAX_GUIDANCE_SCALE, Settings, parse_size
 from shared.errors import InvalidInput, UnsupportedSize
 from shared.families import FAMILY_NAMES, get_family
 from shared.http import ServiceInfo
+from shared.noise_schedule import MAX_SEED
 from shared.pipeline.contract import validated
 from shared.pipeline.types import (
     MAX_RESAMPLES,
@@ -26,7 +27,6 @@ from shared.pipeline.types import (
     Sampler,
     denoise_defaults,
 )
-from shared.sampler import MAX_SEED
 from shared.sampler_names import SamplerName
 from shared.tokenizer import MAX_PROMPT_CHARS
 

@@ -41,7 +41,7 @@ What the SavedModels do not do:
 * Tokenize. Clients send CLIP token ids, padded as :class:`shared.tokenizer.PromptTokenizer`
   pads them (start token, prompt, end token, then the family's pad token up to T).
 * Draw the HTTP services' noise. ``serving_default`` takes the initial latent, so feeding
-  ``shared.sampler.initial_noise(seed + i, (h, w, C))`` for image i reproduces what the
+  ``shared.noise_schedule.initial_noise(seed + i, (h, w, C))`` for image i reproduces what the
   sdserve services produce for that seed. ``generate_from_seed`` draws
   ``tf.random.stateless_normal`` with seed ``(seed + i, 0)`` for image i instead: just as
   deterministic, but **not the same numbers** as the services' numpy noise, so the same
@@ -68,7 +68,7 @@ from typing import TYPE_CHECKING, Any
 from shared.config import Settings, Size, format_size
 from shared.families import get_family
 from shared.families.base import TIMESTEP_EMBEDDING_DIM, Component, ModelFamily
-from shared.sampler import (
+from shared.noise_schedule import (
     NUM_TRAIN_TIMESTEPS,
     ddim_alphas,
     ddim_step,

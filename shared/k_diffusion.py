@@ -18,7 +18,7 @@ with AUTOMATIC1111's sigma_min / sigma_max: the model's smallest and largest) ta
 model's per-timestep noise levels (`sigmas_from_alphas`) and are returned from the
 noisiest down, without k-diffusion's appended 0: the step after the last goes to sigma 0.
 Everything is float64 numpy for the schedule and float32 arrays for latents,
-coefficients rounded to float32 once, as `shared.sampler.ddim_step` does.
+coefficients rounded to float32 once, as `shared.noise_schedule.ddim_step` does.
 `tests/unit/shared/test_k_diffusion.py` checks these against an independent transcription
 of k-diffusion's code.
 """

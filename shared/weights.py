@@ -31,7 +31,7 @@ import httpx
 
 from shared.errors import WeightsError
 from shared.families.base import Component, ModelFamily, PublishedWeights
-from shared.sampler import PREDICTION_TYPES
+from shared.noise_schedule import PREDICTION_TYPES
 
 if TYPE_CHECKING:
     import keras

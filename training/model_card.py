@@ -171,7 +171,7 @@ def write_card(
     from, evaluated the same way for comparison. Returns the scores."""
     from shared.families.tiny import TinyFamily
     from shared.families.tiny_model import UNET_CHANNELS
-    from shared.sampler import ddim_timesteps
+    from shared.noise_schedule import ddim_timesteps
 
     guidance_from = TinyFamily.spec.guidance_from_timestep
     plot_losses(workdir, out)

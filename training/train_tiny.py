@@ -452,7 +452,7 @@ def train_diffusion(args: argparse.Namespace) -> None:
     import tensorflow as tf
 
     from shared.families.tiny import TinyFamily
-    from shared.sampler import alphas_cumprod, timestep_embedding
+    from shared.noise_schedule import alphas_cumprod, timestep_embedding
     from shared.tokenizer import PromptTokenizer, find_clip_vocab
 
     latents = encode_latents(args)

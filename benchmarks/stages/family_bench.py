@@ -139,7 +139,8 @@ class FamilyBench:
         A fresh Row is made outside the timed region each time, so every measured step is
         the same (first) step of a STEPS-step schedule.
         """
-        from shared.sampler import Row, ddim_timesteps, initial_noise, sample_step
+        from shared.noise_schedule import ddim_timesteps, initial_noise
+        from shared.sampler import Row, sample_step
 
         runner = models.diffusion[self.size]
         latent = initial_noise(0, self.family.latent_shape(self.size[1], self.size[0]))

@@ -32,7 +32,7 @@ from central.a1111.samplers import SamplerChoice
 from central.schemas import MAX_MASK_BLUR
 from shared.config import MAX_GUIDANCE_SCALE, Settings, Size, format_size
 from shared.errors import InvalidInput, UnsupportedSize
-from shared.sampler import MAX_SEED
+from shared.noise_schedule import MAX_SEED
 
 CHECKPOINT = "sd_model_checkpoint"
 

@@ -10,9 +10,9 @@ from typing import Any
 from central.schemas import ImageGenerationRequest, JobKind
 from central.serving import SettingsOf, edit_from_json
 from shared.errors import InvalidInput
+from shared.noise_schedule import draw_seed, img2img_steps
 from shared.pipeline.contract import validated
 from shared.pipeline.types import EditInputs, GenerationParams
-from shared.sampler import draw_seed, img2img_steps
 
 
 @dataclass(frozen=True)

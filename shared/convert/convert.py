@@ -39,7 +39,7 @@ from shared.convert.sources import (
 )
 from shared.convert.tensors import TensorFiles, write_tensors
 from shared.errors import WeightsError
-from shared.sampler import PREDICTION_TYPES
+from shared.noise_schedule import PREDICTION_TYPES
 from shared.weights import CHECKSUMS_FILE, sha256_of
 
 log = logging.getLogger(__name__)

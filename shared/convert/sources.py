@@ -26,7 +26,7 @@ from shared.convert.layouts import (
 from shared.convert.plan import PlannedComponent
 from shared.convert.tensors import PICKLE_ADVICE, PICKLE_SUFFIXES, TensorFiles, refuse_pickle
 from shared.errors import WeightsError
-from shared.sampler import PREDICTION_TYPES
+from shared.noise_schedule import PREDICTION_TYPES
 from shared.weights import sha256_of
 
 Layout = Literal["diffusers", "original"]

@@ -19,6 +19,7 @@ import numpy as np
 from shared.config import Settings
 from shared.families import get_family
 from shared.families.vocabulary import prompt_warnings
+from shared.noise_schedule import draw_seed
 from shared.pipeline.contract import Operation, StageContract
 from shared.pipeline.local.decoder import make_decoder
 from shared.pipeline.local.diffusion import make_diffusion
@@ -46,7 +47,7 @@ from shared.pipeline.types import (
     StageTiming,
     check_denoise_params,
 )
-from shared.sampler import draw_seed, mask_to_latent_grid
+from shared.sampler import mask_to_latent_grid
 from shared.tracing import span
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from shared.batching import Timing
 from shared.config import MAX_GUIDANCE_SCALE, Settings, Size, format_size
 from shared.errors import InvalidInput, UnsupportedSize
 from shared.families.vocabulary import PromptWarning
+from shared.noise_schedule import MAX_SEED
 from shared.pipeline.contract import tensor, wire
-from shared.sampler import MAX_SEED
 from shared.sampler_names import DEFAULT_SAMPLER, SAMPLER_NAMES, SamplerName, canonical_sampler
 
 MAX_RESAMPLES = 20

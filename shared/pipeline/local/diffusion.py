@@ -13,6 +13,7 @@ from shared.families import get_family
 from shared.families.base import LatentPreviewMap, ModelFamily
 from shared.metrics import BatchingSource
 from shared.models import LoadedModels
+from shared.noise_schedule import draw_seed, img2img_steps, initial_noise
 from shared.pipeline.local.base import LocalStage
 from shared.pipeline.stage import Progress
 from shared.pipeline.stage_contracts import DIFFUSION
@@ -23,14 +24,7 @@ from shared.pipeline.types import (
     check_denoise_params,
 )
 from shared.progress import PreviewCallback, latent_preview, should_preview
-from shared.sampler import (
-    Row,
-    draw_seed,
-    img2img_steps,
-    initial_noise,
-    sample_step,
-    sampler_schedule,
-)
+from shared.sampler import Row, sample_step, sampler_schedule
 
 
 class LocalDiffusion(LocalStage):

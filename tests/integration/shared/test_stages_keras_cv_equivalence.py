@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 
 from shared.config import Settings
+from shared.noise_schedule import initial_noise
 from shared.pipeline.local.decoder import make_decoder
 from shared.pipeline.local.diffusion import make_diffusion
 from shared.pipeline.local.text_encoder import make_text_encoder
 from shared.pipeline.types import DecodeRequest, DenoiseParams, DenoiseRequest, EncodeRequest
-from shared.sampler import initial_noise
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,8 @@ import pytest
 
 from shared.batching import ModelWorker, StepScheduler
 from shared.errors import QueueFull
-from shared.sampler import Row, ddim_timesteps, initial_noise, sample_step
+from shared.noise_schedule import ddim_timesteps, initial_noise
+from shared.sampler import Row, sample_step
 
 
 class RecordingModel:

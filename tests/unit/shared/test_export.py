@@ -36,11 +36,7 @@ import pytest
 from central.cli import main
 from shared.config import Settings
 from shared.export import METADATA_FILE, _write_metadata, export_savedmodels
-from shared.pipeline.local.decoder import LocalDecoder, latent_to_images, make_decoder
-from shared.pipeline.local.diffusion import LocalDiffusion, make_diffusion
-from shared.pipeline.local.text_encoder import LocalTextEncoder, make_text_encoder
-from shared.pipeline.types import DenoiseParams, DenoiseRequest, EncodeRequest
-from shared.sampler import (
+from shared.noise_schedule import (
     ddim_alphas,
     ddim_step,
     ddim_timesteps,
@@ -49,6 +45,10 @@ from shared.sampler import (
     tensorflow_ops,
     timestep_embedding,
 )
+from shared.pipeline.local.decoder import LocalDecoder, latent_to_images, make_decoder
+from shared.pipeline.local.diffusion import LocalDiffusion, make_diffusion
+from shared.pipeline.local.text_encoder import LocalTextEncoder, make_text_encoder
+from shared.pipeline.types import DenoiseParams, DenoiseRequest, EncodeRequest
 
 tf = pytest.importorskip("tensorflow")
 

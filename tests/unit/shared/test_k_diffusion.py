@@ -17,15 +17,8 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from shared.sampler import (
-    Row,
-    alphas_cumprod,
-    initial_noise,
-    model_sigmas,
-    sample_step,
-    sampler_schedule,
-    timestep_embedding,
-)
+from shared.noise_schedule import alphas_cumprod, initial_noise, model_sigmas, timestep_embedding
+from shared.sampler import Row, sample_step, sampler_schedule
 from shared.sampler_names import SamplerName
 
 SHAPE = (4, 4, 4)

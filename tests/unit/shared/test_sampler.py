@@ -3,18 +3,14 @@ import math
 import numpy as np
 import pytest
 
-from shared.sampler import (
-    NoisePredictor,
-    Row,
+from shared.noise_schedule import (
     alphas_cumprod,
     ddim_alphas,
     ddim_timesteps,
     initial_noise,
-    sample_step,
-    sampler_schedule,
     timestep_embedding,
-    to_epsilon,
 )
+from shared.sampler import NoisePredictor, Row, sample_step, sampler_schedule, to_epsilon
 from shared.sampler_names import SAMPLER_NAMES, SamplerName
 
 

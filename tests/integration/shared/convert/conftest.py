@@ -73,7 +73,7 @@ class KerasModels:
 
 def run_keras(component: str, model: Any, x: dict[str, np.ndarray]) -> np.ndarray:
     """The keras-cv model called eagerly (tracing a graph would only cost time here)."""
-    from shared.sampler import timestep_embedding
+    from shared.noise_schedule import timestep_embedding
 
     if component == "text_encoder":
         positions = np.arange(77, dtype=np.int32)[None]

@@ -14,10 +14,16 @@ values as float32, so both sides compute in float32 on identical weights.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# torch imports triton whenever it is installed, and triton's native library crashes
+# the process when loaded after TensorFlow; PyTorch runs on the CPU here, where triton
+# is never used (tests/integration/shared/conftest.py says more).
+sys.modules.setdefault("triton", None)  # type: ignore[arg-type]
 
 UNET_CONFIGS: dict[str, dict[str, Any]] = {
     "sd-v1": {"cross_attention_dim": 768, "attention_head_dim": 8, "sample_size": 64},

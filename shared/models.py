@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,7 @@ import numpy as np
 
 from shared.config import Settings, Size
 from shared.convert.lora import LORA_COMPONENTS, merge_loras
+from shared.deferred_init import deferred_initialisation, initialise_unfilled
 from shared.execution import ExecutionStrategy
 from shared.families.base import TIMESTEP_EMBEDDING_DIM, Component, ModelFamily
 from shared.weights import WeightsOrigin, load_component_weights
@@ -290,17 +291,24 @@ def build_component(
     seed = settings.weights_seed + _SEED_OFFSET[component]
     keras.utils.set_random_seed(seed)
     width, height = size
-    with _dtype_policy(precision):
+    override = settings.component_weights_file(component)
+    # Weights about to be loaded are built without initial values (seconds of random
+    # numbers for a UNet, overwritten at once); random weights are built as always.
+    loading = override is not None or settings.weights != "random"
+    with _dtype_policy(precision), deferred_initialisation() if loading else nullcontext():
         model = family.build(component, height, width)
-    origin = load_component_weights(
-        model,
-        family,
-        component,
-        source=settings.weights,
-        override=settings.component_weights_file(component),
-        cache_dir=settings.cache_dir,
-        seed=seed,
-    )
+    try:
+        origin = load_component_weights(
+            model,
+            family,
+            component,
+            source=settings.weights,
+            override=override,
+            cache_dir=settings.cache_dir,
+            seed=seed,
+        )
+    finally:
+        initialise_unfilled()
     if settings.lora and component in LORA_COMPONENTS:
         merged = merge_loras(model, family.spec.name, component, settings.lora)
         origin = replace(origin, loras=merged)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from shared.deferred_init import fill, zero_unfilled
 from shared.errors import WeightsError
 from shared.families.base import Component, ModelFamily, PublishedWeights
 from shared.noise_schedule import PREDICTION_TYPES
@@ -185,6 +186,7 @@ def load_weights_file(
         if name.endswith(".safetensors"):
             return _load_safetensors(model, path, family, component)
         if name.endswith(".h5"):
+            zero_unfilled(model)  # Keras's loader assigns into existing variables
             with warnings.catch_warnings():
                 # Keras only warns when parts of a file do not match the model and keeps
                 # those layers randomly initialised; a partial load must not pass as a load.
@@ -223,7 +225,7 @@ def _load_safetensors(
             raise WeightsError(
                 f"{path}: {key} has shape {value.shape}, model needs {tuple(variable.shape)}"
             )
-        variable.assign(value)
+        fill(variable, value)
     return {}
 
 
@@ -244,7 +246,8 @@ def load_component_weights(
     cache_dir: Path,
     seed: int = 0,
 ) -> WeightsOrigin:
-    """Put the configured weights into a freshly built (randomly initialised) model."""
+    """Put the configured weights into a freshly built model (its variables may be
+    unfilled: shared.deferred_init)."""
     if override is not None:
         metadata = load_weights_file(model, override, family, component)
         origin = WeightsOrigin("file", str(override), sha256_of(override))

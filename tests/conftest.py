@@ -1,9 +1,12 @@
 """Make `tests.utils` importable however pytest is invoked (`pytest` or `python -m pytest`),
-and share the default tiny stack between the test modules that only send it requests."""
+and share between test modules what is costly to make: the default tiny stack (for the
+modules that only send it requests) and a converted sd-v1 checkpoint."""
 
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -58,3 +61,28 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = start_redis(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def sd_v1_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    """SD 1.5's real architecture with seeded random weights as a diffusers folder
+    (float16, as published; an epsilon scheduler, as SD 1.5's), and the folder converted
+    by `sdserve convert`: `folder`, `out` (the converted directory), `manifest`.
+
+    Made once (half a minute) for the sd-v1 services that serve it and the reference
+    tests that prove its conversion; 4 GB on disk, removed at the end of the session.
+    """
+    from shared.convert.convert import convert
+    from tests.utils import sd_reference
+
+    root = tmp_path_factory.mktemp("sd-v1-checkpoint")
+    folder = root / "sd15-diffusers"
+    for part, seed in (("unet", 1), ("vae", 2), ("text_encoder", 3)):
+        config, weights = sd_reference.random_state(part, "sd-v1", seed)
+        sd_reference.write_part(folder, part, weights, config)
+        del weights
+    sd_reference.write_scheduler(folder, "epsilon")
+    out = root / "converted"
+    manifest = convert(folder, "sd-v1", out)
+    yield SimpleNamespace(folder=folder, out=out, manifest=manifest)
+    shutil.rmtree(root, ignore_errors=True)  # gigabytes; pytest keeps old temp dirs

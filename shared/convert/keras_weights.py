@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from shared.convert.plan import PLANNED_FAMILIES, PlannedComponent, Weight, plan_for
+from shared.deferred_init import fill
 from shared.errors import WeightsError
 
 if TYPE_CHECKING:
@@ -108,5 +109,5 @@ def load_converted(
                     f"{path.name}: {name} has shape {value.shape}, the model needs "
                     f"{tuple(variable.shape)}"
                 )
-            variable.assign(value.astype(np.float32))
+            fill(variable, value)  # cast to the variable's dtype
     return metadata

@@ -14,10 +14,16 @@ values as float32, so both sides compute in float32 on identical weights.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# torch imports triton whenever it is installed, and triton's native library crashes
+# the process when loaded after TensorFlow; PyTorch runs on the CPU here, where triton
+# is never used (tests/integration/shared/conftest.py says more).
+sys.modules.setdefault("triton", None)  # type: ignore[arg-type]
 
 UNET_CONFIGS: dict[str, dict[str, Any]] = {
     "sd-v1": {"cross_attention_dim": 768, "attention_head_dim": 8, "sample_size": 64},
@@ -68,8 +74,9 @@ def random_weights(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, n
 
     Drawing 860M normals (and converting them to float16 in numpy) costs many seconds;
     every tensor is instead a slice, at its own seeded offset, of one pool of 16M standard
-    normals (tiled for the few larger tensors), scaled and rounded with PyTorch's fast
-    kernels, so no two tensors share values at the same positions and a swap shows.
+    normals (tiled for the few larger tensors), so no two tensors share values at the same
+    positions and a swap shows. Each is scaled and rounded in one pass of PyTorch's kernels
+    straight into its float16 array (no float32 copy of an 860M-parameter model).
     """
     import torch
 
@@ -77,27 +84,26 @@ def random_weights(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, n
     pool = torch.from_numpy(rng.standard_normal(POOL_SIZE, dtype=np.float32))
     weights = {}
     for name, shape in shapes.items():
-        flat = _slice(pool, int(rng.integers(POOL_SIZE)), int(np.prod(shape)))
+        start, size = int(rng.integers(POOL_SIZE)), int(np.prod(shape))
         if len(shape) >= 2:
-            values = flat * float(1.0 / np.sqrt(np.prod(shape[1:])))
+            scale, offset = float(1.0 / np.sqrt(np.prod(shape[1:]))), 0.0
         elif "norm" in name and name.endswith(".weight"):
-            values = 1.0 + 0.1 * flat
+            scale, offset = 0.1, 1.0
         else:
-            values = 0.1 * flat
-        weights[name] = values.reshape(shape).to(torch.float16).numpy()
+            scale, offset = 0.1, 0.0
+        out = torch.empty(size, dtype=torch.float16)
+        done = 0
+        while done < size:  # `size` values of the pool from `start` on, wrapping around
+            count = min(size - done, POOL_SIZE - start)
+            piece = pool[start : start + count]
+            # float32 arithmetic rounded once to float16, as `(x * scale).half()` rounds
+            if offset:
+                torch.add(piece * scale, offset, out=out[done : done + count])
+            else:
+                torch.mul(piece, scale, out=out[done : done + count])
+            done, start = done + count, 0
+        weights[name] = out.numpy().reshape(shape)
     return weights
-
-
-def _slice(pool: Any, start: int, size: int) -> Any:
-    """`size` values of `pool` from `start` on, wrapping around as often as needed."""
-    import torch
-
-    pieces, done = [], 0
-    while done < size:
-        count = min(size - done, len(pool) - start)
-        pieces.append(pool[start : start + count])
-        done, start = done + count, 0
-    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
 def random_state(kind: str, family: str, seed: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -51,6 +51,7 @@ def worker(family: str, precision: str, prompts: int, out: Path) -> None:
     from shared.pipeline.types import DenoiseParams, GenerationParams
 
     size = SIZES[family]
+    texts = _prompts(family, prompts)
     settings = Settings.model_validate(
         {
             "model": family,
@@ -58,13 +59,13 @@ def worker(family: str, precision: str, prompts: int, out: Path) -> None:
             "sizes": [(size, size)],
             "precision": precision,
             "xla": "off",
-            "max_batch": 64,
-            "queue_size": max(prompts, 64),
+            # Every prompt in one running batch, and no bigger batch buckets to warm up.
+            "max_batch": len(texts),
+            "queue_size": max(len(texts), 64),
         }
     )
     chain = Chain(settings)
     chain.load()
-    texts = _prompts(family, prompts)
 
     async def generate() -> list[np.ndarray]:
         async def one(i: int, prompt: str) -> np.ndarray:

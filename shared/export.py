@@ -20,7 +20,7 @@ T, D, C and the downsampling factor are the family's; the image size (so h and w
 fixed per SavedModel: the first configured size (``--size``), named in export.json.
 
 The diffusion signatures run the whole DDIM loop in TensorFlow ops, traced from the very
-functions :mod:`shared.sampler` runs in numpy for the services (``ddim_timesteps``,
+functions :mod:`shared.noise_schedule` gives the services in numpy (``ddim_timesteps``,
 ``ddim_alphas``, ``embed_timestep``, ``guidance_applies``, ``guided_eps``,
 ``ddim_step``, given TensorFlow's ``ArrayOps``), so it is the same float32 sequence as the
 services (and keras-cv's ``generate_image``): timesteps ``round(arange(n) * 999 / (n - 1))``

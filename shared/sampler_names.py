@@ -7,7 +7,7 @@ labels ("DPM++ 2M Karras", "Euler a"), k-diffusion / ComfyUI function ids
 ("k_euler_a", "k_dpmpp_2m", "dpmpp_2m_k", "K_EULER_ANCESTRAL") and diffusers' scheduler
 classes ("DPMSolverMultistepScheduler", the `scheduler` that
 `huggingface_hub.InferenceClient.text_to_image` sends). Names are matched without regard
-to case or runs of spaces. The math is in `shared.sampler` (DDIM) and
+to case or runs of spaces. The math is in `shared.noise_schedule` (DDIM) and
 `shared.k_diffusion` (the others).
 """
 

@@ -181,9 +181,11 @@ def render(report: Record) -> str:
         "How `auto` uses it (`AUTO_STRATEGY` in `shared/execution.py`): reduced precision only "
         "where the image stays close. tiny's figures are on its trained weights; sd-v1's and "
         "sd-v2's on random weights only measure the architecture's arithmetic drift, so their "
-        "GPU choice also rests on what is known of the real weights (see the README's "
-        "execution strategy section). Rerun on a GPU with real weights: "
-        "`python -m benchmarks.precision --weights-dir sd-v1=DIR`.",
+        "GPU choice also rests on what is known of the real weights: random weights have no "
+        "overflow in float16, SD 2.1's real UNet does (its attention scores: black images in "
+        "diffusers, A1111 and InvokeAI without float32 attention), so sd-v2's UNet stays "
+        "float32 on GPUs (see the README's execution strategy section). Rerun on a GPU with "
+        "real weights: `python -m benchmarks.precision --weights-dir sd-v2=DIR`.",
         "",
     ]
     return "\n".join(lines)

@@ -49,6 +49,17 @@ def test_default_sampler_is_the_familys_unless_set(monkeypatch):
     assert load_settings(model="tiny").sampler == "ddim"
 
 
+def test_default_steps_are_the_familys_unless_set(monkeypatch):
+    """tiny's 8 DDIM steps are as good as 25 on its held-out prompts (samplers.md)."""
+    monkeypatch.delenv("SDSERVE_DEFAULT_STEPS", raising=False)
+    assert load_settings(model="tiny").steps == 8
+    assert load_settings(model="sd-v1", weights="random").steps == 25
+    monkeypatch.setenv("SDSERVE_DEFAULT_STEPS", "30")
+    assert load_settings(model="tiny").steps == 30
+    monkeypatch.setenv("SDSERVE_DEFAULT_STEPS", "")
+    assert load_settings(model="tiny").steps == 8
+
+
 @pytest.mark.parametrize(
     ("env", "value", "named"),
     [
@@ -61,6 +72,8 @@ def test_default_sampler_is_the_familys_unless_set(monkeypatch):
         ("SDSERVE_XLA", "maybe", "SDSERVE_XLA"),
         ("SDSERVE_DEFAULT_GUIDANCE_SCALE", "51", "SDSERVE_DEFAULT_GUIDANCE_SCALE"),
         ("SDSERVE_DEFAULT_SAMPLER", "k_lms", "SDSERVE_DEFAULT_SAMPLER"),
+        ("SDSERVE_DEFAULT_STEPS", "0", "SDSERVE_DEFAULT_STEPS"),
+        ("SDSERVE_DEFAULT_STEPS", "101", "SDSERVE_DEFAULT_STEPS"),  # over SDSERVE_MAX_STEPS
         ("SDSERVE_DIFFUSION_WEIGHTS", "/no/unet.h5", "SDSERVE_DIFFUSION_WEIGHTS"),
     ],
 )

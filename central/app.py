@@ -89,13 +89,20 @@ class GatewayService:
         }
 
     def batching_sources(self) -> list[BatchingSource]:
-        """The stages running in this process (remote ones export their own)."""
-        return [
-            source
-            for stage in self.catalog.stages.values()
-            if isinstance(stage, LocalStage)
-            for source in stage.batching_sources()
-        ]
+        """The stages running in this process (remote ones export their own), labelled
+        as the catalog names them: a second model's own stage is `diffusion@<model>`."""
+        sources = []
+        for label, stage in self.catalog.stages.items():
+            if not isinstance(stage, LocalStage):
+                continue
+            _, _, model = label.partition("@")
+            for source in stage.batching_sources():
+                sources.append(
+                    dataclasses.replace(source, stage=f"{source.stage}@{model}")
+                    if model
+                    else source
+                )
+        return sources
 
     def close(self) -> None:
         """Remote clients are closed in the app's shutdown hook (they are async)."""

@@ -178,3 +178,26 @@ def test_with_api_keys_the_schema_declares_bearer_and_stages_need_a_key(
 
     # Stages show internal addresses and call each stage: only with a key.
     assert asyncio.run(main()) == [401, 200, 200]
+
+
+def test_a_second_models_own_stages_have_their_own_metric_labels(tmp_path) -> None:
+    """Two tiny models in one gateway share the text encoder and decoder; the second's
+    own UNet reports as `diffusion@<model>`, so no two series share a label (stages are
+    built here, not loaded)."""
+    from central.app import GatewayService
+    from shared.pipeline.catalog import Catalog
+
+    models = tmp_path / "models.toml"
+    models.write_text(
+        '[[model]]\nname = "tiny"\nfamily = "tiny"\nweights = "embedded"\n\n'
+        '[[model]]\nname = "other"\nfamily = "tiny"\nweights = "random"\n'
+    )
+    catalog = Catalog(SETTINGS.model_copy(update={"models_file": models}))
+    labels = [s.stage for s in GatewayService(catalog, api_key_required=False).batching_sources()]
+    assert sorted(labels) == [
+        "decoder",
+        "diffusion",
+        "diffusion@other",
+        "image_encoder",
+        "text_encoder",
+    ]

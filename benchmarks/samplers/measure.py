@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
+import json
 import time
 from functools import cache
 from pathlib import Path
+
+import numpy as np
 
 from benchmarks.harness import Record, log
 from shared.config import Settings, load_settings
 from shared.families import get_family
 from shared.pipeline.chain import Chain
 from shared.sampler_names import SamplerName
+from shared.weights import sha256_of
 from training import evaluate
+from training.model_card import EDIT_CASES
 from training.scenes import held_out_count
 
 ATTRIBUTES = ("colour_and_shape", "colour", "shape", "place", "size")
@@ -39,20 +43,23 @@ def _chain(weights: str, prompts: int) -> Chain:
     return chain
 
 
+def _weights_directory(weights: str) -> Path | None:
+    """Where tiny's judged weights (and their model card) are, if they are files."""
+    if weights == "embedded":
+        return get_family("tiny").embedded_weights
+    return None if weights in ("random", "pretrained") else Path(weights)
+
+
 def weights_description(args: argparse.Namespace) -> Record:
     """Which weights were judged: their label and the UNet file's sha256 (the scores
     belong to those bytes; tiny's are retrained from time to time)."""
     settings = chain_settings(args)
     family = get_family("tiny")
-    directory = family.embedded_weights if settings.weights == "embedded" else None
-    if settings.weights not in ("embedded", "random", "pretrained"):
-        directory = Path(settings.weights)
+    directory = _weights_directory(settings.weights)
     unet = None if directory is None else directory / "diffusion_model.weights.h5"
     return {
         "label": settings.weights_label,
-        "diffusion_model_sha256": (
-            hashlib.sha256(unet.read_bytes()).hexdigest() if unet and unet.is_file() else None
-        ),
+        "diffusion_model_sha256": sha256_of(unet) if unet and unet.is_file() else None,
         "guidance_scale": evaluate.GUIDANCE,
         "guidance_from_timestep": family.spec.guidance_from_timestep,
         "held_out_prompts": held_out_count(),
@@ -87,10 +94,8 @@ def section_sampler(sampler: SamplerName, args: argparse.Namespace) -> Record:
 
 # ----------------------------------------------------------------- the card's measures
 
-# The model card's own settings (training.evaluate.STEPS when it was scored) and case count.
+# The sampler the model card was scored with (its evaluation.json records the steps).
 CARD_SAMPLER: SamplerName = "ddim"
-CARD_STEPS = 25
-EDIT_CASES = 24
 
 
 def card_setting_label(sampler: SamplerName, steps: int) -> str:
@@ -101,8 +106,15 @@ def section_card(args: argparse.Namespace) -> Record:
     """Every score of tiny's model card (held-out prompts in the grammar and in held-out
     phrasings, inpainting, image to image, the last preview) at the card's settings and at
     each of `args.card_settings`, so a new default is shown to keep the card's scores."""
+    directory = _weights_directory(args.weights)
+    card = None if directory is None else directory / "evaluation.json"
+    if card is None or not card.is_file():
+        raise ValueError(
+            f"weights {args.weights!r} have no model card (evaluation.json) to compare"
+        )
+    card_steps = int(json.loads(card.read_text())["settings"]["steps"])
     chain = _chain(args.weights, args.prompts)
-    settings = [(CARD_SAMPLER, CARD_STEPS), *args.card_settings]
+    settings = [(CARD_SAMPLER, card_steps), *args.card_settings]
     measured: Record = {}
     for sampler, steps in dict.fromkeys(settings):
         started = time.perf_counter()
@@ -114,12 +126,10 @@ def section_card(args: argparse.Namespace) -> Record:
             f"{scores['text_to_image']['colour_and_shape']} %, phrasings "
             f"{scores['held_out_phrasings']['colour_and_shape']} % ({scores['seconds']} s)"
         )
-    return {"reference": card_setting_label(CARD_SAMPLER, CARD_STEPS), "settings": measured}
+    return {"reference": card_setting_label(CARD_SAMPLER, card_steps), "settings": measured}
 
 
 async def _card_scores(chain: Chain, prompts: int, sampler: SamplerName, steps: int) -> Record:
-    import numpy as np
-
     grammar = await evaluate.text_to_image(chain, prompts, steps=steps, sampler=sampler)
     phrased = await evaluate.phrasings_to_image(chain, prompts, steps=steps, sampler=sampler)
     inpainted = await evaluate.inpaint(chain, EDIT_CASES, steps=steps, sampler=sampler)

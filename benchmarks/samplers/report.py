@@ -202,7 +202,7 @@ def _card(section: Record) -> list[str]:
     labels = [reference, *(label for label in settings if label != reference)]
     failing = card_verdicts(section)
     lines = [
-        "The model card's scores at its own settings (DDIM, 25 steps) and at each candidate "
+        f"The model card's scores at its own settings (`{reference}`) and at each candidate "
         "default: the same prompts, seeds and cases. A candidate keeps the card's scores when "
         "no judged measure falls further than allowed.",
         "",

@@ -130,14 +130,15 @@ class A1111Api:
     async def _edit_fields(self, body: Img2ImgRequest, model: str) -> dict[str, Any]:
         """An edit job's own fields: its image and mask (off the loop: they may be
         re-encoded), strength and mask blur."""
+        settings = self.catalog.settings_for(model)  # its sizes bound the uploads
         image, mask = await off_loop(
             edit_images,
             body.init_images[0],
             body.mask,
             invert_mask=body.inpainting_mask_invert == 1,
-            settings=self.settings,
+            settings=settings,
         )
-        family = get_family(self.catalog.chain_for(model).settings.model).spec
+        family = get_family(settings.model).spec
         return {
             "kind": "edit",
             "image": image,
